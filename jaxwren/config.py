@@ -1,0 +1,160 @@
+"""Configuration objects: frozen, keyword-only, validated dataclasses.
+
+The environment is read in exactly one place, :meth:`StorageConfig.resolve`, which the
+public entry points call once; everything below them receives a resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from jaxwren.errors import ConfigError
+
+__all__ = ["StorageConfig", "parse_bytes"]
+
+_CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | float | str | None, *, what: str = "memory_budget") -> int | None:
+    """Parses a byte count such as ``1 << 30``, ``"2GiB"`` or ``"500 MB"``.
+
+    Args:
+      value: an integer number of bytes, a string with a unit, or None.
+      what: the argument's name, used in the error message.
+
+    Returns:
+      The number of bytes, or None when ``value`` is None.
+
+    Raises:
+      ConfigError: the value is not a positive size.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}={value!r} is not a size; give bytes (int) or e.g. '2GiB'.")
+    if isinstance(value, int | float):
+        nbytes = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ConfigError(
+                f"{what}={value!r} is not a size; give bytes (int) or e.g. '2GiB', '512MB'."
+            )
+        nbytes = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if nbytes <= 0:
+        raise ConfigError(f"{what}={value!r} must be positive.")
+    return nbytes
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """How to reach the object store, and how hard to push it.
+
+    Attributes:
+      s3_endpoint: S3-compatible endpoint URL (``http://127.0.0.1:9000`` for MinIO).
+        None: ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL``, else AWS itself.
+      s3_region: region used in request signatures. None: ``AWS_REGION``, then
+        ``AWS_DEFAULT_REGION`` (with a custom endpoint and no region, ``us-east-1``).
+      s3_host_header: optional Host header override (only with an endpoint).
+      credentials: a TensorStore ``aws_credentials`` type (``"default"``,
+        ``"environment"``, ``"anonymous"``, ``"profile"``, ``"imds"``, ``"ecs"``) or a full
+        ``aws_credentials`` JSON object such as ``{"type": "profile", "profile": "minio"}``.
+      s3_request_concurrency: at most this many concurrent S3 requests.
+      s3_max_retries: attempts on transient S3 errors (TensorStore retries with
+        exponential backoff between ``s3_retry_initial_delay`` and ``s3_retry_max_delay``).
+      s3_retry_initial_delay: first backoff delay, a TensorStore duration (``"0.1s"``).
+      s3_retry_max_delay: longest backoff delay.
+      file_io_concurrency: at most this many concurrent local-file operations.
+      file_sync: fsync each file write (durable against power loss, slower).
+    """
+
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_host_header: str | None = None
+    credentials: str | Mapping[str, Any] = "default"
+    s3_request_concurrency: int = 32
+    s3_max_retries: int = 8
+    s3_retry_initial_delay: str = "0.1s"
+    s3_retry_max_delay: str = "8s"
+    file_io_concurrency: int = 32
+    file_sync: bool = False
+
+    def __post_init__(self) -> None:
+        if self.s3_endpoint is not None and not re.match(r"^https?://[^/]+", self.s3_endpoint):
+            raise ConfigError(
+                f"StorageConfig(s3_endpoint={self.s3_endpoint!r}) must be an http(s) URL "
+                "such as 'http://127.0.0.1:9000'."
+            )
+        if self.s3_host_header is not None and self.s3_endpoint is None:
+            raise ConfigError("StorageConfig(s3_host_header=...) needs s3_endpoint as well.")
+        cred_type = (
+            self.credentials.get("type")
+            if isinstance(self.credentials, Mapping)
+            else self.credentials
+        )
+        if cred_type not in _CREDENTIAL_TYPES:
+            raise ConfigError(
+                f"StorageConfig(credentials=...) has type {cred_type!r}; expected one of "
+                f"{', '.join(_CREDENTIAL_TYPES)} (a TensorStore aws_credentials type)."
+            )
+        for name in ("s3_request_concurrency", "s3_max_retries", "file_io_concurrency"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(
+                    f"StorageConfig({name}={getattr(self, name)!r}) must be an int >= 1."
+                )
+        if isinstance(self.credentials, Mapping):  # keep the dataclass hashable
+            object.__setattr__(self, "credentials", _FrozenDict(self.credentials))
+
+    def resolve(self, environ: Mapping[str, str]) -> StorageConfig:
+        """Fills unset endpoint and region from AWS SDK environment variables.
+
+        Explicit fields win over the environment. Called once by the public entry points.
+        """
+        endpoint = (
+            self.s3_endpoint
+            or environ.get("AWS_ENDPOINT_URL_S3")
+            or environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        region = self.s3_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        if region is None and endpoint is not None:
+            region = "us-east-1"
+        return dataclasses.replace(self, s3_endpoint=endpoint, s3_region=region or None)
+
+    def __repr__(self) -> str:  # never print credential objects' contents
+        cred = self.credentials if isinstance(self.credentials, str) else "<aws_credentials>"
+        return (
+            f"StorageConfig(s3_endpoint={self.s3_endpoint!r}, s3_region={self.s3_region!r}, "
+            f"credentials={cred!r})"
+        )
+
+
+class _FrozenDict(dict):
+    """A read-only, hashable dict for credential specs inside a frozen dataclass."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.items())))
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("StorageConfig.credentials is read-only")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _readonly  # type: ignore[assignment]

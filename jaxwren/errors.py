@@ -1,0 +1,84 @@
+"""Typed errors raised by jaxwren.
+
+Every error is a :class:`JaxwrenError` and also the builtin exception a Python user would
+expect (``ValueError``, ``OSError``, ``numpy.linalg.LinAlgError`` ...), so existing
+``except`` clauses keep working. Messages name the call, give expected vs actual and say
+how to fix it; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "BlockIndexError",
+    "ConfigError",
+    "CredentialsError",
+    "DTypeMismatchError",
+    "JaxwrenError",
+    "MatrixExistsError",
+    "MatrixNotFoundError",
+    "MemoryBudgetError",
+    "NonFiniteError",
+    "NotPositiveDefiniteError",
+    "ShapeMismatchError",
+    "StorageError",
+    "UnsupportedURLError",
+    "BucketNotFoundError",
+]
+
+
+class JaxwrenError(Exception):
+    """Base class of every error jaxwren raises on purpose."""
+
+
+class ShapeMismatchError(JaxwrenError, ValueError):
+    """Shapes (or block shapes) do not fit together."""
+
+
+class DTypeMismatchError(JaxwrenError, TypeError):
+    """A dtype is unsupported or differs from the one expected."""
+
+
+class BlockIndexError(JaxwrenError, IndexError):
+    """A block index lies outside the block grid."""
+
+
+class ConfigError(JaxwrenError, ValueError):
+    """A configuration value (StorageConfig, memory budget, mesh ...) is invalid."""
+
+
+class UnsupportedURLError(JaxwrenError, ValueError):
+    """A storage URL has an unknown scheme or is malformed."""
+
+
+class MemoryBudgetError(JaxwrenError, ValueError):
+    """A plan needs more memory than the budget allows."""
+
+
+class NonFiniteError(JaxwrenError, ValueError):
+    """An input holds NaN or Inf where a finite value is required."""
+
+
+class NotPositiveDefiniteError(JaxwrenError, np.linalg.LinAlgError):
+    """A matrix given to a Cholesky factorisation is not positive definite."""
+
+
+class StorageError(JaxwrenError, OSError):
+    """Reading or writing the store failed."""
+
+
+class MatrixNotFoundError(StorageError, FileNotFoundError):
+    """No matrix is stored at the URL."""
+
+
+class MatrixExistsError(StorageError, FileExistsError):
+    """A matrix already exists where a new one was to be created."""
+
+
+class BucketNotFoundError(StorageError, FileNotFoundError):
+    """The object-store bucket does not exist."""
+
+
+class CredentialsError(StorageError, PermissionError):
+    """The object store refused the credentials."""

@@ -1,0 +1,175 @@
+"""Sharded IO the orbax way: each distinct device index read once, every read issued
+before any wait (under a byte budget), assembled with make_array_from_single_device_arrays;
+saving writes only the addressable shards with ``replica_id == 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxwren.config import StorageConfig
+from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
+from jaxwren.sharding.mesh import default_sharding
+from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.ingest import from_numpy
+from jaxwren.storage.window import Window
+
+__all__ = ["load", "save", "DEFAULT_IO_BYTES"]
+
+DEFAULT_IO_BYTES = 1 << 30
+Region = tuple[int, int, int, int]
+
+
+def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    (r0, r1, _), (c0, c1, _) = (s.indices(d) for s, d in zip(index, shape, strict=True))
+    return r0, r1, c0, c1
+
+
+def load(
+    matrix: BigMatrix,
+    sharding: jax.sharding.Sharding | None = None,
+    *,
+    region: Region | None = None,
+    budget_bytes: int = DEFAULT_IO_BYTES,
+) -> jax.Array:
+    """Loads ``matrix`` (or rows ``r0:r1``, cols ``c0:c1`` of it) as a sharded jax.Array.
+
+    Args:
+      matrix: the stored matrix (a ``.T`` view works too).
+      sharding: the result's sharding; None shards over the default mesh (dimensions a
+        mesh axis does not divide are replicated along it).
+      region: ``(r0, r1, c0, c1)``; None loads the whole matrix.
+      budget_bytes: at most this many bytes of host staging in flight.
+
+    Returns:
+      A jax.Array of shape ``(r1 - r0, c1 - c0)`` with ``sharding``; in a multi-process
+      run each process reads only its addressable shards.
+    """
+    r0, r1, c0, c1 = region if region is not None else (0, *matrix.shape[:1], 0, matrix.shape[1])
+    shape = (r1 - r0, c1 - c0)
+    sharding = default_sharding(shape) if sharding is None else sharding
+    by_index: dict[tuple[int, int, int, int], list[jax.Device]] = {}
+    for device, index in sharding.addressable_devices_indices_map(shape).items():
+        by_index.setdefault(_bounds(index, shape), []).append(device)
+    placed: dict[jax.Device, jax.Array] = {}
+
+    def place(devices: list[jax.Device]) -> Any:
+        def done(block: np.ndarray) -> None:
+            for d in devices:
+                placed[d] = jax.device_put(block, d)
+
+        return done
+
+    itemsize = matrix.dtype.itemsize
+    with translate_errors("load", matrix.location), Window(budget_bytes) as window:
+        for (a0, a1, b0, b1), devices in by_index.items():
+            window.submit(
+                lambda a0=a0, a1=a1, b0=b0, b1=b1: matrix.read_region_async(
+                    r0 + a0, r0 + a1, c0 + b0, c0 + b1
+                ),
+                (a1 - a0) * (b1 - b0) * itemsize,
+                place(devices),
+            )
+    arrays = [placed[d] for d in sharding.addressable_devices_indices_map(shape)]
+    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+
+
+def write_shards(
+    x: jax.Array,
+    matrix: BigMatrix,
+    *,
+    offset: tuple[int, int] = (0, 0),
+    budget_bytes: int = DEFAULT_IO_BYTES,
+) -> None:
+    """Writes the addressable shards of ``x`` with ``replica_id == 0`` into ``matrix`` at
+    ``offset``; each distinct shard is written once, writes overlap under the budget."""
+    with translate_errors("save", matrix.location), Window(budget_bytes) as window:
+        for shard in x.addressable_shards:
+            if shard.replica_id != 0:
+                continue
+            a0, _, b0, _ = _bounds(shard.index, x.shape)
+            data = np.asarray(shard.data)
+            window.submit(
+                lambda data=data, a0=a0, b0=b0: matrix.write_region_async(
+                    offset[0] + a0, offset[1] + b0, data
+                ),
+                data.nbytes,
+            )
+
+
+def save(
+    x: Any,
+    url: str | os.PathLike[str] | BigMatrix,
+    block_shape: tuple[int, int] | None = None,
+    *,
+    storage: StorageConfig | None = None,
+    overwrite: bool = False,
+    budget_bytes: int = DEFAULT_IO_BYTES,
+) -> BigMatrix:
+    """Saves a 2-D ``jax.Array`` (sharded or not) or numpy array as a BigMatrix.
+
+    Args:
+      x: the array. A sharded jax.Array is written shard by shard from the devices that
+        hold it; in a multi-process run each process writes only its own shards.
+      url: a storage URL, or an existing BigMatrix of the same shape and dtype.
+      block_shape: the block shape of a new matrix (required with a URL).
+      storage: StorageConfig for a URL.
+      overwrite: replace a matrix already stored at the URL.
+      budget_bytes: at most this many bytes of host staging in flight.
+
+    Returns:
+      The BigMatrix written.
+
+    Raises:
+      ShapeMismatchError, DTypeMismatchError: checked before anything is written.
+    """
+    if not isinstance(x, jax.Array):
+        if isinstance(url, BigMatrix):
+            x = jax.numpy.asarray(np.asarray(x))
+        else:
+            if block_shape is None:
+                raise ShapeMismatchError("save: block_shape is required when saving to a URL.")
+            return from_numpy(x, url, block_shape, storage=storage, overwrite=overwrite)
+    if x.ndim != 2:
+        raise ShapeMismatchError(f"save: expected a 2-D array, got shape {x.shape}.")
+    matrix = _target(x, url, block_shape, storage=storage, overwrite=overwrite)
+    write_shards(x, matrix, budget_bytes=budget_bytes)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxwren.save.done")
+    return matrix
+
+
+def _target(
+    x: jax.Array,
+    url: str | os.PathLike[str] | BigMatrix,
+    block_shape: tuple[int, int] | None,
+    *,
+    storage: StorageConfig | None,
+    overwrite: bool,
+) -> BigMatrix:
+    if isinstance(url, BigMatrix):
+        if url.shape != x.shape:
+            raise ShapeMismatchError(
+                f"save: array shape {x.shape} differs from {url!r}; create a matching matrix."
+            )
+        if np.dtype(x.dtype) != url.dtype:
+            raise DTypeMismatchError(
+                f"save: array dtype {x.dtype} differs from {url!r}; convert with x.astype()."
+            )
+        return url
+    if block_shape is None:
+        raise ShapeMismatchError("save: block_shape is required when saving to a URL.")
+    if jax.process_count() == 1:
+        return BigMatrix.create(
+            url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
+        )
+    if jax.process_index() == 0:
+        BigMatrix.create(url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite)
+    multihost_utils.sync_global_devices("jaxwren.save.create")
+    return BigMatrix.open(url, storage=storage)

@@ -1,0 +1,75 @@
+"""Device meshes and the shardings jaxwren uses by default."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.errors import ConfigError
+
+__all__ = ["ROWS", "COLS", "default_mesh", "check_mesh", "fit_spec", "default_sharding"]
+
+ROWS, COLS = "rows", "cols"
+
+
+def _square_factors(n: int) -> tuple[int, int]:
+    r = int(math.isqrt(n))
+    while n % r:
+        r -= 1
+    return r, n // r
+
+
+def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """All devices (or ``devices``) in a 2-D ``(rows, cols)`` mesh, as square as possible.
+
+    8 devices give a 2 x 4 mesh, 4 give 2 x 2, a prime count p gives 1 x p.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = _square_factors(len(devices))
+    return jax.make_mesh(shape, (ROWS, COLS), axis_types=(AxisType.Auto,) * 2, devices=devices)
+
+
+def check_mesh(mesh: Mesh | None, *, where: str) -> Mesh:
+    """Returns ``mesh`` (or the default mesh), checking it has jaxwren's 2 axes."""
+    if mesh is None:
+        return default_mesh()
+    if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (ROWS, COLS):
+        names = getattr(mesh, "axis_names", None)
+        raise ConfigError(
+            f"{where}: mesh must be a jax.sharding.Mesh with axes ({ROWS!r}, {COLS!r}), got "
+            f"{type(mesh).__name__} with axes {names}; build one with jw.default_mesh(devices) "
+            f"or jax.make_mesh((r, c), ('rows', 'cols'))."
+        )
+    return mesh
+
+
+def fit_spec(shape: Sequence[int], mesh: Mesh) -> P:
+    """The PartitionSpec that shards ``shape`` over as much of ``mesh`` as divides it.
+
+    Prefers rows over the ``rows`` axis and columns over ``cols``; when a mesh axis does
+    not divide a dimension, the other layouts are tried and the one with the most shards
+    wins (ties keep the earlier, more natural layout). Nothing divides: replicated.
+    """
+    size = {ROWS: mesh.shape[ROWS], COLS: mesh.shape[COLS], None: 1}
+    both = (ROWS, COLS)
+    size[both] = size[ROWS] * size[COLS]  # type: ignore[index]
+    if len(shape) == 1:
+        layouts: list[tuple] = [(both,), (ROWS,), (COLS,), (None,)]
+    else:
+        layouts = [
+            (ROWS, COLS), (both, None), (None, both), (COLS, ROWS),
+            (ROWS, None), (None, COLS), (COLS, None), (None, ROWS), (None, None),
+        ]  # fmt: skip
+    fits = [lay for lay in layouts if all(d % size[a] == 0 for d, a in zip(shape, lay))]
+    best = max(fits, key=lambda lay: math.prod(size[a] for a in lay))
+    return P(*best)
+
+
+def default_sharding(shape: Sequence[int], mesh: Mesh | None = None) -> NamedSharding:
+    """A NamedSharding of ``shape`` over ``mesh`` (default mesh when None)."""
+    mesh = default_mesh() if mesh is None else mesh
+    return NamedSharding(mesh, fit_spec(shape, mesh))

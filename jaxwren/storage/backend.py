@@ -1,0 +1,150 @@
+"""TensorStore handles for stored matrices: create, open, probe, and error translation.
+
+One process-wide ``tensorstore.Context`` is shared by every matrix so that ``memory://``
+matrices can be reopened by URL and all matrices share one cache pool and IO limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from jaxwren.config import StorageConfig
+from jaxwren.errors import (
+    BucketNotFoundError,
+    CredentialsError,
+    MatrixExistsError,
+    MatrixNotFoundError,
+    StorageError,
+)
+from jaxwren.storage.urls import Location, kvstore_spec
+
+__all__ = ["HEADER_KEY", "shared_context", "translate_errors", "create_array", "open_array"]
+
+HEADER_KEY = "jaxwren"
+FORMAT_VERSION = 1
+_CRED_WORDS = re.compile(
+    r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|PERMISSION_DENIED|UNAUTHENTICATED"
+    r"|Forbidden|ExpiredToken|InvalidToken"
+)
+
+
+@functools.cache
+def shared_context() -> ts.Context:
+    """The one TensorStore context of this process (created on first use, not on import)."""
+    return ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+
+
+def _clean(msg: str) -> str:
+    """Drops TensorStore's echoed spec (it can hold endpoints and credential settings)."""
+    msg = re.sub(r"\s*\[tensorstore_spec=.*", "", msg, flags=re.S)
+    msg = re.sub(r"\s*\[http_response_body=.*", "", msg, flags=re.S)
+    return msg[:500]
+
+
+def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
+    """Maps a TensorStore exception to a typed StorageError naming the operation and fix."""
+    msg = _clean(str(exc))
+    where = loc.url
+    if "NoSuchBucket" in str(exc):
+        return BucketNotFoundError(
+            f"{op}: bucket {loc.bucket!r} of {where} does not exist; create it first "
+            "(e.g. `aws s3 mb s3://BUCKET`, or the MinIO console) or fix the URL."
+        )
+    if _CRED_WORDS.search(str(exc)):
+        return CredentialsError(
+            f"{op}: the object store refused the credentials for {where} ({msg.split(':')[0]}). "
+            "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile, or "
+            "StorageConfig(credentials=...)."
+        )
+    if msg.startswith("ALREADY_EXISTS"):
+        return MatrixExistsError(
+            f"{op}: a matrix already exists at {where}; pass overwrite=True to replace it "
+            "or choose another URL."
+        )
+    if msg.startswith("NOT_FOUND"):
+        return MatrixNotFoundError(
+            f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
+            "jw.BigMatrix.create / jw.from_numpy, or fix the URL."
+        )
+    return StorageError(f"{op} on {where} failed: {msg}")
+
+
+@contextlib.contextmanager
+def translate_errors(op: str, loc: Location) -> Iterator[None]:
+    """Context manager turning TensorStore ValueErrors into typed StorageErrors."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except ValueError as exc:
+        raise translate(exc, op, loc) from None
+
+
+def probe_bucket(loc: Location, config: StorageConfig, op: str) -> None:
+    """Checks that an S3/GCS bucket exists and the credentials work (one LIST request).
+
+    TensorStore alone retries writes into a missing bucket for a long time, so this
+    check runs before anything is created.
+    """
+    if loc.scheme not in ("s3", "gs"):
+        return
+    spec = dict(kvstore_spec(loc, config), path="")
+    with translate_errors(op, loc):
+        kv = ts.KvStore.open(spec, context=shared_context()).result()
+        kv.list(ts.KvStore.KeyRange(loc.path, loc.path + "zarr.json\0")).result()
+
+
+def _base_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
+    return {"driver": "zarr3", "kvstore": kvstore_spec(loc, config)}
+
+
+def create_array(
+    loc: Location,
+    config: StorageConfig,
+    shape: tuple[int, int],
+    block_shape: tuple[int, int],
+    dtype: np.dtype,
+    *,
+    overwrite: bool,
+) -> ts.TensorStore:
+    """Creates the zarr v3 array (chunk = block) with jaxwren's header in its attributes."""
+    probe_bucket(loc, config, "BigMatrix.create")
+    metadata = {
+        "shape": list(shape),
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(block_shape)}},
+        "chunk_key_encoding": {"name": "default"},
+        "data_type": ts.dtype(dtype).name,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": {HEADER_KEY: {"format": FORMAT_VERSION, "block_shape": list(block_shape)}},
+    }
+    spec = dict(_base_spec(loc, config), metadata=metadata)
+    with translate_errors("BigMatrix.create", loc):
+        return ts.open(
+            spec,
+            create=True,
+            delete_existing=overwrite,
+            context=shared_context(),
+        ).result()
+
+
+def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
+    """Opens an existing zarr v3 array from its stored metadata alone."""
+    probe_bucket(loc, config, "BigMatrix.open")
+    with translate_errors("BigMatrix.open", loc):
+        return ts.open(_base_spec(loc, config), open=True, context=shared_context()).result()
+
+
+def stored_block_shape(array: ts.TensorStore) -> tuple[int, ...]:
+    """The block shape: jaxwren's header if present, else the zarr chunk shape."""
+    attrs = array.spec().to_json().get("metadata", {}).get("attributes", {})
+    header = attrs.get(HEADER_KEY)
+    if header and "block_shape" in header:
+        return tuple(int(b) for b in header["block_shape"])
+    return tuple(int(c) for c in array.chunk_layout.read_chunk.shape)

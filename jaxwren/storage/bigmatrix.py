@@ -1,0 +1,356 @@
+"""BigMatrix: a 2-D matrix stored as a zarr v3 array whose chunk is the block.
+
+numpywren's BigMatrix on TensorStore: blocks are read and written independently, edge
+blocks are ragged (returned at their true size), ``T`` is a lazy transposed view, and
+``parent_fn`` materialises blocks that were never written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tensorstore as ts
+
+from jaxwren.config import StorageConfig
+from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchError
+from jaxwren.storage import backend
+from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.urls import Location, parse_url
+
+if TYPE_CHECKING:
+    import jax
+
+__all__ = ["BigMatrix", "ParentFn", "resolve_storage", "check_dtype", "check_shape"]
+
+ParentFn = Callable[["BigMatrix", int, int], np.ndarray]
+
+_SUPPORTED_KINDS = "fiub"
+_EXTRA_DTYPES = ("bfloat16",)
+
+
+def resolve_storage(storage: StorageConfig | None) -> StorageConfig:
+    """The public entry points' one read of the environment (endpoint, region)."""
+    return (storage or StorageConfig()).resolve(os.environ)
+
+
+def check_dtype(dtype: Any, *, where: str) -> np.dtype:
+    """Returns the numpy dtype for ``dtype`` or raises DTypeMismatchError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not (dt.kind in _SUPPORTED_KINDS or dt.name in _EXTRA_DTYPES):
+        raise DTypeMismatchError(
+            f"{where}: dtype {dtype!r} is not supported; use a numeric dtype such as "
+            "'float32', 'float64', 'bfloat16' or an integer type."
+        )
+    return dt
+
+
+def check_shape(shape: Any, *, where: str, name: str = "shape") -> tuple[int, int]:
+    """Returns ``shape`` as a 2-tuple of positive ints or raises ShapeMismatchError."""
+    try:
+        dims = tuple(int(s) for s in shape)
+        ok = len(dims) == 2 and all(d > 0 and d == s for d, s in zip(dims, shape, strict=True))
+    except (TypeError, ValueError):
+        ok, dims = False, ()
+    if not ok:
+        raise ShapeMismatchError(
+            f"{where}: {name}={shape!r} must be two positive integers (rows, cols)."
+        )
+    return dims  # type: ignore[return-value]
+
+
+class BigMatrix:
+    """A blocked 2-D matrix in object storage (memory, file, s3, gs).
+
+    Create with :meth:`create`, :meth:`open` or :func:`jaxwren.from_numpy`; do not call
+    the constructor directly.
+    """
+
+    def __init__(
+        self,
+        array: ts.TensorStore,
+        loc: Location,
+        config: StorageConfig,
+        block_shape: tuple[int, int],
+        *,
+        parent_fn: ParentFn | None = None,
+        transposed: bool = False,
+    ) -> None:
+        self._base = array
+        self._loc = loc
+        self._config = config
+        self._base_block = block_shape
+        self._transposed = transposed
+        self._view = array.T if transposed else array
+        self.parent_fn = parent_fn
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def create(
+        cls,
+        url: str | os.PathLike[str],
+        shape: tuple[int, int],
+        block_shape: tuple[int, int],
+        dtype: Any = "float32",
+        *,
+        storage: StorageConfig | None = None,
+        parent_fn: ParentFn | None = None,
+        overwrite: bool = False,
+    ) -> BigMatrix:
+        """Creates an empty matrix at ``url`` (no block written yet; reads give zeros).
+
+        Raises:
+          ShapeMismatchError, DTypeMismatchError: invalid shape, block shape or dtype.
+          MatrixExistsError: a matrix is stored there and ``overwrite`` is False.
+          BucketNotFoundError, CredentialsError, StorageError: the store refused.
+        """
+        shape = check_shape(shape, where="BigMatrix.create")
+        block_shape = check_shape(block_shape, where="BigMatrix.create", name="block_shape")
+        dt = check_dtype(dtype, where="BigMatrix.create")
+        loc, config = parse_url(url), resolve_storage(storage)
+        array = backend.create_array(loc, config, shape, block_shape, dt, overwrite=overwrite)
+        return cls(array, loc, config, block_shape, parent_fn=parent_fn)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str],
+        *,
+        storage: StorageConfig | None = None,
+        parent_fn: ParentFn | None = None,
+    ) -> BigMatrix:
+        """Reopens a stored matrix by URL from its stored header alone.
+
+        Any 2-D zarr v3 array opens; its chunk shape is taken as the block shape.
+
+        Raises:
+          MatrixNotFoundError: nothing is stored at ``url``.
+          ShapeMismatchError: the stored array is not 2-D.
+        """
+        loc, config = parse_url(url), resolve_storage(storage)
+        array = backend.open_array(loc, config)
+        if array.rank != 2:
+            raise ShapeMismatchError(
+                f"BigMatrix.open: {loc.url} holds a {array.rank}-D array; BigMatrix is 2-D."
+            )
+        block_shape = backend.stored_block_shape(array)
+        return cls(array, loc, config, block_shape, parent_fn=parent_fn)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------- properties
+    @property
+    def url(self) -> str:
+        """The normalised storage URL (of the stored, untransposed matrix)."""
+        return self._loc.url
+
+    @property
+    def location(self) -> Location:
+        """The parsed storage location."""
+        return self._loc
+
+    @property
+    def storage(self) -> StorageConfig:
+        """The resolved StorageConfig this matrix was opened with."""
+        return self._config
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self._view.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._view.dtype.numpy_dtype)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        b = self._base_block
+        return (b[1], b[0]) if self._transposed else b
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Number of blocks along each axis (edge blocks included)."""
+        return tuple(-(-s // b) for s, b in zip(self.shape, self.block_shape, strict=True))  # type: ignore[return-value]
+
+    @property
+    def block_idxs(self) -> list[tuple[int, int]]:
+        """All block indices ``(i, j)`` in row-major order."""
+        gi, gj = self.grid_shape
+        return [(i, j) for i in range(gi) for j in range(gj)]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def transposed(self) -> bool:
+        """Whether this is a transposed view of the stored matrix."""
+        return self._transposed
+
+    @property
+    def T(self) -> BigMatrix:  # noqa: N802
+        """A lazy transposed view: blocks and indices swapped, nothing copied."""
+        return BigMatrix(
+            self._base,
+            self._loc,
+            self._config,
+            self._base_block,
+            parent_fn=self.parent_fn,
+            transposed=not self._transposed,
+        )
+
+    def __repr__(self) -> str:
+        t = ".T" if self._transposed else ""
+        return (
+            f"BigMatrix({self.url!r}{t}, shape={self.shape}, block_shape={self.block_shape}, "
+            f"dtype={self.dtype.name})"
+        )
+
+    # ------------------------------------------------------------------------ blocks
+    def block_bounds(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """``(row0, row1, col0, col1)`` of block ``(i, j)``; edge blocks are ragged."""
+        self._check_block_idx(i, j)
+        (bi, bj), (m, n) = self.block_shape, self.shape
+        return i * bi, min((i + 1) * bi, m), j * bj, min((j + 1) * bj, n)
+
+    def _check_block_idx(self, i: int, j: int) -> None:
+        gi, gj = self.grid_shape
+        if not (isinstance(i, int | np.integer) and isinstance(j, int | np.integer)) or not (
+            0 <= i < gi and 0 <= j < gj
+        ):
+            raise BlockIndexError(
+                f"{self!r}: block index ({i}, {j}) is outside the block grid {self.grid_shape}; "
+                f"valid indices are 0 <= i < {gi}, 0 <= j < {gj}."
+            )
+
+    def _chunk_key(self, i: int, j: int) -> str:
+        bi, bj = (j, i) if self._transposed else (i, j)
+        return f"c/{bi}/{bj}"
+
+    def block_exists(self, i: int, j: int) -> bool:
+        """Whether block ``(i, j)`` has been written (its chunk object exists)."""
+        self._check_block_idx(i, j)
+        key = self._chunk_key(i, j)
+        with translate_errors("BigMatrix.block_exists", self._loc):
+            keys = self._base.kvstore.list(ts.KvStore.KeyRange(key, key + "\0")).result()
+        return bool(keys)
+
+    @property
+    def block_idxs_exist(self) -> set[tuple[int, int]]:
+        """Indices of the blocks that have been written (one LIST of the store)."""
+        with translate_errors("BigMatrix.block_idxs_exist", self._loc):
+            keys = self._base.kvstore.list(ts.KvStore.KeyRange("c/", "c0")).result()
+        out = set()
+        for key in keys:
+            parts = key.decode().split("/")
+            if len(parts) == 3:
+                i, j = int(parts[1]), int(parts[2])
+                out.add((j, i) if self._transposed else (i, j))
+        return out
+
+    def get_block(self, i: int, j: int) -> np.ndarray:
+        """Reads block ``(i, j)`` at its true (possibly ragged) size.
+
+        A block never written is produced by ``parent_fn(self, i, j)`` when one is set,
+        else read as zeros (the fill value).
+        """
+        r0, r1, c0, c1 = self.block_bounds(i, j)
+        if self.parent_fn is not None and not self.block_exists(i, j):
+            return self._from_parent(i, j)
+        return self.read_region(r0, r1, c0, c1)
+
+    def _from_parent(self, i: int, j: int) -> np.ndarray:
+        r0, r1, c0, c1 = self.block_bounds(i, j)
+        block = np.asarray(self.parent_fn(self, i, j))  # type: ignore[misc]
+        self._check_block(block, (r1 - r0, c1 - c0), f"parent_fn(A, {i}, {j})")
+        return block.astype(self.dtype, copy=False)
+
+    def put_block(self, block: Any, i: int, j: int) -> None:
+        """Writes block ``(i, j)``; it must have the block's true shape and a dtype that
+        casts safely to the matrix dtype.
+
+        Raises:
+          BlockIndexError, ShapeMismatchError, DTypeMismatchError: checked before writing.
+        """
+        r0, r1, c0, c1 = self.block_bounds(i, j)
+        block = np.asarray(block)
+        self._check_block(block, (r1 - r0, c1 - c0), f"put_block(block, {i}, {j})")
+        self.write_region(r0, c0, block)
+
+    def _check_block(self, block: np.ndarray, expected: tuple[int, int], call: str) -> None:
+        if block.shape != expected:
+            raise ShapeMismatchError(
+                f"{self!r}.{call}: block has shape {block.shape}, expected {expected} "
+                "(edge blocks are ragged: pass exactly the block's true size)."
+            )
+        if not np.can_cast(block.dtype, self.dtype, casting="safe"):
+            raise DTypeMismatchError(
+                f"{self!r}.{call}: block dtype {block.dtype} does not cast safely to "
+                f"{self.dtype}; convert it first with block.astype({self.dtype.name!r})."
+            )
+
+    def delete_block(self, i: int, j: int) -> None:
+        """Deletes block ``(i, j)``: it reads as zeros (or via ``parent_fn``) again."""
+        self._check_block_idx(i, j)
+        key = self._chunk_key(i, j)
+        with translate_errors("BigMatrix.delete_block", self._loc):
+            self._base.kvstore.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
+
+    def free(self) -> None:
+        """Deletes every block and keeps the header: the matrix can be refilled."""
+        with translate_errors("BigMatrix.free", self._loc):
+            self._base.kvstore.delete_range(ts.KvStore.KeyRange("c/", "c0")).result()
+
+    # ----------------------------------------------------------------------- regions
+    def _region(self, r0: int, r1: int, c0: int, c1: int) -> ts.TensorStore:
+        m, n = self.shape
+        if not (0 <= r0 <= r1 <= m and 0 <= c0 <= c1 <= n):
+            raise BlockIndexError(
+                f"{self!r}: region rows {r0}:{r1}, cols {c0}:{c1} is outside shape {self.shape}."
+            )
+        return self._view[r0:r1, c0:c1]
+
+    def read_region_async(self, r0: int, r1: int, c0: int, c1: int) -> ts.Future:
+        """Starts reading rows ``r0:r1``, cols ``c0:c1``; returns a TensorStore future."""
+        return self._region(r0, r1, c0, c1).read()
+
+    def read_region(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Reads rows ``r0:r1``, cols ``c0:c1`` as a numpy array."""
+        with translate_errors("BigMatrix.read", self._loc):
+            return self.read_region_async(r0, r1, c0, c1).result()
+
+    def write_region_async(self, r0: int, c0: int, data: np.ndarray) -> ts.WriteFutures:
+        """Starts writing ``data`` at ``(r0, c0)``; wait on ``.commit`` for durability."""
+        r1, c1 = r0 + data.shape[0], c0 + data.shape[1]
+        return self._region(r0, r1, c0, c1).write(np.asarray(data, dtype=self.dtype))
+
+    def write_region(self, r0: int, c0: int, data: np.ndarray) -> None:
+        """Writes ``data`` at ``(r0, c0)`` and waits until it is stored."""
+        with translate_errors("BigMatrix.write", self._loc):
+            self.write_region_async(r0, c0, data).result()
+
+    def numpy(self) -> np.ndarray:
+        """Reads the whole matrix into memory (missing blocks via ``parent_fn`` if set)."""
+        m, n = self.shape
+        out = self.read_region(0, m, 0, n)
+        if self.parent_fn is not None:
+            missing = set(self.block_idxs) - self.block_idxs_exist
+            for i, j in sorted(missing):
+                r0, r1, c0, c1 = self.block_bounds(i, j)
+                out[r0:r1, c0:c1] = self._from_parent(i, j)
+        return out
+
+    def iter_blocks(self) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        """Yields ``((i, j), block)`` for every block in row-major order."""
+        for i, j in self.block_idxs:
+            yield (i, j), self.get_block(i, j)
+
+    def to_jax(self, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+        """Loads the matrix as a sharded ``jax.Array`` (see :func:`jaxwren.sharding.load`)."""
+        from jaxwren.sharding.io import load  # delegate: storage stays below sharding
+
+        return load(self, sharding)
+

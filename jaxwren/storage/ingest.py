@@ -1,0 +1,72 @@
+"""Writing in-memory numpy arrays into the store, block by block, concurrently."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxwren.config import StorageConfig
+from jaxwren.errors import ShapeMismatchError
+from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.bigmatrix import BigMatrix, check_shape
+from jaxwren.storage.window import Window
+
+__all__ = ["from_numpy", "write_blocks"]
+
+
+def from_numpy(
+    x: Any,
+    url: str | os.PathLike[str],
+    block_shape: tuple[int, int],
+    *,
+    storage: StorageConfig | None = None,
+    overwrite: bool = False,
+    n_jobs: int = 16,
+) -> BigMatrix:
+    """Stores a 2-D numpy array as a BigMatrix, writing blocks concurrently.
+
+    Args:
+      x: a 2-D array (anything ``np.asarray`` accepts).
+      url: where to store it.
+      block_shape: ``(rows, cols)`` of a block; need not divide the shape.
+      storage: StorageConfig; None uses the environment's AWS settings.
+      overwrite: replace a matrix already stored at ``url``.
+      n_jobs: at most this many block writes in flight (numpywren's ``shard_matrix``).
+
+    Returns:
+      The new BigMatrix.
+
+    Raises:
+      ShapeMismatchError: ``x`` is not 2-D (checked before anything is written).
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or 0 in x.shape:
+        raise ShapeMismatchError(
+            f"from_numpy: expected a non-empty 2-D array, got shape {x.shape}; "
+            "reshape vectors with x.reshape(-1, 1)."
+        )
+    check_shape(block_shape, where="from_numpy", name="block_shape")
+    matrix = BigMatrix.create(
+        url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
+    )
+    write_blocks(matrix, x, n_jobs=n_jobs)
+    return matrix
+
+
+def write_blocks(
+    matrix: BigMatrix, x: np.ndarray, *, max_inflight_bytes: int = 1 << 30, n_jobs: int = 16
+) -> None:
+    """Writes ``x`` block by block with bounded concurrency (numpywren's shard_matrix).
+
+    At most ``n_jobs`` block writes and ``max_inflight_bytes`` are in flight at once.
+    """
+    with translate_errors("from_numpy", matrix.location), Window(max_inflight_bytes, n_jobs) as w:
+        for i, j in matrix.block_idxs:
+            r0, r1, c0, c1 = matrix.block_bounds(i, j)
+            block = x[r0:r1, c0:c1]
+            w.submit(
+                lambda r0=r0, c0=c0, block=block: matrix.write_region_async(r0, c0, block),
+                block.size * matrix.dtype.itemsize,
+            )
