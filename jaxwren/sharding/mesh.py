@@ -64,7 +64,9 @@ def fit_spec(shape: Sequence[int], mesh: Mesh) -> P:
             (ROWS, COLS), (both, None), (None, both), (COLS, ROWS),
             (ROWS, None), (None, COLS), (COLS, None), (None, ROWS), (None, None),
         ]  # fmt: skip
-    fits = [lay for lay in layouts if all(d % size[a] == 0 for d, a in zip(shape, lay))]
+    fits = [
+        lay for lay in layouts if all(d % size[a] == 0 for d, a in zip(shape, lay, strict=True))
+    ]
     best = max(fits, key=lambda lay: math.prod(size[a] for a in lay))
     return P(*best)
 

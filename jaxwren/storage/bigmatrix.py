@@ -353,4 +353,3 @@ class BigMatrix:
         from jaxwren.sharding.io import load  # delegate: storage stays below sharding
 
         return load(self, sharding)
-
