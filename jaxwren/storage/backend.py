@@ -102,7 +102,13 @@ def probe_bucket(loc: Location, config: StorageConfig, op: str) -> None:
 
 
 def _base_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
-    return {"driver": "zarr3", "kvstore": kvstore_spec(loc, config)}
+    # Blocks equal to the fill value are still stored: a written block always exists
+    # (parent_fn and resumable algorithms rely on it).
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore_spec(loc, config),
+        "store_data_equal_to_fill_value": True,
+    }
 
 
 def create_array(

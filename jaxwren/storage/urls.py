@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from jaxwren.config import StorageConfig
@@ -16,6 +17,7 @@ from jaxwren.errors import UnsupportedURLError
 __all__ = ["Location", "parse_url", "kvstore_spec"]
 
 _SCHEMES = ("s3", "gs", "file", "memory")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,11 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
     if not bucket or not prefix:
         raise UnsupportedURLError(
             f"{scheme} URL {url!r} needs a bucket and a prefix: {scheme}://bucket/prefix."
+        )
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise UnsupportedURLError(
+            f"{scheme} URL {url!r}: {bucket!r} is not a valid bucket name (3-63 characters: "
+            "lowercase letters, digits, '.', '-'; starting and ending with a letter or digit)."
         )
     return Location(scheme, bucket, prefix + "/", f"{scheme}://{bucket}/{prefix}")
 

@@ -1,0 +1,112 @@
+"""Sharded load (to_jax) and save on 1-D and 2-D meshes, shards cutting blocks."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxwren as jw
+from jaxwren.sharding import fit_spec
+from tests.helpers import rand
+
+
+def mesh_1d():
+    return jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def test_default_mesh_is_square():
+    mesh = jw.default_mesh()
+    assert dict(mesh.shape) == {"rows": 2, "cols": 4}
+    assert dict(jw.default_mesh(jax.devices()[:4]).shape) == {"rows": 2, "cols": 2}
+    assert dict(jw.default_mesh(jax.devices()[:7]).shape) == {"rows": 1, "cols": 7}
+
+
+def test_fit_spec_prefers_most_shards():
+    mesh = jw.default_mesh()
+    assert fit_spec((8, 8), mesh) == P("rows", "cols")
+    assert fit_spec((16, 7), mesh) == P(("rows", "cols"), None)
+    assert fit_spec((7, 10), mesh) == P(None, "rows")
+    assert fit_spec((7, 9), mesh) == P(None, None)
+    assert fit_spec((24,), mesh) == P(("rows", "cols"))
+
+
+SHARDINGS = {
+    "2d": lambda: NamedSharding(jw.default_mesh(), P("rows", "cols")),
+    "2d-swapped": lambda: NamedSharding(jw.default_mesh(), P("cols", "rows")),
+    "1d-rows": lambda: NamedSharding(mesh_1d(), P("x", None)),
+    "1d-cols": lambda: NamedSharding(mesh_1d(), P(None, "x")),
+    "replicated": lambda: NamedSharding(jw.default_mesh(), P()),
+    "partial": lambda: NamedSharding(jw.default_mesh(), P("rows", None)),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARDINGS))
+def test_to_jax_and_save_roundtrip(store, name):
+    # 24 x 16 on 8 devices: shards of 3 or 12 rows / 2 or 8 cols cut the 5 x 3 blocks
+    x = rand((24, 16))
+    a = jw.from_numpy(x, store.url(), (5, 3), storage=store.config)
+    sharding = SHARDINGS[name]()
+    y = a.to_jax(sharding)
+    assert y.sharding == sharding and y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(y), x)
+    for shard in y.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+    b = jw.save(y * 2, store.url(), (5, 3), storage=store.config)
+    assert b.block_shape == (5, 3)
+    np.testing.assert_array_equal(b.numpy(), 2 * x)
+
+
+def test_each_distinct_index_read_once(monkeypatch):
+    x = rand((16, 16))
+    a = jw.from_numpy(x, "memory://once", (4, 4))
+    calls = []
+    orig = jw.BigMatrix.read_region_async
+
+    def counting(self, *bounds):
+        calls.append(bounds)
+        return orig(self, *bounds)
+
+    monkeypatch.setattr(jw.BigMatrix, "read_region_async", counting)
+    y = a.to_jax(NamedSharding(jw.default_mesh(), P("rows", None)))  # 2 distinct, 4x each
+    np.testing.assert_array_equal(np.asarray(y), x)
+    assert sorted(calls) == [(0, 8, 0, 16), (8, 16, 0, 16)]
+
+
+def test_load_region_and_budget():
+    x = rand((30, 20))
+    a = jw.from_numpy(x, "memory://region", (7, 6))
+    y = jw.load(a, region=(3, 27, 5, 13), budget_bytes=64)  # budget < one shard: one at a time
+    np.testing.assert_array_equal(np.asarray(y), x[3:27, 5:13])
+    assert y.sharding.spec == P("rows", "cols")
+
+
+def test_ragged_default_sharding_and_transposed(store):
+    x = rand((11, 7), "float32")
+    a = jw.from_numpy(x, store.url(), (4, 4), storage=store.config)
+    np.testing.assert_array_equal(np.asarray(a.to_jax()), x)
+    np.testing.assert_array_equal(np.asarray(a.T.to_jax()), x.T)
+
+
+def test_save_numpy_and_into_existing():
+    x = rand((6, 6))
+    b = jw.save(x, "memory://save-np", (4, 4))
+    np.testing.assert_array_equal(b.numpy(), x)
+    c = jw.BigMatrix.create("memory://save-into", (6, 6), (3, 3), "float64")
+    jw.save(jax.numpy.asarray(x), c)
+    np.testing.assert_array_equal(c.numpy(), x)
+
+
+def test_save_errors():
+    c = jw.BigMatrix.create("memory://save-bad", (6, 6), (3, 3), "float32")
+    with pytest.raises(jw.ShapeMismatchError, match="differs from"):
+        jw.save(jax.numpy.ones((5, 6), np.float32), c)
+    with pytest.raises(jw.DTypeMismatchError, match=r"x.astype\(\)"):
+        jw.save(jax.numpy.ones((6, 6), np.float64), c)
+    with pytest.raises(jw.ShapeMismatchError, match="block_shape is required"):
+        jw.save(jax.numpy.ones((6, 6)), "memory://save-bad2")
+    with pytest.raises(jw.ShapeMismatchError, match="expected a 2-D array"):
+        jw.save(jax.numpy.ones((6,)), "memory://save-bad3", (2, 2))
+    assert c.block_idxs_exist == set()
