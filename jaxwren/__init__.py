@@ -17,6 +17,7 @@ from jaxwren.errors import (
     StorageError,
     UnsupportedURLError,
 )
+from jaxwren.linalg import matmul
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
 
@@ -43,5 +44,6 @@ __all__ = [
     "default_sharding",
     "from_numpy",
     "load",
+    "matmul",
     "save",
 ]

@@ -5,11 +5,13 @@ saving writes only the addressable shards with ``replica_id == 0``.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
+import tensorstore as ts
 from jax.experimental import multihost_utils
 
 from jaxwren.config import StorageConfig
@@ -24,6 +26,15 @@ __all__ = ["load", "save", "DEFAULT_IO_BYTES"]
 
 DEFAULT_IO_BYTES = 1 << 30
 Region = tuple[int, int, int, int]
+_ALIGN = 64  # XLA's CPU backend adopts 64-byte-aligned host arrays without copying
+
+
+def _aligned_empty(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-order array whose data is ``_ALIGN``-byte aligned."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return raw[off : off + nbytes].view(dtype).reshape(shape)
 
 
 def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -58,23 +69,34 @@ def load(
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         by_index.setdefault(_bounds(index, shape), []).append(device)
     placed: dict[jax.Device, jax.Array] = {}
+    # Each shard is read straight into an aligned host buffer we own (TensorStore's own
+    # read() allocates a fresh, unaligned result each time, and device_put then copies it
+    # again); on CPU, device_put adopts the aligned buffer without a copy. Replicas are
+    # device-to-device copies of the first placement, so no two devices share memory.
+    buffers: dict[Region, np.ndarray] = {}
 
-    def place(devices: list[jax.Device]) -> Any:
-        def done(block: np.ndarray) -> None:
-            for d in devices:
-                placed[d] = jax.device_put(block, d)
+    def start(key: Region) -> Any:
+        a0, a1, b0, b1 = key
+        buffers[key] = buf = _aligned_empty((a1 - a0, b1 - b0), matrix.dtype)
+        src = matrix._region(r0 + a0, r0 + a1, c0 + b0, c0 + b1)  # noqa: SLF001
+        return ts.array(buf, copy=False, write=True).write(src)
+
+    def place(key: Region, devices: list[jax.Device]) -> Any:
+        def done(_: Any) -> None:
+            first = placed[devices[0]] = jax.device_put(buffers.pop(key), devices[0])
+            for d in devices[1:]:
+                placed[d] = jax.device_put(first, d)
 
         return done
 
     itemsize = matrix.dtype.itemsize
     with translate_errors("load", matrix.location), Window(budget_bytes) as window:
-        for (a0, a1, b0, b1), devices in by_index.items():
+        for key, devices in by_index.items():
+            a0, a1, b0, b1 = key
             window.submit(
-                lambda a0=a0, a1=a1, b0=b0, b1=b1: matrix.read_region_async(
-                    r0 + a0, r0 + a1, c0 + b0, c0 + b1
-                ),
+                lambda key=key: start(key),
                 (a1 - a0) * (b1 - b0) * itemsize,
-                place(devices),
+                place(key, devices),
             )
     arrays = [placed[d] for d in sharding.addressable_devices_indices_map(shape)]
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)

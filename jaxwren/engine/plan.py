@@ -1,0 +1,121 @@
+"""Plans: the tiles of a blocked algorithm, their dependencies and projected memory.
+
+A Plan is a sequence of Steps. A Step names the tiles it reads (each a region of a source,
+padded to a fixed shape and sharded over the mesh), a jit-compiled kernel that folds them
+into the carried device state, and where its outputs go. The in-core case is a plan with
+one step; out-of-core plans have many steps of the same tile shapes, so one compiled kernel
+serves them all. The projected peak bytes are computed when the plan is built, and a plan
+over budget is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from jaxwren.config import parse_bytes
+from jaxwren.errors import MemoryBudgetError
+
+__all__ = ["Read", "Write", "Step", "Plan", "default_budget", "resolve_budget"]
+
+Region = tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Read:
+    """A region of ``source`` loaded as a tile of ``shape`` (zero padded) with ``sharding``."""
+
+    source: Any
+    region: Region
+    shape: tuple[int, int]
+    sharding: jax.sharding.Sharding
+    dtype: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    """Where an output tile goes: ``target`` at ``origin``, keeping its top-left ``size``.
+
+    ``target=None`` keeps the output on the devices and returns it from the run.
+    """
+
+    target: Any
+    origin: tuple[int, int] = (0, 0)
+    size: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One unit of work: ``carry, outputs = kernel(carry, *tiles)``.
+
+    Attributes:
+      reads: the tiles to load (prefetched while earlier steps compute).
+      kernel: a jitted function of the carried state and the loaded tiles.
+      writes: one Write per output of the kernel (an empty tuple: no outputs).
+      label: what the step does, for progress and logs.
+      skip: the step's effect is already stored (resume) and it need not run.
+    """
+
+    reads: tuple[Read, ...]
+    kernel: Callable[..., tuple[Any, tuple[jax.Array, ...]]]
+    writes: tuple[Write, ...] = ()
+    label: str = ""
+    skip: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """An ordered list of steps and the memory they need.
+
+    Attributes:
+      name: the calling operation (``"matmul"``), for messages.
+      steps: the steps, run in order.
+      init: makes the initial carried state (None: no carry).
+      projected_bytes: peak bytes held on the devices and in host staging.
+      min_budget: the smallest budget for which this operation can build a plan.
+      tiles: a human description of the tiling, for messages and logs.
+    """
+
+    name: str
+    steps: Sequence[Step]
+    init: Callable[[], Any] | None
+    projected_bytes: int
+    min_budget: int
+    tiles: str = ""
+
+    def check(self, budget: int) -> None:
+        """Refuses the plan when it needs more than ``budget`` bytes."""
+        if self.projected_bytes > budget:
+            raise MemoryBudgetError(
+                f"{self.name}: the plan ({self.tiles}) needs {_fmt(self.projected_bytes)} but "
+                f"memory_budget is {_fmt(budget)}; the smallest workable budget is "
+                f"{_fmt(self.min_budget)} (or store the result with out=URL)."
+            )
+
+
+def _fmt(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB ({nbytes} bytes)"
+
+
+def default_budget(devices: Sequence[jax.Device] | None = None) -> int:
+    """Bytes a run may hold: 80% of the devices' memory from their memory stats, or, on
+    CPU devices (which share host RAM), 40% of the host's physical memory."""
+    devices = list(jax.devices() if devices is None else devices)
+    limits = []
+    for d in devices:
+        stats = d.memory_stats() if d.platform != "cpu" else None
+        if stats and stats.get("bytes_limit"):
+            limits.append(int(stats["bytes_limit"]))
+    if limits and len(limits) == len(devices):
+        return int(0.8 * sum(limits))
+    return int(0.4 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def resolve_budget(memory_budget: int | str | None, devices: Sequence[jax.Device]) -> int:
+    """The run's budget in bytes: the user's (validated) or :func:`default_budget`."""
+    parsed = parse_bytes(memory_budget, what="memory_budget")
+    return default_budget(devices) if parsed is None else parsed

@@ -1,0 +1,5 @@
+"""Blocked algorithms, one per module, all planned and run by jaxwren.engine."""
+
+from jaxwren.linalg.matmul import matmul
+
+__all__ = ["matmul"]

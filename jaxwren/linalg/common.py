@@ -1,0 +1,155 @@
+"""What every algorithm shares: operand checks, result dtypes, ``out`` handling, tiling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxwren.config import StorageConfig
+from jaxwren.errors import (
+    DTypeMismatchError,
+    MatrixNotFoundError,
+    ShapeMismatchError,
+)
+from jaxwren.sharding.tiles import as_source
+from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
+from jaxwren.storage.urls import parse_url
+
+__all__ = [
+    "operand",
+    "result_dtype",
+    "OutTarget",
+    "prepare_out",
+    "round_up",
+    "tile_candidates",
+]
+
+
+def operand(x: Any, *, name: str, where: str) -> Any:
+    """Validates a matrix operand: a BigMatrix, jax.Array or array-like, 2-D, non-empty.
+
+    Returns a Source for the engine (BigMatrix, jax.Array, or an in-memory ArraySource).
+    """
+    if not isinstance(x, BigMatrix | jax.Array):
+        x = np.asarray(x)
+    if len(x.shape) != 2 or 0 in x.shape:
+        raise ShapeMismatchError(
+            f"{where}: {name} must be a non-empty 2-D matrix, got shape {tuple(x.shape)}; "
+            "reshape vectors with x.reshape(-1, 1)."
+        )
+    check_dtype(x.dtype, where=f"{where}({name})")
+    return as_source(x)
+
+
+def result_dtype(*dtypes: Any, where: str, floating: bool = True) -> np.dtype:
+    """The dtype ``jnp`` would give, refusing a silent float64 -> float32 downcast."""
+    want = np.result_type(*[np.dtype(d) for d in dtypes])
+    got = np.dtype(jnp.result_type(*[np.dtype(d) for d in dtypes]))
+    if floating and not jnp.issubdtype(got, jnp.floating):
+        got = np.dtype(jnp.result_type(got, jnp.float32))
+    if want.itemsize == 8 and got.itemsize < 8 and want.kind in "fc":
+        raise DTypeMismatchError(
+            f"{where}: inputs are {want.name} but JAX runs with 32-bit types; enable 64-bit "
+            "with jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) before "
+            "calling, or convert the inputs to float32."
+        )
+    return got
+
+
+@dataclasses.dataclass(frozen=True)
+class OutTarget:
+    """A validated ``out`` argument: where the result will be stored (or None: returned)."""
+
+    url: str | None
+    matrix: BigMatrix | None
+    shape: tuple[int, int]
+    dtype: np.dtype
+    block_shape: tuple[int, int]
+    storage: StorageConfig | None
+
+    @property
+    def returned(self) -> bool:
+        return self.url is None and self.matrix is None
+
+    def materialize(self) -> BigMatrix | None:
+        """Opens or creates the output matrix (only called once the plan is accepted)."""
+        if self.matrix is not None or self.url is None:
+            return self.matrix
+        return BigMatrix.create(
+            self.url, self.shape, self.block_shape, self.dtype, storage=self.storage
+        )
+
+
+def prepare_out(
+    out: Any,
+    *,
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    block_shape: tuple[int, int] | None,
+    inputs: Sequence[Any],
+    where: str,
+    storage: StorageConfig | None = None,
+) -> OutTarget:
+    """Checks ``out`` (None, URL or BigMatrix) against the result; writes nothing.
+
+    An existing matrix at ``out`` (BigMatrix or URL) must have the result's shape and
+    dtype and must not be one of the inputs.
+    """
+    block_shape = tuple(block_shape) if block_shape is not None else _default_block(inputs, shape)  # type: ignore[assignment]
+    if out is None:
+        return OutTarget(None, None, shape, dtype, block_shape, storage)  # type: ignore[arg-type]
+    if not isinstance(out, BigMatrix | str | os.PathLike):
+        raise ShapeMismatchError(
+            f"{where}: out must be None, a storage URL or a BigMatrix, got {type(out).__name__}."
+        )
+    url = out.url if isinstance(out, BigMatrix) else parse_url(out).url
+    for i, x in enumerate(inputs):
+        if isinstance(x, BigMatrix) and x.url == url:
+            raise ShapeMismatchError(
+                f"{where}: out ({url}) is also input #{i}; writing the result over an input "
+                "would corrupt it while it is read. Pass a different out URL."
+            )
+    matrix = out if isinstance(out, BigMatrix) else _open_existing(out, storage)
+    if matrix is None:
+        return OutTarget(url, None, shape, dtype, block_shape, storage)  # type: ignore[arg-type]
+    if matrix.shape != shape or matrix.dtype != dtype:
+        raise ShapeMismatchError(
+            f"{where}: out {matrix!r} must have shape {shape} and dtype {dtype.name} to hold "
+            f"the result, got shape {matrix.shape} and dtype {matrix.dtype.name}; pass a new "
+            "URL, or free and recreate it."
+        )
+    return OutTarget(None, matrix, shape, dtype, matrix.block_shape, storage)
+
+
+def _open_existing(url: Any, storage: StorageConfig | None) -> BigMatrix | None:
+    try:
+        return BigMatrix.open(url, storage=storage)
+    except MatrixNotFoundError:
+        return None
+
+
+def _default_block(inputs: Sequence[Any], shape: tuple[int, int]) -> tuple[int, int]:
+    rows = next((x.block_shape[0] for x in inputs[:1] if isinstance(x, BigMatrix)), None)
+    cols = next((x.block_shape[1] for x in inputs[-1:] if isinstance(x, BigMatrix)), None)
+    return (min(rows or 1024, shape[0]), min(cols or 1024, shape[1]))
+
+
+def round_up(x: int, q: int) -> int:
+    return -(-x // q) * q
+
+
+def tile_candidates(length: int, granule: int, multiple: int) -> list[int]:
+    """Tile sizes along a dimension: the whole (padded to ``multiple``), or block-aligned
+    pieces (multiples of ``granule`` and ``multiple``), one per distinct tile count."""
+    step = granule * multiple // math.gcd(granule, multiple)
+    sizes = {round_up(length, multiple)}
+    for count in range(2, -(-length // granule) + 1):
+        sizes.add(round_up(-(-length // count), step))
+    return sorted(s for s in sizes if s <= round_up(length, multiple) or s == step)
