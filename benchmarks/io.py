@@ -236,25 +236,24 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def best_pair(
-    jw_fn: Callable[[], Any],
-    raw_fn: Callable[[], Any],
+def best_of(
+    fns: dict[str, Callable[[], Any]],
     repeats: int,
     setup: Callable[[], None] | None = None,
-) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of (jaxwren, raw), interleaved, after one warm-up each.
+) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each function, interleaved, after one warm-up round.
 
     ``setup`` runs (untimed) before every call, e.g. to give writes a fresh target.
     """
-    jw_times, raw_times = [], []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(repeats + 1):
-        for fn, times in ((raw_fn, raw_times), (jw_fn, jw_times)):
+        for name, fn in fns.items():
             if setup is not None:
                 setup()
             t = _timed(fn)
             if i:  # the first round is the warm-up
-                times.append(t)
-    return min(jw_times), min(raw_times)
+                times[name].append(t)
+    return {name: min(v) for name, v in times.items()}
 
 
 # ---------------------------------------------------------------------------- benchmark
@@ -284,8 +283,10 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
     def jw_from_numpy() -> None:
         jw.from_numpy(x, targets["jw_url"], block, storage=storage)
 
-    timings: dict[str, tuple[float, float]] = {}
-    timings["from_numpy"] = best_pair(jw_from_numpy, raw_write, config.repeats, setup=fresh)
+    timings: dict[str, dict[str, float]] = {}
+    timings["from_numpy"] = best_of(
+        {"raw": raw_write, "jw": jw_from_numpy}, config.repeats, setup=fresh
+    )
 
     # Reads: one stored matrix, read through jaxwren and through a raw handle.
     url = store.url("read")
@@ -299,9 +300,20 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
     def raw_read() -> None:
         raw.read().result()
 
-    timings["numpy"] = best_pair(matrix.numpy, raw_read, config.repeats)
-    timings["to_jax"] = best_pair(
-        lambda: matrix.to_jax(sharding).block_until_ready(), raw_read, config.repeats
+    def raw_read_into() -> None:  # informational: into a fresh numpy buffer
+        out = np.empty(x.shape, x.dtype)
+        ts.array(out, copy=False, write=True).write(raw).result()
+
+    timings["numpy"] = best_of(
+        {"raw": raw_read, "into": raw_read_into, "jw": matrix.numpy}, config.repeats
+    )
+    timings["to_jax"] = best_of(
+        {
+            "raw": raw_read,
+            "into": raw_read_into,
+            "jw": lambda: matrix.to_jax(sharding).block_until_ready(),
+        },
+        config.repeats,
     )
 
     xs = matrix.to_jax(sharding).block_until_ready()
@@ -311,14 +323,15 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
     def jw_save() -> None:
         jw.save(xs, targets["jw_url"], block, storage=storage)
 
-    timings["save"] = best_pair(jw_save, raw_write, config.repeats, setup=fresh)
+    timings["save"] = best_of({"raw": raw_write, "jw": jw_save}, config.repeats, setup=fresh)
     for key in ("jw", "raw"):
         if last[key] is not None:
             store.delete(last[key])  # type: ignore[arg-type]
     store.delete(url)
 
     for op, raw_op in OPS:
-        secs, raw_secs = timings[op]
+        secs, raw_secs = timings[op]["jw"], timings[op]["raw"]
+        into_secs = timings[op].get("into")
         row = {
             "store": store.kind,
             "op": op,
@@ -332,13 +345,16 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
             "raw_seconds": raw_secs,
             "raw_gbps": nbytes / raw_secs / 1e9,
             "ratio": raw_secs / secs,
+            "raw_into_seconds": into_secs,
+            "raw_into_gbps": None if into_secs is None else nbytes / into_secs / 1e9,
             "repeats": config.repeats,
             "warm_cache": True,
             "machine": info,
         }
         print(
             f"{store.kind:>6} {op:>10}: {secs:8.4f} s {row['gbps']:7.3f} GB/s | raw {raw_op:5} "
-            f"{raw_secs:8.4f} s {row['raw_gbps']:7.3f} GB/s | ratio {row['ratio']:.2f}x",
+            f"{raw_secs:8.4f} s {row['raw_gbps']:7.3f} GB/s | ratio {row['ratio']:.2f}x"
+            + ("" if into_secs is None else f" | ts_into {row['raw_into_gbps']:.3f} GB/s"),
             flush=True,
         )
         out.append(row)
@@ -374,14 +390,15 @@ def run(config: Config) -> list[dict]:
 def markdown_table(results: list[dict]) -> str:
     lines = [
         "| store | op | n | block | dtype | seconds | GB/s | raw op | raw seconds | raw GB/s "
-        "| jaxwren/raw |",
-        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
+        "| jaxwren/raw | ts_into GB/s |",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['store']} | {r['op']} | {r['n']} | {r['block']} | {r['dtype']} "
             f"| {r['seconds']:.4f} | {r['gbps']:.3f} | {r['raw_op']} | {r['raw_seconds']:.4f} "
-            f"| {r['raw_gbps']:.3f} | {r['ratio']:.2f}x |"
+            f"| {r['raw_gbps']:.3f} | {r['ratio']:.2f}x "
+            f"| {'-' if r['raw_into_gbps'] is None else format(r['raw_into_gbps'], '.3f')} |"
         )
     return "\n".join(lines)
 

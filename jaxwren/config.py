@@ -13,7 +13,7 @@ from typing import Any
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["StorageConfig", "parse_bytes"]
+__all__ = ["StorageConfig", "format_bytes", "parse_bytes"]
 
 _CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
 _UNITS = {
@@ -63,6 +63,14 @@ def parse_bytes(value: int | float | str | None, *, what: str = "memory_budget")
     if nbytes <= 0:
         raise ConfigError(f"{what}={value!r} must be positive.")
     return nbytes
+
+
+def format_bytes(nbytes: int) -> str:
+    """``123456789`` -> ``'117.7 MiB (123456789 bytes)'``: readable and exact."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit} ({nbytes} bytes)"
+    return f"{nbytes} bytes"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,3 +17,11 @@ def tolerance(dtype: np.dtype | str) -> dict[str, float]:
 
 def rand(shape: tuple[int, ...], dtype: str = "float64", seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+_ids = __import__("itertools").count()
+
+
+def mem(name: str) -> str:
+    """A fresh memory:// URL (memory stores live for the whole test session)."""
+    return f"memory://{name}-{next(_ids)}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from jaxwren.config import parse_bytes
+from jaxwren.config import format_bytes, parse_bytes
 from jaxwren.errors import MemoryBudgetError
 
 __all__ = ["Read", "Write", "Step", "Plan", "default_budget", "resolve_budget"]
@@ -91,14 +91,10 @@ class Plan:
         """Refuses the plan when it needs more than ``budget`` bytes."""
         if self.projected_bytes > budget:
             raise MemoryBudgetError(
-                f"{self.name}: the plan ({self.tiles}) needs {_fmt(self.projected_bytes)} but "
-                f"memory_budget is {_fmt(budget)}; the smallest workable budget is "
-                f"{_fmt(self.min_budget)} (or store the result with out=URL)."
+                f"{self.name}: the plan ({self.tiles}) needs {format_bytes(self.projected_bytes)} but "
+                f"memory_budget is {format_bytes(budget)}; the smallest workable budget is "
+                f"{format_bytes(self.min_budget)} (or store the result with out=URL)."
             )
-
-
-def _fmt(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB ({nbytes} bytes)"
 
 
 def default_budget(devices: Sequence[jax.Device] | None = None) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import StorageConfig
+from jaxwren.config import StorageConfig, format_bytes
 from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
 from jaxwren.engine.runner import execute
 from jaxwren.errors import MemoryBudgetError, ShapeMismatchError
@@ -86,10 +86,9 @@ def choose_tiling(
     if best is None:
         hint = "" if not target.returned else " (or store the result with out=URL)"
         raise MemoryBudgetError(
-            f"matmul: ({m}, {k}) @ ({k}, {n}) needs at least {smallest} bytes "
-            f"({smallest / 2**20:.1f} MiB) with the smallest block-aligned tiles, but "
-            f"memory_budget is {budget} bytes ({budget / 2**20:.1f} MiB); the smallest "
-            f"workable budget is {smallest} bytes{hint}."
+            f"matmul: ({m}, {k}) @ ({k}, {n}) needs at least {format_bytes(smallest)} with "
+            f"the smallest block-aligned tiles, but memory_budget is {format_bytes(budget)}; "
+            f"the smallest workable budget is {format_bytes(smallest)}{hint}."
         )
     return best[1]
 
@@ -104,12 +103,11 @@ def _kernel(first: bool, last: bool, acc_dtype: Any, out_dtype: Any, sa: Any, sb
         return acc, ((acc.astype(out_dtype),) if last else ())
 
     outs = (sc, (sc,) if last else ())
-    if first:
-        fn = jax.jit(lambda _, a, b: step(None, a, b), in_shardings=(None, sa, sb),
-                     out_shardings=outs)  # fmt: skip
-    else:
-        fn = jax.jit(step, in_shardings=(sc, sa, sb), out_shardings=outs, donate_argnums=0)
-    return fn
+    if not first:
+        return jax.jit(step, in_shardings=(sc, sa, sb), out_shardings=outs, donate_argnums=0)
+    jitted = jax.jit(lambda a, b: step(None, a, b), in_shardings=(sa, sb), out_shardings=outs)
+    # the first K panel starts a new accumulator: whatever is carried is not an input
+    return lambda _carry, a, b: jitted(a, b)
 
 
 def plan_matmul(
