@@ -135,9 +135,7 @@ def test_errors_before_anything_is_written():
     with pytest.raises(jw.ShapeMismatchError, match="dtype float64"):
         jw.matmul(A.T, A, bad32)
     never = mem("err-never")
-    with pytest.raises(
-        jw.MemoryBudgetError, match=r"smallest workable budget is .*\([0-9]+ bytes\)"
-    ):
+    with pytest.raises(jw.MemoryBudgetError, match=r"smallest workable budget is [0-9]+ bytes"):
         jw.matmul(A.T, A, never, memory_budget=100)
     with pytest.raises(jw.MatrixNotFoundError):
         jw.BigMatrix.open(never)  # refused before out was created

@@ -91,8 +91,9 @@ class Plan:
         """Refuses the plan when it needs more than ``budget`` bytes."""
         if self.projected_bytes > budget:
             raise MemoryBudgetError(
-                f"{self.name}: the plan ({self.tiles}) needs {format_bytes(self.projected_bytes)} but "
-                f"memory_budget is {format_bytes(budget)}; the smallest workable budget is "
+                f"{self.name}: the plan ({self.tiles}) needs "
+                f"{format_bytes(self.projected_bytes)} but memory_budget is "
+                f"{format_bytes(budget)}; the smallest workable budget is "
                 f"{format_bytes(self.min_budget)} (or store the result with out=URL)."
             )
 
