@@ -23,27 +23,8 @@ compilation happens in these paths (``to_jax`` assembles shards; nothing is jitt
 
 from __future__ import annotations
 
-import os
-
-# 8 emulated CPU devices when no accelerator (before jax is imported; the library itself
-# never does this). Ignored by JAX when a GPU/TPU is the default backend.
-_DEVICE_FLAG = "--xla_force_host_platform_device_count"
-if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_DEVICE_FLAG}=8").strip()
-
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import gc  # noqa: E402
-import itertools  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
@@ -52,11 +33,10 @@ import tensorstore as ts  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
+from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
 from jaxwren.storage.backend import shared_context  # noqa: E402
-from jaxwren.storage.urls import kvstore_spec, parse_url  # noqa: E402
 
-STORES = ("memory", "file", "s3")
-BUCKET = "jaxwren-bench"
+STORES = common.STORES
 # (op, raw op it is compared with)
 OPS = (("from_numpy", "write"), ("numpy", "read"), ("to_jax", "read"), ("save", "write"))
 
@@ -93,88 +73,6 @@ class Config:
             raise ValueError("n, s3_n, block and repeats must be >= 1")
 
 
-# ------------------------------------------------------------------------------- helpers
-def machine_info() -> dict[str, Any]:
-    mem = None
-    with contextlib.suppress(OSError):
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = round(int(line.split()[1]) / 2**20, 1)
-    cpu = platform.processor() or None
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    devices = jax.devices()
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "mem_gib": mem,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "tensorstore": _version("tensorstore"),
-        "devices": f"{len(devices)} x {devices[0].platform}",
-    }
-
-
-def _version(pkg: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """Runs moto's S3 server on 127.0.0.1 (dummy credentials) with a bucket; yields the
-    endpoint and stops the server afterwards."""
-    import boto3
-
-    os.environ["AWS_ACCESS_KEY_ID"] = "bench-dummy-key-id"
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "bench-dummy-secret"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket=BUCKET
-        )
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def make_data(n: int, dtype: str) -> np.ndarray:
     dt = np.dtype(jax.numpy.dtype(dtype))
     rng = np.random.default_rng(0)
@@ -183,19 +81,8 @@ def make_data(n: int, dtype: str) -> np.ndarray:
     return rng.standard_normal((n, n), dtype=np.float32).astype(dt)
 
 
-class Store:
-    """One store under test: fresh URLs, raw TensorStore handles, deletion."""
-
-    def __init__(self, kind: str, root: str, config: jw.StorageConfig | None) -> None:
-        self.kind, self.root = kind, root.rstrip("/")
-        self.config = (config or jw.StorageConfig()).resolve(os.environ)
-        self._counter = itertools.count()
-
-    def url(self, name: str) -> str:
-        return f"{self.root}/{name}-{next(self._counter)}"
-
-    def spec(self, url: str) -> dict[str, Any]:
-        return kvstore_spec(parse_url(url), self.config)
+class Store(common.Store):
+    """A benchmark store that also opens raw TensorStore handles on the same arrays."""
 
     def raw_create(self, url: str, x: np.ndarray, block: int) -> ts.TensorStore:
         """A fresh zarr3 array with the same layout BigMatrix writes (chunk = block)."""
@@ -223,37 +110,6 @@ class Store:
         return ts.open(
             {"driver": "zarr3", "kvstore": self.spec(url)}, open=True, context=shared_context()
         ).result()
-
-    def delete(self, url: str) -> None:
-        kv = ts.KvStore.open(self.spec(url), context=shared_context()).result()
-        kv.delete_range(ts.KvStore.KeyRange()).result()
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    gc.collect()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def best_of(
-    fns: dict[str, Callable[[], Any]],
-    repeats: int,
-    setup: Callable[[], None] | None = None,
-) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of each function, interleaved, after one warm-up round.
-
-    ``setup`` runs (untimed) before every call, e.g. to give writes a fresh target.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(repeats + 1):
-        for name, fn in fns.items():
-            if setup is not None:
-                setup()
-            t = _timed(fn)
-            if i:  # the first round is the warm-up
-                times[name].append(t)
-    return {name: min(v) for name, v in times.items()}
 
 
 # ---------------------------------------------------------------------------- benchmark
@@ -284,7 +140,7 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
         jw.from_numpy(x, targets["jw_url"], block, storage=storage)
 
     timings: dict[str, dict[str, float]] = {}
-    timings["from_numpy"] = best_of(
+    timings["from_numpy"] = common.best_of(
         {"raw": raw_write, "jw": jw_from_numpy}, config.repeats, setup=fresh
     )
 
@@ -304,10 +160,10 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
         out = np.empty(x.shape, x.dtype)
         ts.array(out, copy=False, write=True).write(raw).result()
 
-    timings["numpy"] = best_of(
+    timings["numpy"] = common.best_of(
         {"raw": raw_read, "into": raw_read_into, "jw": matrix.numpy}, config.repeats
     )
-    timings["to_jax"] = best_of(
+    timings["to_jax"] = common.best_of(
         {
             "raw": raw_read,
             "into": raw_read_into,
@@ -323,7 +179,7 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
     def jw_save() -> None:
         jw.save(xs, targets["jw_url"], block, storage=storage)
 
-    timings["save"] = best_of({"raw": raw_write, "jw": jw_save}, config.repeats, setup=fresh)
+    timings["save"] = common.best_of({"raw": raw_write, "jw": jw_save}, config.repeats, setup=fresh)
     for key in ("jw", "raw"):
         if last[key] is not None:
             store.delete(last[key])  # type: ignore[arg-type]
@@ -363,26 +219,12 @@ def bench_store(store: Store, n: int, config: Config, info: dict[str, Any]) -> l
 
 def run(config: Config) -> list[dict]:
     """Runs the benchmark for every store in ``config``; returns one dict per result."""
-    info = machine_info()
+    info = common.machine_info()
     results: list[dict] = []
-    with contextlib.ExitStack() as stack:
-        for kind in config.stores:
-            if kind == "memory":
-                store = Store(kind, "memory://bench", None)
-                n = config.n
-            elif kind == "file":
-                root = config.file_dir or stack.enter_context(
-                    tempfile.TemporaryDirectory(prefix="jaxwren-bench-")
-                )
-                store = Store(kind, os.path.abspath(root), None)
-                n = config.n
-            else:
-                endpoint = stack.enter_context(moto_server())
-                s3 = jw.StorageConfig(
-                    s3_endpoint=endpoint, s3_region="us-east-1", credentials="environment"
-                )
-                store = Store(kind, f"s3://{BUCKET}/bench", s3)
-                n = config.s3_n
+    for kind in config.stores:
+        with common.open_store(kind, config.file_dir) as base:
+            store = Store(kind, base.root, base.config if kind == "s3" else None)
+            n = config.s3_n if kind == "s3" else config.n
             results.extend(bench_store(store, n, config, info))
     return results
 
@@ -440,7 +282,7 @@ def main(argv: list[str]) -> None:
         json_out=_JSON_OUT.value,
         plot=_PLOT.value,
     )
-    info = machine_info()
+    info = common.machine_info()
     print(f"machine: {json.dumps(info)}")
     print("reads are warm-cache (the OS page cache cannot be dropped here)", flush=True)
     results = run(config)

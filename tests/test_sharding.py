@@ -63,13 +63,13 @@ def test_each_distinct_index_read_once(monkeypatch):
     x = rand((16, 16))
     a = jw.from_numpy(x, "memory://once", (4, 4))
     calls = []
-    orig = jw.BigMatrix.read_region_async
+    orig = jw.BigMatrix.read_region_into_async
 
-    def counting(self, *bounds):
-        calls.append(bounds)
-        return orig(self, *bounds)
+    def counting(self, *bounds_and_out):
+        calls.append(bounds_and_out[:4])
+        return orig(self, *bounds_and_out)
 
-    monkeypatch.setattr(jw.BigMatrix, "read_region_async", counting)
+    monkeypatch.setattr(jw.BigMatrix, "read_region_into_async", counting)
     y = a.to_jax(NamedSharding(jw.default_mesh(), P("rows", None)))  # 2 distinct, 4x each
     np.testing.assert_array_equal(np.asarray(y), x)
     assert sorted(calls) == [(0, 8, 0, 16), (8, 16, 0, 16)]

@@ -41,11 +41,14 @@ class Write:
     """Where an output tile goes: ``target`` at ``origin``, keeping its top-left ``size``.
 
     ``target=None`` keeps the output on the devices and returns it from the run.
+    ``record`` names a completion record written (``target.mark(record)``) once the
+    tile's data is stored: resumable plans skip steps whose records exist.
     """
 
     target: Any
     origin: tuple[int, int] = (0, 0)
     size: tuple[int, int] | None = None
+    record: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,8 +44,27 @@ class RunStats:
         )
 
 
+class _OutputWrite:
+    """The shard writes of one output tile, completed as one (then its record)."""
+
+    def __init__(self, futures: list[Any]) -> None:
+        self._futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def result(self) -> None:
+        for f in self._futures:
+            f.result()
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
 class _Writer:
-    """Writes output tiles shard by shard (replica 0 only), one step behind compute."""
+    """Writes output tiles shard by shard (replica 0 only), one step behind compute,
+    keeping reads of a region ordered after the writes to it."""
 
     def __init__(self, max_bytes: int, stats: RunStats) -> None:
         self._queue: collections.deque[tuple[jax.Array, Write]] = collections.deque()
@@ -57,25 +76,54 @@ class _Writer:
         self._queue.append((out, write))
         while len(self._queue) > 1:
             self._flush(*self._queue.popleft())
+        self._window.reap()
+
+    def _tag(self, write: Write, shape: tuple[int, int]) -> tuple[str, tuple[int, int, int, int]]:
+        h, w = write.size if write.size is not None else shape
+        r0, c0 = write.origin
+        return write.target.url, write.target.base_region(r0, r0 + h, c0, c0 + w)
 
     def _flush(self, out: jax.Array, write: Write) -> None:
         h, w = write.size if write.size is not None else out.shape
         r0, c0 = write.origin
         target = write.target
-        with translate_errors(f"writing {target!r}", target.location):
-            for shard in out.addressable_shards:
-                if shard.replica_id != 0:
-                    continue
-                a0, a1, b0, b1 = shard_bounds(shard.index, out.shape)
-                a1, b1 = min(a1, h), min(b1, w)
-                if a1 <= a0 or b1 <= b0:
-                    continue
-                data = np.asarray(shard.data)[: a1 - a0, : b1 - b0]
-                self._window.submit(
-                    lambda d=data, a=a0, b=b0: target.write_region_async(r0 + a, c0 + b, d),
-                    data.nbytes,
+        pieces = []
+        for shard in out.addressable_shards:
+            if shard.replica_id != 0:
+                continue
+            a0, a1, b0, b1 = shard_bounds(shard.index, out.shape)
+            a1, b1 = min(a1, h), min(b1, w)
+            if a1 > a0 and b1 > b0:
+                pieces.append((a0, b0, np.asarray(shard.data)[: a1 - a0, : b1 - b0]))
+        nbytes = sum(p[2].nbytes for p in pieces)
+        self._stats.bytes_written += nbytes
+
+        def start() -> _OutputWrite:
+            with translate_errors(f"writing {target!r}", target.location):
+                return _OutputWrite(
+                    [target.write_region_async(r0 + a, c0 + b, d) for a, b, d in pieces]
                 )
-                self._stats.bytes_written += data.nbytes
+
+        def done(_: Any) -> None:
+            if write.record is not None:
+                target.mark(write.record)
+
+        self._window.submit(start, nbytes, done, tag=self._tag(write, out.shape))
+
+    def before_read(self, source: Any, region: tuple[int, int, int, int]) -> None:
+        """Waits for pending writes that overlap ``region`` of ``source`` (if stored)."""
+        if not hasattr(source, "base_region"):
+            return
+        key = (source.url, source.base_region(*region))
+
+        def hit(tag: tuple[str, tuple[int, int, int, int]]) -> bool:
+            return tag[0] == key[0] and _overlaps(tag[1], key[1])
+
+        if any(hit(self._tag(w, o.shape)) for o, w in self._queue):
+            while self._queue:
+                self._flush(*self._queue.popleft())
+        with translate_errors(f"writing {source!r}", source.location):
+            self._window.wait_for(hit)
 
     def drain(self) -> None:
         while self._queue:
@@ -123,22 +171,43 @@ def execute(
     carry = plan.init() if plan.init is not None else None
     writer = _Writer(write_bytes or max(budget // 4, 1), stats)
     returned: list[jax.Array] = []
-    inflight: collections.deque[list[PendingTile]] = collections.deque()
     bar = _progress(len(steps), plan.name, progress)
 
-    def issue(k: int) -> None:
-        if k < len(steps):
-            tiles = [
-                start_tile(r.source, r.region, r.sharding, r.shape, r.dtype) for r in steps[k].reads
-            ]
-            stats.bytes_read += sum(t.nbytes for t in tiles)
-            inflight.append(tiles)
+    issued: dict[int, list[PendingTile]] = {}
 
-    for k in range(prefetch + 1):
-        issue(k)
+    def depends(k: int, submitted: int) -> bool:
+        """Whether step k reads what a step not yet submitted (submitted <= j < k) writes."""
+        for j in range(submitted, k):
+            for w in steps[j].writes:
+                if w.target is None or not hasattr(w.target, "base_region"):
+                    continue
+                h, wd = w.size if w.size is not None else (1 << 62, 1 << 62)
+                wreg = w.target.base_region(w.origin[0], w.origin[0] + h, w.origin[1],
+                                            w.origin[1] + wd)  # fmt: skip
+                for r in steps[k].reads:
+                    src = r.source
+                    if (getattr(src, "url", None) == w.target.url
+                            and _overlaps(src.base_region(*r.region), wreg)):  # fmt: skip
+                        return True
+        return False
+
+    def issue(k: int) -> None:
+        for r in steps[k].reads:
+            writer.before_read(r.source, r.region)
+        tiles = [start_tile(r.source, r.region, r.sharding, r.shape, r.dtype)
+                 for r in steps[k].reads]  # fmt: skip
+        stats.bytes_read += sum(t.nbytes for t in tiles)
+        issued[k] = tiles
+
     for i, step in enumerate(steps):
-        arrays = [t.result() for t in inflight.popleft()]
-        issue(i + prefetch + 1)
+        # prefetch: reads of the next steps go out now unless they read this plan's own
+        # output that earlier, not yet computed steps will write (then they wait)
+        for k in range(i, min(i + prefetch + 1, len(steps))):
+            if k not in issued:
+                if depends(k, i):
+                    break
+                issue(k)
+        arrays = [t.result() for t in issued.pop(i)]
         carry, outs = step.kernel(carry, *arrays)
         del arrays
         for out, write in zip(outs, step.writes, strict=True):

@@ -5,18 +5,17 @@ saving writes only the addressable shards with ``replica_id == 0``.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
-import tensorstore as ts
 from jax.experimental import multihost_utils
 
 from jaxwren.config import StorageConfig
 from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
 from jaxwren.sharding.mesh import default_sharding
+from jaxwren.sharding.tiles import shard_bounds, start_tile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.ingest import from_numpy
@@ -26,20 +25,6 @@ __all__ = ["load", "save", "DEFAULT_IO_BYTES"]
 
 DEFAULT_IO_BYTES = 1 << 30
 Region = tuple[int, int, int, int]
-_ALIGN = 64  # XLA's CPU backend adopts 64-byte-aligned host arrays without copying
-
-
-def _aligned_empty(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-order array whose data is ``_ALIGN``-byte aligned."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + _ALIGN, np.uint8)
-    off = -raw.ctypes.data % _ALIGN
-    return raw[off : off + nbytes].view(dtype).reshape(shape)
-
-
-def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    (r0, r1, _), (c0, c1, _) = (s.indices(d) for s, d in zip(index, shape, strict=True))
-    return r0, r1, c0, c1
 
 
 def load(
@@ -51,55 +36,26 @@ def load(
 ) -> jax.Array:
     """Loads ``matrix`` (or rows ``r0:r1``, cols ``c0:c1`` of it) as a sharded jax.Array.
 
+    Each distinct device index is read once, straight into an aligned host buffer that
+    the device adopts (no extra copy on CPU); replicas are copied device to device.
+
     Args:
       matrix: the stored matrix (a ``.T`` view works too).
       sharding: the result's sharding; None shards over the default mesh (dimensions a
         mesh axis does not divide are replicated along it).
       region: ``(r0, r1, c0, c1)``; None loads the whole matrix.
-      budget_bytes: at most this many bytes of host staging in flight.
+      budget_bytes: at most this many bytes of reads in flight.
 
     Returns:
       A jax.Array of shape ``(r1 - r0, c1 - c0)`` with ``sharding``; in a multi-process
       run each process reads only its addressable shards.
     """
-    r0, r1, c0, c1 = region if region is not None else (0, *matrix.shape[:1], 0, matrix.shape[1])
-    shape = (r1 - r0, c1 - c0)
+    region = region if region is not None else (0, matrix.shape[0], 0, matrix.shape[1])
+    shape = (region[1] - region[0], region[3] - region[2])
     sharding = default_sharding(shape) if sharding is None else sharding
-    by_index: dict[tuple[int, int, int, int], list[jax.Device]] = {}
-    for device, index in sharding.addressable_devices_indices_map(shape).items():
-        by_index.setdefault(_bounds(index, shape), []).append(device)
-    placed: dict[jax.Device, jax.Array] = {}
-    # Each shard is read straight into an aligned host buffer we own (TensorStore's own
-    # read() allocates a fresh, unaligned result each time, and device_put then copies it
-    # again); on CPU, device_put adopts the aligned buffer without a copy. Replicas are
-    # device-to-device copies of the first placement, so no two devices share memory.
-    buffers: dict[Region, np.ndarray] = {}
-
-    def start(key: Region) -> Any:
-        a0, a1, b0, b1 = key
-        buffers[key] = buf = _aligned_empty((a1 - a0, b1 - b0), matrix.dtype)
-        src = matrix._region(r0 + a0, r0 + a1, c0 + b0, c0 + b1)  # noqa: SLF001
-        return ts.array(buf, copy=False, write=True).write(src)
-
-    def place(key: Region, devices: list[jax.Device]) -> Any:
-        def done(_: Any) -> None:
-            first = placed[devices[0]] = jax.device_put(buffers.pop(key), devices[0])
-            for d in devices[1:]:
-                placed[d] = jax.device_put(first, d)
-
-        return done
-
-    itemsize = matrix.dtype.itemsize
     with translate_errors("load", matrix.location), Window(budget_bytes) as window:
-        for key, devices in by_index.items():
-            a0, a1, b0, b1 = key
-            window.submit(
-                lambda key=key: start(key),
-                (a1 - a0) * (b1 - b0) * itemsize,
-                place(key, devices),
-            )
-    arrays = [placed[d] for d in sharding.addressable_devices_indices_map(shape)]
-    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+        tile = start_tile(matrix, region, sharding, window=window)
+    return tile.result()
 
 
 def write_shards(
@@ -115,7 +71,7 @@ def write_shards(
         for shard in x.addressable_shards:
             if shard.replica_id != 0:
                 continue
-            a0, _, b0, _ = _bounds(shard.index, x.shape)
+            a0, _, b0, _ = shard_bounds(shard.index, x.shape)
             data = np.asarray(shard.data)
             window.submit(
                 lambda data=data, a0=a0, b0=b0: matrix.write_region_async(

@@ -16,24 +16,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.bigmatrix import aligned_empty
+from jaxwren.storage.window import Window
+
 __all__ = ["Source", "ArraySource", "as_source", "PendingTile", "start_tile", "shard_bounds"]
 
 
 class Source(Protocol):
-    """Anything that reads rectangular regions asynchronously (BigMatrix does)."""
+    """Anything that reads rectangular regions into a buffer asynchronously (BigMatrix)."""
 
     shape: tuple[int, int]
     dtype: np.dtype
 
-    def read_region_async(self, r0: int, r1: int, c0: int, c1: int) -> Any: ...
+    def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> Any:
+        """Starts filling ``out``; returns an object with ``result()`` and ``done()``."""
 
 
 class _Done:
-    def __init__(self, value: np.ndarray) -> None:
-        self._value = value
+    """An already finished read."""
 
-    def result(self) -> np.ndarray:
-        return self._value
+    def result(self) -> None:
+        return None
+
+    def done(self) -> bool:
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +57,14 @@ class ArraySource:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
-    def read_region_async(self, r0: int, r1: int, c0: int, c1: int) -> _Done:
-        return _Done(self.array[r0:r1, c0:c1])
+    def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> _Done:
+        out[...] = self.array[r0:r1, c0:c1]
+        return _Done()
 
 
 def as_source(x: Any) -> Any:
     """A BigMatrix or jax.Array stays as it is; other arrays become ArraySources."""
-    if hasattr(x, "read_region_async") or isinstance(x, jax.Array):
+    if hasattr(x, "read_region_into_async") or isinstance(x, jax.Array):
         return x
     return ArraySource(np.asarray(x))
 
@@ -94,48 +102,59 @@ def shard_bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int,
 
 @dataclasses.dataclass
 class PendingTile:
-    """A tile whose reads are in flight; ``result()`` assembles the sharded jax.Array."""
+    """A tile whose reads are in flight; ``result()`` assembles the sharded jax.Array.
+
+    Each distinct shard is read once, straight into a 64-byte-aligned host buffer that
+    ``jax.device_put`` adopts on CPU without a copy; replicas are copied device to device.
+    """
 
     shape: tuple[int, int]
     sharding: jax.sharding.Sharding
-    dtype: np.dtype
-    parts: list[tuple[tuple[int, int, int, int], list[jax.Device], Any]]
+    parts: list[tuple[np.ndarray, list[jax.Device], Any]]
     nbytes: int
+    op: str = "load"
+    location: Any = None
 
     def result(self) -> jax.Array:
         placed: dict[jax.Device, jax.Array] = {}
-        for (a0, a1, b0, b1), devices, fut in self.parts:
-            data = fut.result() if fut is not None else None
-            want = (a1 - a0, b1 - b0)
-            if data is None or data.shape != want:  # ragged edge: zero padding
-                buf = np.zeros(want, self.dtype)
-                if data is not None:
-                    buf[: data.shape[0], : data.shape[1]] = data
-                data = buf
-            data = data.astype(self.dtype, copy=False)
-            for d in devices:
-                placed[d] = jax.device_put(data, d)
+        for buf, devices, fut in self.parts:
+            if fut is not None:
+                _wait(fut, self.op, self.location)
+            first = placed[devices[0]] = jax.device_put(buf, devices[0])
+            for d in devices[1:]:
+                placed[d] = jax.device_put(first, d)
         order = self.sharding.addressable_devices_indices_map(self.shape)
         return jax.make_array_from_single_device_arrays(
             self.shape, self.sharding, [placed[d] for d in order]
         )
 
 
+def _wait(fut: Any, op: str, location: Any) -> None:
+    if location is None:
+        fut.result()
+        return
+    with translate_errors(op, location):
+        fut.result()
+
+
 def start_tile(
-    source: Source,
+    source: Any,
     region: tuple[int, int, int, int],
     sharding: jax.sharding.Sharding,
     shape: tuple[int, int] | None = None,
     dtype: Any = None,
+    *,
+    window: Window | None = None,
 ) -> PendingTile | DeviceTile:
     """Issues the reads of ``source[r0:r1, c0:c1]`` for every distinct device index.
 
     Args:
-      source: where to read.
-      region: ``(r0, r1, c0, c1)``; rows/cols past the source's edge read as zeros.
+      source: where to read (a Source, or a jax.Array already on the devices).
+      region: ``(r0, r1, c0, c1)``; rows/cols past the region or the source read as zeros.
       sharding: the tile's sharding.
       shape: the padded tile shape (at least the region's); default the region's.
-      dtype: the tile dtype (default the source's).
+      dtype: the tile dtype (default the source's; other dtypes are converted on read).
+      window: bounds the reads in flight (default: all issued at once).
     """
     r0, r1, c0, c1 = region
     shape = (r1 - r0, c1 - c0) if shape is None else shape
@@ -147,12 +166,39 @@ def start_tile(
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         by_index.setdefault(shard_bounds(index, shape), []).append(device)
     parts = []
-    nbytes = 0
     for (a0, a1, b0, b1), devices in by_index.items():
         # clip the shard to the valid part of the region (and of the source)
         v0, v1 = r0 + a0, min(r0 + a1, r1, m)
         w0, w1 = c0 + b0, min(c0 + b1, c1, n)
-        fut = source.read_region_async(v0, v1, w0, w1) if v1 > v0 and w1 > w0 else None
-        parts.append(((a0, a1, b0, b1), devices, fut))
-        nbytes += (a1 - a0) * (b1 - b0) * dtype.itemsize
-    return PendingTile(shape, sharding, dtype, parts, nbytes)
+        ragged = (v1 - v0, w1 - w0) != (a1 - a0, b1 - b0)
+        buf = aligned_empty((a1 - a0, b1 - b0), dtype, zero=ragged)
+        fut = None
+        if v1 > v0 and w1 > w0:
+            view = buf[: v1 - v0, : w1 - w0]
+            if source.dtype == dtype:
+                start = functools.partial(source.read_region_into_async, v0, v1, w0, w1, view)
+            else:
+                start = functools.partial(_read_cast, source, (v0, v1, w0, w1), view)
+            if window is None:
+                fut = start()
+            else:  # submit() starts it (after waiting for older reads if over budget)
+                started: list[Any] = []
+                window.submit(lambda start=start, started=started: _keep(started, start()),
+                              buf.nbytes)  # fmt: skip
+                fut = started[0]
+        parts.append((buf, devices, fut))
+    nbytes = sum(p[0].nbytes for p in parts)
+    return PendingTile(shape, sharding, parts, nbytes, location=getattr(source, "location", None))
+
+
+def _keep(box: list[Any], fut: Any) -> Any:
+    box.append(fut)
+    return fut
+
+
+def _read_cast(source: Any, region: tuple[int, int, int, int], out: np.ndarray) -> _Done:
+    """Reads in the source dtype and converts into ``out`` (mixed-dtype operands)."""
+    tmp = aligned_empty(out.shape, source.dtype)
+    source.read_region_into_async(*region, tmp).result()
+    out[...] = tmp
+    return _Done()

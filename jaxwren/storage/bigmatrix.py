@@ -23,11 +23,19 @@ from jaxwren.storage.urls import Location, parse_url
 if TYPE_CHECKING:
     import jax
 
-__all__ = ["BigMatrix", "ParentFn", "resolve_storage", "check_dtype", "check_shape"]
+__all__ = [
+    "BigMatrix",
+    "ParentFn",
+    "aligned_empty",
+    "check_dtype",
+    "check_shape",
+    "resolve_storage",
+]
 
 ParentFn = Callable[["BigMatrix", int, int], np.ndarray]
 
 _SUPPORTED_KINDS = "fiub"
+_MARKS, _MARKS_END = "jaxwren/done/", "jaxwren/done0"
 _EXTRA_DTYPES = ("bfloat16",)
 
 
@@ -62,6 +70,18 @@ def check_shape(shape: Any, *, where: str, name: str = "shape") -> tuple[int, in
             f"{where}: {name}={shape!r} must be two positive integers (rows, cols)."
         )
     return dims  # type: ignore[return-value]
+
+
+_ALIGN = 64  # XLA's CPU backend adopts 64-byte-aligned host buffers without a copy
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> np.ndarray:
+    """An uninitialised (or zeroed) C-order array whose data is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = (np.zeros if zero else np.empty)(nbytes + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return raw[off : off + nbytes].view(dtype).reshape(shape)
 
 
 class BigMatrix:
@@ -300,9 +320,36 @@ class BigMatrix:
             self._base.kvstore.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
 
     def free(self) -> None:
-        """Deletes every block and keeps the header: the matrix can be refilled."""
+        """Deletes every block (and completion record) and keeps the header."""
         with translate_errors("BigMatrix.free", self._loc):
             self._base.kvstore.delete_range(ts.KvStore.KeyRange("c/", "c0")).result()
+        self.clear_marks()
+
+    def base_region(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
+        """A region of this view in the coordinates of the stored (untransposed) matrix."""
+        return (c0, c1, r0, r1) if self._transposed else (r0, r1, c0, c1)
+
+    # -------------------------------------------------------------- completion records
+    def mark(self, key: str) -> None:
+        """Records that part ``key`` of a computation writing this matrix is stored.
+
+        Records live beside the blocks (``jaxwren/done/KEY``); written only after the
+        data they vouch for, they let an interrupted run resume without trusting
+        half-written output. :meth:`free` and ``overwrite=True`` clear them.
+        """
+        with translate_errors("BigMatrix.mark", self._loc):
+            self._base.kvstore.write(_MARKS + key, b"1").result()
+
+    def marks(self) -> set[str]:
+        """The completion records present (one LIST of the store)."""
+        with translate_errors("BigMatrix.marks", self._loc):
+            keys = self._base.kvstore.list(ts.KvStore.KeyRange(_MARKS, _MARKS_END)).result()
+        return {k.decode()[len(_MARKS) :] for k in keys}
+
+    def clear_marks(self) -> None:
+        """Deletes every completion record."""
+        with translate_errors("BigMatrix.clear_marks", self._loc):
+            self._base.kvstore.delete_range(ts.KvStore.KeyRange(_MARKS, _MARKS_END)).result()
 
     # ----------------------------------------------------------------------- regions
     def _region(self, r0: int, r1: int, c0: int, c1: int) -> ts.TensorStore:
@@ -317,10 +364,20 @@ class BigMatrix:
         """Starts reading rows ``r0:r1``, cols ``c0:c1``; returns a TensorStore future."""
         return self._region(r0, r1, c0, c1).read()
 
+    def read_region_into_async(
+        self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
+    ) -> ts.WriteFutures:
+        """Starts reading rows ``r0:r1``, cols ``c0:c1`` into ``out`` (the region's shape,
+        the matrix dtype; a view is fine). Reading into a buffer the caller owns (see
+        :func:`aligned_empty`) saves the copy that ``jax.device_put`` would make."""
+        return ts.array(out, copy=False, write=True).write(self._region(r0, r1, c0, c1))
+
     def read_region(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Reads rows ``r0:r1``, cols ``c0:c1`` as a numpy array."""
+        out = aligned_empty((r1 - r0, c1 - c0), self.dtype)
         with translate_errors("BigMatrix.read", self._loc):
-            return self.read_region_async(r0, r1, c0, c1).result()
+            self.read_region_into_async(r0, r1, c0, c1, out).result()
+        return out
 
     def write_region_async(self, r0: int, c0: int, data: np.ndarray) -> ts.WriteFutures:
         """Starts writing ``data`` at ``(r0, c0)``; wait on ``.commit`` for durability."""

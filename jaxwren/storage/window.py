@@ -26,7 +26,7 @@ class Window:
     def __init__(self, max_bytes: int, max_ops: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self.max_ops = max_ops
-        self._pending: collections.deque[tuple[Any, int, Callable[[Any], None] | None]] = (
+        self._pending: collections.deque[tuple[Any, int, Callable[[Any], None] | None, Any]] = (
             collections.deque()
         )
         self._inflight = 0
@@ -37,21 +37,34 @@ class Window:
         start: Callable[[], Any],
         nbytes: int,
         done: Callable[[Any], None] | None = None,
+        tag: Any = None,
     ) -> None:
+        """Issues ``start()`` once it fits; ``tag`` labels it for :meth:`wait_for`."""
         while self._pending and (
             len(self._pending) >= self.max_ops or self._inflight + nbytes > self.max_bytes
         ):
             self._finish_oldest()
-        self._pending.append((start(), nbytes, done))
+        self._pending.append((start(), nbytes, done, tag))
         self._inflight += nbytes
         self.peak_bytes = max(self.peak_bytes, self._inflight)
 
     def _finish_oldest(self) -> None:
-        fut, nbytes, done = self._pending.popleft()
+        fut, nbytes, done, _ = self._pending.popleft()
         result = fut.result()
         self._inflight -= nbytes
         if done is not None:
             done(result)
+
+    def reap(self) -> None:
+        """Finishes (in order) the operations at the front that have already completed."""
+        while self._pending and self._pending[0][0].done():
+            self._finish_oldest()
+
+    def wait_for(self, predicate: Callable[[Any], bool]) -> None:
+        """Finishes operations, oldest first, until none left has a tag matching
+        ``predicate`` (read-after-write ordering)."""
+        while any(predicate(p[3]) for p in self._pending if p[3] is not None):
+            self._finish_oldest()
 
     def drain(self) -> None:
         """Waits for everything in flight (calling each ``done`` in order)."""
@@ -65,7 +78,7 @@ class Window:
         if exc_type is None:
             self.drain()
         else:  # let the operations settle, but do not hide the original error
-            for fut, _, _ in self._pending:
+            for fut, *_ in self._pending:
                 try:
                     fut.result()
                 except Exception:  # noqa: BLE001, S112 - the first error is being raised
