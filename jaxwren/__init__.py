@@ -17,7 +17,7 @@ from jaxwren.errors import (
     StorageError,
     UnsupportedURLError,
 )
-from jaxwren.linalg import matmul
+from jaxwren.linalg import cholesky, matmul
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
 
@@ -40,6 +40,7 @@ __all__ = [
     "StorageConfig",
     "StorageError",
     "UnsupportedURLError",
+    "cholesky",
     "default_mesh",
     "default_sharding",
     "from_numpy",

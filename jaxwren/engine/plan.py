@@ -61,6 +61,8 @@ class Step:
       writes: one Write per output of the kernel (an empty tuple: no outputs).
       label: what the step does, for progress and logs.
       skip: the step's effect is already stored (resume) and it need not run.
+      check: called with the kernel's outputs before any is written; raises to stop the
+        run (e.g. a failed factorisation) so that nothing wrong is stored.
     """
 
     reads: tuple[Read, ...]
@@ -68,6 +70,7 @@ class Step:
     writes: tuple[Write, ...] = ()
     label: str = ""
     skip: bool = False
+    check: Callable[[tuple[jax.Array, ...]], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

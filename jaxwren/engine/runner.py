@@ -210,6 +210,9 @@ def execute(
         arrays = [t.result() for t in issued.pop(i)]
         carry, outs = step.kernel(carry, *arrays)
         del arrays
+        if step.check is not None:
+            writer.drain()  # what earlier steps computed is valid: store it first
+            step.check(outs)
         for out, write in zip(outs, step.writes, strict=True):
             if write.target is None:
                 returned.append(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "prepare_out",
     "round_up",
     "tile_candidates",
+    "trim",
 ]
 
 
@@ -153,3 +155,9 @@ def tile_candidates(length: int, granule: int, multiple: int) -> list[int]:
     for count in range(2, -(-length // granule) + 1):
         sizes.add(round_up(-(-length // count), step))
     return sorted(s for s in sizes if s <= round_up(length, multiple) or s == step)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "sharding"))
+def trim(x: jax.Array, shape: tuple[int, int], sharding: Any) -> jax.Array:
+    """The top-left ``shape`` of a padded device result, resharded to ``sharding``."""
+    return jax.lax.with_sharding_constraint(x[: shape[0], : shape[1]], sharding)

@@ -27,7 +27,14 @@ from jaxwren.config import StorageConfig, format_bytes
 from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
 from jaxwren.engine.runner import execute
 from jaxwren.errors import MemoryBudgetError, ShapeMismatchError
-from jaxwren.linalg.common import OutTarget, operand, prepare_out, result_dtype, tile_candidates
+from jaxwren.linalg.common import (
+    OutTarget,
+    operand,
+    prepare_out,
+    result_dtype,
+    tile_candidates,
+    trim,
+)
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -46,8 +53,9 @@ def _granule(x: Any, axis: int, default: int = 512) -> int:
     return x.block_shape[axis] if isinstance(x, BigMatrix) else default
 
 
-def _projected(t: tuple[int, int, int], mesh: Mesh, sizes: tuple[int, int, int], prefetch: int,
-               stored: bool) -> int:  # fmt: skip
+def gemm_projected_bytes(
+    t: tuple[int, int, int], mesh: Mesh, sizes: tuple[int, int, int], prefetch: int, stored: bool
+) -> int:
     """Peak bytes: replicated device tiles for every step in flight, the host staging of
     the reads in flight, the accumulator, its update and the output being written."""
     (tm, tn, tk), (sa, sb, sc) = t, sizes
@@ -74,7 +82,7 @@ def choose_tiling(
     sizes = (a.dtype.itemsize, b.dtype.itemsize, acc_size)
     best, smallest = None, None
     for tm, tn, tk in itertools.product(cand_m, cand_n, cand_k):
-        proj = _projected((tm, tn, tk), mesh, sizes, prefetch, not target.returned)
+        proj = gemm_projected_bytes((tm, tn, tk), mesh, sizes, prefetch, not target.returned)
         smallest = proj if smallest is None else min(smallest, proj)
         if proj > budget:
             continue
@@ -206,9 +214,4 @@ def matmul(
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     if out_matrix is not None:
         return out_matrix
-    return _trim(outs[0], shape, default_sharding(shape, mesh))
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "sharding"))
-def _trim(x: jax.Array, shape: tuple[int, int], sharding: NamedSharding) -> jax.Array:
-    return jax.lax.with_sharding_constraint(x[: shape[0], : shape[1]], sharding)
+    return trim(outs[0], shape, default_sharding(shape, mesh))

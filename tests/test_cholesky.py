@@ -1,0 +1,199 @@
+"""jw.cholesky against numpy: stores, ragged n, meshes, both paths, resume, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+import jaxwren as jw
+from tests.helpers import mem, tolerance
+
+
+def spd(n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, n))
+    return (x @ x.T / n + np.eye(n)).astype(dtype)
+
+
+def check_factor(l_mat: np.ndarray, a: np.ndarray) -> None:
+    ref = np.linalg.cholesky(a.astype(np.float64))
+    tol = tolerance(a.dtype)
+    np.testing.assert_allclose(l_mat, ref, rtol=tol["rtol"] * 100, atol=tol["atol"] * 100)
+    np.testing.assert_array_equal(np.triu(l_mat, 1), 0)
+    resid = np.linalg.norm(l_mat @ l_mat.T - a) / np.linalg.norm(a)
+    assert resid < (1e-12 if a.dtype == np.float64 else 1e-5)
+
+
+OOC = 60_000  # bytes: forces the out-of-core tile plan for the sizes below
+
+
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_store_to_store(store, budget):
+    a = spd(45)
+    A = jw.from_numpy(a, store.url("a"), (8, 8), storage=store.config)
+    L = jw.cholesky(A, store.url("l"), memory_budget=budget, storage=store.config)
+    assert isinstance(L, jw.BigMatrix) and L.block_shape == (8, 8)
+    check_factor(L.numpy(), a)
+    np.testing.assert_array_equal(A.numpy(), a)  # input untouched
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 13, 64, 101])
+def test_in_memory_inputs(dtype, n):
+    a = spd(n, dtype)
+    L = jw.cholesky(a)
+    assert isinstance(L, jax.Array) and L.dtype == a.dtype and L.shape == (n, n)
+    check_factor(np.asarray(L), a)
+    check_factor(np.asarray(jw.cholesky(jax.numpy.asarray(a))), a)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_out_of_core_ragged(dtype):
+    a = spd(70, dtype, seed=1)
+    A = jw.from_numpy(a, mem("ooc-a"), (8, 8))
+    L = jw.cholesky(A, mem("ooc-l"), memory_budget=OOC // (2 if dtype == "float32" else 1))
+    check_factor(L.numpy(), a)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 8), (8, 1), (2, 2)])
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_meshes(mesh_shape, budget):
+    r, c = mesh_shape
+    mesh = jax.make_mesh(
+        (r, c), ("rows", "cols"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[: r * c]
+    )
+    a = spd(50, seed=2)
+    A = jw.from_numpy(a, mem("mesh-a"), (8, 8))
+    L = jw.cholesky(A, mem("mesh-l"), mesh=mesh, memory_budget=budget)
+    check_factor(L.numpy(), a)
+
+
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_upper_triangle_absent_or_garbage(budget):
+    a = spd(40, seed=3)
+    A = jw.BigMatrix.create(mem("lower-a"), (40, 40), (8, 8), "float64")
+    for i, j in A.block_idxs:
+        if j <= i:
+            A.put_block(a[8 * i : 8 * i + 8, 8 * j : 8 * j + 8], i, j)
+    assert (0, 1) not in A.block_idxs_exist  # numpywren's BigSymmetricMatrix
+    check_factor(jw.cholesky(A, mem("lower-l"), memory_budget=budget).numpy(), a)
+    G = jw.from_numpy(np.tril(a) + np.triu(np.full_like(a, np.nan), 1), mem("garbage"), (8, 8))
+    check_factor(jw.cholesky(G, mem("garbage-l"), memory_budget=budget).numpy(), a)
+
+
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_not_positive_definite(budget):
+    a = spd(40, seed=4)
+    a[30, 30] = -50.0  # fails in the block column holding column 30
+    A = jw.from_numpy(a, mem("npd-a"), (8, 8))
+    out = mem("npd-l")
+    with pytest.raises(
+        jw.NotPositiveDefiniteError, match=r"not positive definite.*block column"
+    ) as e:
+        jw.cholesky(A, out, memory_budget=budget)
+    assert isinstance(e.value, np.linalg.LinAlgError)
+    col = int(str(e.value).split("(columns ")[1].split(":")[0])
+    assert col <= 30
+    assert not any(m.endswith("complete") for m in jw.BigMatrix.open(out).marks())
+    with pytest.raises(jw.NotPositiveDefiniteError):
+        jw.cholesky(-np.eye(3))
+
+
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_nan_and_inf(budget):
+    a = spd(40, seed=5)
+    a[20, 3] = np.nan
+    A = jw.from_numpy(a, mem("nan-a"), (8, 8))
+    with pytest.raises(jw.NonFiniteError, match="NaN or Inf.*nan_to_num"):
+        jw.cholesky(A, mem("nan-l"), memory_budget=budget)
+    b = spd(10)
+    b[9, 0] = np.inf
+    with pytest.raises(jw.NonFiniteError, match="NaN or Inf"):
+        jw.cholesky(b)
+
+
+def test_bad_input_errors():
+    with pytest.raises(jw.ShapeMismatchError, match=r"must be square, got shape \(3, 4\)"):
+        jw.cholesky(np.ones((3, 4)))
+    with pytest.raises(jw.ShapeMismatchError, match="non-empty 2-D"):
+        jw.cholesky(np.ones(4))
+    with pytest.raises(jw.DTypeMismatchError, match="bfloat16 is not supported"):
+        jw.cholesky(np.eye(3).astype(jax.numpy.bfloat16))
+    A = jw.from_numpy(spd(16), mem("err-a"), (8, 8))
+    with pytest.raises(jw.ShapeMismatchError, match="is also input #0"):
+        jw.cholesky(A, A.url)
+    wrong = jw.BigMatrix.create(mem("err-out"), (16, 15), (8, 8), "float64")
+    with pytest.raises(jw.ShapeMismatchError, match=r"must have shape \(16, 16\)"):
+        jw.cholesky(A, wrong)
+    with pytest.raises(jw.MemoryBudgetError, match="pass out=URL"):
+        jw.cholesky(A, memory_budget=1000)
+    never = mem("err-never")
+    with pytest.raises(jw.MemoryBudgetError, match="smallest workable budget"):
+        jw.cholesky(A, never, memory_budget=1000)
+    with pytest.raises(jw.MatrixNotFoundError):
+        jw.BigMatrix.open(never)  # refused before out was created
+    assert wrong.block_idxs_exist == set()
+
+
+def test_existing_out_with_stale_blocks_is_replaced():
+    a = spd(24, seed=6)
+    out = jw.from_numpy(np.full((24, 24), 7.0), mem("stale"), (8, 8))
+    check_factor(jw.cholesky(a, out, memory_budget=OOC).numpy(), a)
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_ENABLE_X64"] = "1"
+    import jaxwren as jw
+    calls = {"n": 0}
+    orig = jw.BigMatrix.mark
+    def dying_mark(self, key):
+        orig(self, key)
+        calls["n"] += 1
+        if calls["n"] == int(sys.argv[3]):
+            os._exit(17)  # the process dies mid-factorisation
+    jw.BigMatrix.mark = dying_mark
+    jw.cholesky(jw.BigMatrix.open(sys.argv[1]), sys.argv[2], memory_budget=int(sys.argv[4]))
+    """
+)
+
+
+def test_resume_after_kill(tmp_path, caplog):
+    n, budget = 64, OOC
+    a = spd(n, seed=7)
+    A = jw.from_numpy(a, str(tmp_path / "a"), (8, 8))
+    out = str(tmp_path / "l")
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.run(
+        [sys.executable, str(script), A.url, out, "6", str(budget)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    stored = jw.BigMatrix.open(out)
+    done = stored.marks()
+    assert len(done) == 6 and not any(m.endswith("complete") for m in done)
+    with caplog.at_level(logging.INFO, logger="jaxwren"):
+        L = jw.cholesky(A, out, memory_budget=budget)
+    check_factor(L.numpy(), a)
+    msg = next(r.getMessage() for r in caplog.records if "already stored" in r.getMessage())
+    skipped = int(msg.split("(")[1].split(" already")[0])
+    assert skipped >= 6  # the six finished tiles were not recomputed (their steps skipped)
+    assert any(m.endswith("complete") for m in stored.marks())
+    with caplog.at_level(logging.INFO, logger="jaxwren"):  # complete: nothing runs again
+        caplog.clear()
+        jw.cholesky(A, out, memory_budget=budget)
+    assert not any("steps" in r.getMessage() for r in caplog.records)
