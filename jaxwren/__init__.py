@@ -17,7 +17,7 @@ from jaxwren.errors import (
     StorageError,
     UnsupportedURLError,
 )
-from jaxwren.linalg import cholesky, matmul
+from jaxwren.linalg import cho_logdet, cho_solve, cholesky, matmul, solve_triangular
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
 
@@ -40,6 +40,8 @@ __all__ = [
     "StorageConfig",
     "StorageError",
     "UnsupportedURLError",
+    "cho_logdet",
+    "cho_solve",
     "cholesky",
     "default_mesh",
     "default_sharding",
@@ -47,4 +49,5 @@ __all__ = [
     "load",
     "matmul",
     "save",
+    "solve_triangular",
 ]

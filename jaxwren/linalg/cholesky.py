@@ -38,7 +38,14 @@ from jaxwren.errors import (
     ShapeMismatchError,
 )
 from jaxwren.linalg import cholesky_kernel as ck
-from jaxwren.linalg.common import operand, prepare_out, result_dtype, round_up, trim
+from jaxwren.linalg.common import (
+    operand,
+    pad_identity,
+    prepare_out,
+    result_dtype,
+    round_up,
+    trim,
+)
 from jaxwren.linalg.matmul import gemm_projected_bytes
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
@@ -76,15 +83,6 @@ def _finite_lower(x: jax.Array, n: int) -> jax.Array:
     cols = lax.broadcasted_iota(jnp.int32, x.shape, 1)
     valid = (rows >= cols) & (rows < n)
     return jnp.all(jnp.where(valid, jnp.isfinite(x), True))
-
-
-@jax.jit
-def _pad_identity(x: jax.Array, valid: jax.Array) -> jax.Array:
-    """Rows/columns ``>= valid`` (past the matrix edge) become the identity's."""
-    idx = lax.broadcasted_iota(jnp.int32, x.shape, 0)
-    jdx = lax.broadcasted_iota(jnp.int32, x.shape, 1)
-    eye = jnp.where(idx == jdx, 1, 0).astype(x.dtype)
-    return jnp.where((idx >= valid) | (jdx >= valid), eye, x)
 
 
 def _check_factor(outs: tuple, *, kb: int, offset: int = 0) -> None:
@@ -127,7 +125,7 @@ def _tile_kernel(kind: str, first: bool, kb: int, mesh: Mesh):
     if kind == "diag":  # L[J, J] = chol(acc) with the padding as identity
 
         def diag(acc: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
-            return _factor(_pad_identity(acc, valid), acc.shape[0], kb, mesh)
+            return _factor(pad_identity(acc, valid), acc.shape[0], kb, mesh)
 
         return diag
     # "solve": L[I, J] = acc L[J, J]^{-T}; rows over every device, L[J, J] replicated

@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK = 256
+_GROUPS = 4  # row groups per trailing update: ~(1 + 1/_GROUPS) / 2 of the square's flops
+_HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators
 _DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
 
@@ -195,7 +197,9 @@ def _diag_factor(a: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
     pad = k * b + idx >= g.n
     blk = jnp.where(lower, blk, blk.T)
     blk = jnp.where(pad[:, None] | pad[None, :], jnp.eye(b, dtype=blk.dtype), blk)
-    lkk = lax.linalg.cholesky(blk, symmetrize_input=False)
+    # blk is symmetric: factor blk.T, so that LAPACK's column-major operand is the
+    # row-major block itself and XLA keeps the local matrix row-major (no full copies)
+    lkk = lax.linalg.cholesky(blk.T, symmetrize_input=False)
     return jnp.where(lower, lkk, 0)
 
 
@@ -215,8 +219,10 @@ def _panel_rows(a: jax.Array, lkk: jax.Array, k: int, me: tuple, g: _Grid) -> ja
     col = k * b + jnp.arange(b)
     keep = (jnp.repeat(blk > k, b) & (row < g.n))[:, None] & (col < g.n)[None, :]
     x = jnp.where(keep & (ci == k % g.c), x, 0)
-    x = lax.linalg.triangular_solve(lkk, x, left_side=False, lower=True, transpose_a=True)
-    return lax.psum(x, COLS)
+    # L_kk^-1 X^T (left side) rather than X L_kk^-T: LAPACK's column-major operand is then
+    # the row-major panel itself, and XLA keeps the local matrix row-major (no copies)
+    xt = lax.linalg.triangular_solve(lkk, x.T, left_side=True, lower=True)
+    return lax.psum(xt.T, COLS)
 
 
 def _panel_cols(pr: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
@@ -232,11 +238,33 @@ def _panel_cols(pr: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
     return pc.reshape(-1, b)
 
 
+def _row_groups(start: int, g: _Grid) -> list[tuple[int, int, int]]:
+    """Splits local block rows ``[start, nbr)`` into up to ``_GROUPS`` ranges, each with
+    the local block columns it must update: ``(row0, row1, col1)``. Only blocks on or below
+    the diagonal are needed; ``col1`` covers them on every device (worst case mesh row
+    ``R - 1``, mesh column 0), so the staircase skips most of the upper triangle."""
+    count = g.nbr - start
+    parts = min(_GROUPS, count)
+    bounds = [start + (count * p) // parts for p in range(parts + 1)]
+    out = []
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        last_row = (g.r - 1) + (r1 - 1) * g.r  # largest global block row in the range
+        out.append((r0, r1, min(g.nbc, last_row // g.c + 1)))
+    return out
+
+
 def _trailing_update(a: jax.Array, pr: jax.Array, pc: jax.Array, k: int, g: _Grid) -> jax.Array:
-    """``A[sr:, sc:] -= Pr @ Pc^T`` in place (rows/cols not yet trailing have zero panels)."""
-    r0, c0 = (k + 1) // g.r * g.b, (k + 1) // g.c * g.b
-    upd = lax.dot_general(pr, pc, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
-    return lax.dynamic_update_slice(a, a[r0:, c0:] - upd, (r0, c0))
+    """``A[sr:, sc:] -= Pr @ Pc^T`` in place, in row groups that skip the upper triangle
+    (rows/cols not yet trailing have zero panels, so updating them changes nothing)."""
+    b, sr, sc = g.b, (k + 1) // g.r, (k + 1) // g.c
+    for r0, r1, c1 in _row_groups(sr, g):
+        if c1 <= sc:
+            continue
+        lhs = pr[(r0 - sr) * b : (r1 - sr) * b]
+        rhs = pc[: (c1 - sc) * b]
+        upd = lax.dot_general(lhs, rhs, (((1,), (1,)), ((), ())), precision=_HIGHEST)
+        a = lax.dynamic_update_slice(a, a[r0 * b : r1 * b, sc * b : c1 * b] - upd, (r0 * b, sc * b))
+    return a
 
 
 def _write_column(a: jax.Array, lkk: jax.Array, pr: jax.Array | None, k: int, me: tuple,

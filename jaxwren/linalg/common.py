@@ -25,6 +25,7 @@ from jaxwren.storage.urls import parse_url
 
 __all__ = [
     "operand",
+    "pad_identity",
     "result_dtype",
     "OutTarget",
     "prepare_out",
@@ -161,3 +162,13 @@ def tile_candidates(length: int, granule: int, multiple: int) -> list[int]:
 def trim(x: jax.Array, shape: tuple[int, int], sharding: Any) -> jax.Array:
     """The top-left ``shape`` of a padded device result, resharded to ``sharding``."""
     return jax.lax.with_sharding_constraint(x[: shape[0], : shape[1]], sharding)
+
+
+@jax.jit
+def pad_identity(x: jax.Array, valid: jax.Array) -> jax.Array:
+    """Rows/columns ``>= valid`` (padding past the matrix edge) become the identity's, so a
+    padded triangular or SPD tile stays non-singular (``valid`` is traced: one compile)."""
+    idx = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    jdx = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)
+    eye = jnp.where(idx == jdx, 1, 0).astype(x.dtype)
+    return jnp.where((idx >= valid) | (jdx >= valid), eye, x)

@@ -1,0 +1,270 @@
+"""Triangular solves (blocked substitution on the engine), cho_solve and log-determinants.
+
+``op(A) X = B`` with ``op(A) = A`` or ``A^T``: the transpose is a lazy view, so every case
+is forward (lower) or backward (upper) substitution over row tiles of the effective matrix:
+``X[I] = M[I, I]^{-1} (B[I] - sum_K M[I, K] X[K])``. The triangular matrix is streamed tile
+by tile (out-of-core when it does not fit); the solution ``X`` stays on the devices,
+columns sharded over every device (replicated when it has fewer columns than devices),
+and each tile of ``M`` is replicated for its step so that every update is local.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.config import StorageConfig, format_bytes
+from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
+from jaxwren.engine.runner import execute
+from jaxwren.errors import MemoryBudgetError, NonFiniteError, ShapeMismatchError
+from jaxwren.linalg.common import (
+    operand,
+    pad_identity,
+    prepare_out,
+    result_dtype,
+    round_up,
+    trim,
+)
+from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.tiles import ArraySource
+from jaxwren.storage.bigmatrix import BigMatrix
+
+__all__ = ["solve_triangular", "cho_solve", "cho_logdet"]
+
+
+def _transposed(x: Any) -> Any:
+    if isinstance(x, BigMatrix):
+        return x.T
+    if isinstance(x, jax.Array):
+        return x.T
+    return ArraySource(x.array.T)
+
+
+def _x_spec(k_pad: int, mesh: Mesh) -> P:
+    return P(None, (ROWS, COLS)) if k_pad % mesh.devices.size == 0 else P()
+
+
+@functools.cache
+def _kernels(mesh: Mesh, xspec: P, lower: bool):
+    """(first-update, update, first-final, final) for one mesh and X layout."""
+    sx = NamedSharding(mesh, xspec)
+    rep = NamedSharding(mesh, P())
+    hi = lax.Precision.HIGHEST
+
+    def upd(x: jax.Array, acc: jax.Array, m: jax.Array, koff: jax.Array) -> jax.Array:
+        xk = lax.dynamic_slice_in_dim(x, koff, m.shape[1], axis=0)
+        return acc - jnp.matmul(m, xk, precision=hi)
+
+    def fin(x: jax.Array, acc: jax.Array, m: jax.Array, ioff: jax.Array, n: jax.Array) -> jax.Array:
+        m = pad_identity(m, n - ioff)  # rows past n: identity, so no NaN from padding
+        xi = lax.linalg.triangular_solve(m, acc, left_side=True, lower=lower)
+        return lax.dynamic_update_slice_in_dim(x, xi, ioff, axis=0)
+
+    j = functools.partial(jax.jit, out_shardings=sx)
+    first_update = j(lambda x, b, m, koff: upd(x, b, m, koff), in_shardings=(sx, sx, rep, None))
+    update = j(upd, in_shardings=(sx, sx, rep, None), donate_argnums=1)
+    first_final = j(lambda x, b, m, ioff, n: fin(x, b, m, ioff, n),
+                    in_shardings=(sx, sx, rep, None, None), donate_argnums=0)  # fmt: skip
+    final = j(fin, in_shardings=(sx, sx, rep, None, None), donate_argnums=0)
+    return first_update, update, first_final, final
+
+
+def _tile_bytes(t: int, n_pad: int, k_pad: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
+    devices = mesh.devices.size
+    xrep = 1 if _x_spec(k_pad, mesh) != P() else devices
+    x = n_pad * k_pad * itemsize * xrep // (devices if xrep == 1 else 1)
+    tiles = (prefetch + 1) * (devices * t * t + 2 * t * k_pad) * itemsize
+    return 2 * x + tiles + 3 * t * k_pad * itemsize * xrep
+
+
+def _choose_tile(n: int, k_pad: int, granule: int, itemsize: int, mesh: Mesh, budget: int,
+                 prefetch: int) -> int:  # fmt: skip
+    best = None
+    for t in range(granule, round_up(n, granule) + granule, granule):
+        if _tile_bytes(t, round_up(n, t), k_pad, itemsize, mesh, prefetch) <= budget:
+            best = t
+        if t >= n:
+            break
+    if best is None:
+        need = _tile_bytes(granule, round_up(n, granule), k_pad, itemsize, mesh, prefetch)
+        raise MemoryBudgetError(
+            f"solve_triangular: ({n}, {n}) with {k_pad} right-hand sides needs at least "
+            f"{format_bytes(need)} but memory_budget is {format_bytes(budget)}; the smallest "
+            f"workable budget is {format_bytes(need)} (or solve fewer columns at a time)."
+        )
+    return best
+
+
+def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np.dtype,
+          out: BigMatrix | None) -> Plan:  # fmt: skip
+    n, k = m.shape[0], b.shape[1]
+    nt = -(-n // t)
+    n_pad = nt * t
+    xspec = _x_spec(k_pad, mesh)
+    sx, rep = NamedSharding(mesh, xspec), NamedSharding(mesh, P())
+    first_update, update, first_final, final = _kernels(mesh, xspec, lower)
+    order = range(nt) if lower else range(nt - 1, -1, -1)
+    steps = []
+    nn = jnp.int32(n)
+    for pos, ii in enumerate(order):
+        b_read = Read(b, (ii * t, ii * t + t, 0, k), (t, k_pad), sx, dtype)
+        prior = list(order)[:pos]
+        for q, kk in enumerate(prior):
+            mread = Read(m, (ii * t, ii * t + t, kk * t, kk * t + t), (t, t), rep, dtype)
+            off = jnp.int32(kk * t)
+            if q == 0:  # carry (X, _) -> (X, B[I] - M[I, K] X[K])
+                kern = functools.partial(_start_update, fn=first_update, off=off)
+                steps.append(Step((b_read, mread), kern))
+            else:  # carry (X, acc) -> (X, acc - M[I, K] X[K])
+                steps.append(Step((mread,), functools.partial(_update, fn=update, off=off)))
+        dread = Read(m, (ii * t, ii * t + t, ii * t, ii * t + t), (t, t), rep, dtype)
+        off = jnp.int32(ii * t)
+        if prior:  # X[I] = M[I, I]^-1 acc
+            steps.append(Step((dread,), functools.partial(_finish, fn=final, off=off, n=nn)))
+        else:  # X[I] = M[I, I]^-1 B[I]
+            kern = functools.partial(_start_finish, fn=first_final, off=off, n=nn)
+            steps.append(Step((b_read, dread), kern))
+    # the last step hands X to the writer (or back to the caller)
+    last = steps[-1]
+    steps[-1] = Step(last.reads, lambda c, *tiles, k=last.kernel: _emit(k(c, *tiles)),
+                     (Write(out, (0, 0), (n, k)),))  # fmt: skip
+    init = functools.partial(_zeros, (n_pad, k_pad), dtype, sx)
+    proj = _tile_bytes(t, n_pad, k_pad, np.dtype(dtype).itemsize, mesh, 1)
+    return Plan("solve_triangular", steps, init, proj, proj, f"{nt} row tiles of {t}")
+
+
+def _start_update(c: tuple, bi: jax.Array, mk: jax.Array, *, fn: Any, off: Any) -> tuple:
+    return (c[0], fn(c[0], bi, mk, off)), ()
+
+
+def _update(c: tuple, mk: jax.Array, *, fn: Any, off: Any) -> tuple:
+    return (c[0], fn(c[0], c[1], mk, off)), ()
+
+
+def _start_finish(c: tuple, bi: jax.Array, md: jax.Array, *, fn: Any, off: Any, n: Any) -> tuple:
+    return (fn(c[0], bi, md, off, n), None), ()
+
+
+def _finish(c: tuple, md: jax.Array, *, fn: Any, off: Any, n: Any) -> tuple:
+    return (fn(c[0], c[1], md, off, n), None), ()
+
+
+def _emit(result: tuple) -> tuple:
+    carry, _ = result
+    return carry, (carry[0],)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _zeros(shape: tuple[int, int], dtype: Any, sharding: Any) -> tuple[jax.Array, None]:
+    return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), sharding), None
+
+
+def solve_triangular(
+    l: Any,  # noqa: E741
+    b: Any,
+    out: Any = None,
+    *,
+    lower: bool = True,
+    trans: bool = False,
+    mesh: Mesh | None = None,
+    memory_budget: int | str | None = None,
+    storage: StorageConfig | None = None,
+    progress: bool | None = None,
+    prefetch: int = 1,
+) -> jax.Array | BigMatrix:
+    """Solves ``op(l) x = b`` for triangular ``l`` (``scipy.linalg.solve_triangular``).
+
+    Args:
+      l: ``(n, n)`` triangular BigMatrix / jax.Array / numpy array; only its ``lower``
+        (or upper) triangle is used.
+      b: ``(n,)`` vector or ``(n, k)`` matrix (BigMatrix, jax.Array or numpy).
+      out: None returns a jax.Array (columns sharded over the devices when there are at
+        least as many as devices); a URL or BigMatrix stores the ``(n, k)`` solution.
+      lower: ``l`` is lower (else upper) triangular.
+      trans: solve ``l^T x = b`` instead (``scipy``'s ``trans=1``).
+      mesh, memory_budget, storage, progress, prefetch: as for :func:`jaxwren.matmul`;
+        ``l`` is streamed tile by tile when it does not fit the budget.
+
+    Returns:
+      ``x`` with ``b``'s shape (a vector for a vector ``b``), or the BigMatrix ``out``.
+
+    Raises:
+      ShapeMismatchError: ``l`` not square or ``b`` rows differ; bad ``out``.
+      NonFiniteError: the solution has NaN/Inf (a zero on the diagonal of ``l``).
+      MemoryBudgetError: no tiling fits ``memory_budget``.
+    """
+    l = operand(l, name="l", where="solve_triangular")  # noqa: E741
+    vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
+    b = operand(b[:, None] if vector else b, name="b", where="solve_triangular")
+    if l.shape[0] != l.shape[1] or b.shape[0] != l.shape[0]:
+        raise ShapeMismatchError(
+            f"solve_triangular: l must be square and b must have as many rows: got l "
+            f"{tuple(l.shape)} and b {tuple(b.shape)}."
+        )
+    dtype = result_dtype(l.dtype, b.dtype, where="solve_triangular")
+    mesh = check_mesh(mesh, where="solve_triangular")
+    n, k = b.shape
+    target = prepare_out(out, shape=(n, k), dtype=dtype, block_shape=None, inputs=(l, b),
+                         where="solve_triangular", storage=storage)  # fmt: skip
+    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
+    devices = mesh.devices.size
+    k_pad = round_up(k, devices) if k >= devices else k
+    granule = math.lcm(l.block_shape[0], l.block_shape[1]) if isinstance(l, BigMatrix) else 256
+    t = _choose_tile(n, k_pad, min(granule, round_up(n, 8)), dtype.itemsize, mesh, budget,
+                     prefetch)  # fmt: skip
+    m = _transposed(l) if trans else l
+    out_matrix = target.materialize()
+    plan = _plan(m, b, lower != trans, t, k_pad, mesh, dtype, out_matrix)
+    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
+    if out_matrix is not None:
+        return out_matrix
+    x = trim(outs[0], (n, k), default_sharding((n, k), mesh))
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise NonFiniteError(
+            "solve_triangular: the solution has NaN or Inf: l is singular (a zero on its "
+            "diagonal) or the inputs hold NaN/Inf."
+        )
+    return x[:, 0] if vector else x
+
+
+def cho_solve(
+    l: Any,  # noqa: E741
+    b: Any,
+    out: Any = None,
+    **kwargs: Any,
+) -> jax.Array | BigMatrix:
+    """Solves ``A x = b`` from ``A``'s Cholesky factor ``l`` (``scipy.linalg.cho_solve``
+    with ``lower=True``): ``l y = b``, then ``l^T x = y``; ``y`` stays on the devices.
+
+    Keyword arguments are those of :func:`solve_triangular` (not ``lower``/``trans``).
+    """
+    y = solve_triangular(l, b, None, lower=True, trans=False, **kwargs)
+    return solve_triangular(l, y, out, lower=True, trans=True, **kwargs)
+
+
+def cho_logdet(l: Any) -> float:  # noqa: E741
+    """``log det A = 2 sum(log(diag(l)))`` from ``A``'s Cholesky factor ``l``; reads only
+    the diagonal blocks of a stored factor."""
+    l = operand(l, name="l", where="cho_logdet")  # noqa: E741
+    if l.shape[0] != l.shape[1]:
+        raise ShapeMismatchError(f"cho_logdet: l must be square, got {tuple(l.shape)}.")
+    if isinstance(l, BigMatrix):
+        diag = np.concatenate(
+            [np.diagonal(l.get_block(i, i)) for i in range(min(l.grid_shape))]
+        ) if l.block_shape[0] == l.block_shape[1] else np.diagonal(l.numpy())  # fmt: skip
+    else:
+        diag = np.diagonal(np.asarray(l.array if isinstance(l, ArraySource) else l))
+    if np.any(diag <= 0) or not np.all(np.isfinite(diag)):
+        raise NonFiniteError(
+            "cho_logdet: the factor's diagonal must be positive and finite; pass the "
+            "Cholesky factor returned by jw.cholesky."
+        )
+    return float(2.0 * np.sum(np.log(diag.astype(np.float64))))
