@@ -1,0 +1,203 @@
+"""jaxwren Cholesky against numpy, scipy, dask.array and jnp.linalg.cholesky, same data.
+
+Usage::
+
+    python -m benchmarks.cholesky --n=4096 --dtype=float64 --peers=numpy,scipy,jax_sharded
+    python -m benchmarks.cholesky --n=8192 --block=2048 --peers=numpy,scipy,dask
+    python -m benchmarks.cholesky --n=8192 --block=512 --memory_budget=64MiB \
+        --modes=jaxwren_store --peers=
+
+Modes (jaxwren): ``jaxwren_store`` store -> store (out-of-core when ``--memory_budget`` is
+below what the in-core plan needs), ``jaxwren_incore`` sharded device array -> device
+array. Peers: ``numpy`` / ``scipy`` (in memory), ``dask`` (``from_zarr`` ->
+``da.linalg.cholesky`` -> ``to_zarr``, same blocks, threaded; file store), ``jax_sharded``
+(``jnp.linalg.cholesky`` on the input sharded ``P('rows', 'cols')`` over all devices).
+Each is timed best-of-``--repeats`` after a first call (the extra first-call time,
+compilation included, is reported apart). GFLOP/s counts n^3/3. The residual is
+``||L L^T - A||_F / ||A||_F`` for n <= 4096, else a 4-vector probe ``||L (L^T V) - A V|| /
+||A V||`` (named in the ``residual_kind`` column).
+"""
+
+from __future__ import annotations
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jaxwren as jw  # noqa: E402
+from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
+from jaxwren.config import parse_bytes  # noqa: E402
+
+MODES = ("jaxwren_store", "jaxwren_incore")
+PEERS = ("numpy", "scipy", "dask", "jax_sharded")
+
+_N = flags.DEFINE_integer("n", 4096, "Matrix size.")
+_BLOCK = flags.DEFINE_integer("block", 1024, "Block size of the stored matrices.")
+_DTYPE = flags.DEFINE_enum("dtype", "float64", ["float32", "float64"], "dtype")
+_STORE = flags.DEFINE_enum("store", "file", list(common.STORES), "Where A and L live.")
+_BUDGET = flags.DEFINE_string("memory_budget", None, "jaxwren memory_budget (e.g. 64MiB).")
+_MODES = flags.DEFINE_list("modes", list(MODES), f"jaxwren modes: {','.join(MODES)}")
+_PEERS = flags.DEFINE_list("peers", ["numpy", "scipy", "dask"], f"Peers: {','.join(PEERS)}")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats after the first call.")
+_FILE_DIR = flags.DEFINE_string("file_dir", None, "Directory for the file store.")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
+_PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    n: int = 4096
+    block: int = 1024
+    dtype: str = "float64"
+    store: str = "file"
+    memory_budget: int | None = None
+    modes: tuple[str, ...] = MODES
+    peers: tuple[str, ...] = ("numpy", "scipy", "dask")
+    repeats: int = 2
+    file_dir: str | None = None
+
+
+def write_spd(store: common.Store, cfg: Config) -> jw.BigMatrix:
+    """A symmetric, strictly diagonally dominant (so SPD) matrix, written block by block."""
+    a = jw.BigMatrix.create(store.url("A"), (cfg.n, cfg.n), (cfg.block, cfg.block), cfg.dtype,
+                            storage=store.config)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i, j in a.block_idxs:
+        if j > i:
+            continue
+        r0, r1, c0, c1 = a.block_bounds(i, j)
+        blk = rng.uniform(-1, 1, (r1 - r0, c1 - c0))
+        if i == j:
+            blk = (blk + blk.T) / 2 + cfg.n * np.eye(r1 - r0)
+        else:
+            a.put_block(blk.T.astype(a.dtype), j, i)
+        a.put_block(blk.astype(a.dtype), i, j)
+    return a
+
+
+def residual(l_mat: jw.BigMatrix | jax.Array | np.ndarray, a: np.ndarray) -> tuple[float, str]:
+    """Relative residual of ``L L^T`` against ``A`` (exact up to n=4096, else probed)."""
+    lm = l_mat.numpy() if isinstance(l_mat, jw.BigMatrix) else np.asarray(l_mat)
+    lm, a64 = lm.astype(np.float64), a.astype(np.float64)
+    if a.shape[0] <= 4096:
+        return float(np.linalg.norm(lm @ lm.T - a64) / np.linalg.norm(a64)), "frobenius"
+    v = np.random.default_rng(1).standard_normal((a.shape[0], 4))
+    av = a64 @ v
+    return float(np.linalg.norm(lm @ (lm.T @ v) - av) / np.linalg.norm(av)), "probe"
+
+
+def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config) -> tuple:
+    box: list = []
+    if mode == "jaxwren_store":
+
+        def f() -> None:
+            if box:
+                store.delete(box.pop().url)
+            box.append(jw.cholesky(a, store.url("L"), memory_budget=cfg.memory_budget,
+                                   progress=False))  # fmt: skip
+    elif mode == "jaxwren_incore":
+        x = a.to_jax(NamedSharding(jw.default_mesh(), P("rows", "cols")))
+
+        def f() -> None:
+            box[:] = [jw.cholesky(x).block_until_ready()]
+    else:
+        raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    first, best = common.warm_and_best(f, cfg.repeats)
+    return first, best, box[-1]
+
+
+def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config) -> tuple:
+    box: list = []
+    if peer == "numpy":
+
+        def f() -> None:
+            box[:] = [np.linalg.cholesky(x)]
+    elif peer == "scipy":
+        import scipy.linalg
+
+        def f() -> None:
+            box[:] = [scipy.linalg.cholesky(x, lower=True)]
+    elif peer == "jax_sharded":
+        xs = jax.device_put(x, NamedSharding(jw.default_mesh(), P("rows", "cols")))
+        chol = jax.jit(jnp.linalg.cholesky)
+
+        def f() -> None:
+            box[:] = [chol(xs).block_until_ready()]
+    elif peer == "dask":
+        if store.kind != "file":
+            raise app.UsageError("the dask peer reads zarr from a local directory: --store=file")
+        import dask
+        import dask.array as da
+
+        def f() -> None:
+            url = store.url("Ldask")
+            lower = da.linalg.cholesky(da.from_zarr(store.path(a.url)), lower=True)
+            with dask.config.set(scheduler="threads"):
+                da.to_zarr(lower, store.path(url))
+            box[:] = [jw.BigMatrix.open(url)]
+    else:
+        raise app.UsageError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+    first, best = common.warm_and_best(f, cfg.repeats)
+    return first, best, box[-1]
+
+
+def run(cfg: Config) -> list[dict]:
+    """Times every mode and peer on the same stored SPD matrix."""
+    flops = cfg.n**3 / 3
+    results: list[dict] = []
+    with common.open_store(cfg.store, cfg.file_dir) as store:
+        a = write_spd(store, cfg)
+        x = a.numpy()
+        runs = [(m, lambda m=m: _mode(m, a, store, cfg)) for m in cfg.modes]
+        runs += [(p, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
+        for name, fn in runs:
+            first, best, out = fn()
+            res, kind = residual(out, x)
+            row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
+                   "store": cfg.store, "memory_budget": cfg.memory_budget, "seconds": best,
+                   "first_call_extra_s": max(first - best, 0.0), "gflops": flops / best / 1e9,
+                   "residual": res, "residual_kind": kind}  # fmt: skip
+            results.append(row)
+            extra = row["first_call_extra_s"]
+            print(f"{name:>16}: {best:8.3f} s {row['gflops']:7.1f} GFLOP/s (first call "
+                  f"+{extra:.2f} s) residual {res:.1e} ({kind})", flush=True)  # fmt: skip
+    by = {r["name"]: r["seconds"] for r in results}
+    for r in results:
+        for ref in PEERS + ("jaxwren_store",):
+            if ref in by and r["name"] != ref:
+                r[f"x_{ref}"] = by[ref] / r["seconds"]
+    return results
+
+
+COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("block", "block", "d"),
+           ("dtype", "dtype", ""), ("seconds", "seconds", ".3f"), ("GFLOP/s", "gflops", ".1f"),
+           ("first call extra s", "first_call_extra_s", ".2f"), ("x numpy", "x_numpy", ".2f"),
+           ("x scipy", "x_scipy", ".2f"), ("x dask", "x_dask", ".2f"),
+           ("x jnp sharded", "x_jax_sharded", ".1f"), ("residual", "residual", ".1e")]  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = Config(n=_N.value, block=_BLOCK.value, dtype=_DTYPE.value, store=_STORE.value,
+                 memory_budget=parse_bytes(_BUDGET.value), modes=tuple(_MODES.value),
+                 peers=tuple(p for p in _PEERS.value if p), repeats=_REPEATS.value,
+                 file_dir=_FILE_DIR.value)  # fmt: skip
+    print(f"machine: {json.dumps(common.machine_info())}")
+    results = run(cfg)
+    print()
+    print(common.markdown_table(results, COLUMNS))
+    common.write_json(results, _JSON_OUT.value)
+    if _PLOT.value:
+        common.bar_plot([r["name"] for r in results], [r["gflops"] for r in results],
+                        "GFLOP/s", f"cholesky n={cfg.n} {cfg.dtype}", _PLOT.value)  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
