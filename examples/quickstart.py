@@ -61,9 +61,28 @@ def run(root: str, n: int, block: int) -> None:
     with step("check against numpy"):
         err = float(np.max(np.abs(c.numpy() - (x - x.mean(axis=0)))))
     print(f"    max |jaxwren - numpy| = {err:.2e}")
-    if not err < 1e-4:
-        sys.exit(f"quickstart: result differs from numpy by {err}")
+    check(err < 1e-4, "centring", err)
+    with step("matmul store -> store: G = A^T A (jw.matmul)"):
+        g = jw.matmul(a.T, a, f"{root}/G")  # an earlier G there is overwritten
+    ref = x.T.astype(np.float64) @ x / n
+    err = float(np.max(np.abs(g.numpy() / n - ref)) / np.max(np.abs(ref)))
+    print(f"    relative error vs numpy = {err:.2e}")
+    check(err < 1e-5, "matmul", err)
+    with step("Cholesky of G/n + I, store -> store (jw.cholesky)"):
+        s = jw.from_numpy(g.numpy() / n + np.eye(n, dtype=np.float32), f"{root}/S",
+                          (block, block), overwrite=True)  # fmt: skip
+        chol = jw.cholesky(s, f"{root}/L")
+    with step("solve S z = 1 from the factor (jw.cho_solve)"):
+        z = np.asarray(jw.cho_solve(chol, np.ones(n, np.float32)))
+    res = float(np.linalg.norm(s.numpy() @ z - 1) / np.sqrt(n))
+    print(f"    ||S z - 1|| / sqrt(n) = {res:.2e}, log det S = {jw.cho_logdet(chol):.3f}")
+    check(res < 1e-3, "cholesky solve", res)
     print("done.")
+
+
+def check(ok: bool, what: str, err: float) -> None:
+    if not ok:
+        sys.exit(f"quickstart: {what} differs from numpy by {err}")
 
 
 def main() -> None:
