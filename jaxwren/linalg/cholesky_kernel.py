@@ -52,6 +52,7 @@ __all__ = [
 DEFAULT_BLOCK = 256
 _GROUPS = 4  # row groups per trailing update: ~(1 + 1/_GROUPS) / 2 of the square's flops
 _HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators
+_LEAF = 32  # diagonal blocks are factored by halves down to this size
 _DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
 
@@ -185,22 +186,77 @@ class _Grid:
         return self.nb // self.c
 
 
-def _diag_factor(a: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
-    """``L[k, k]`` on every device: the owner's block, psum-ed, symmetrised from its lower
-    triangle, padding set to identity, factored (NaN where it fails)."""
-    b, (ri, ci) = g.b, me
-    blk = a[(k // g.r) * b : (k // g.r + 1) * b, (k // g.c) * b : (k // g.c + 1) * b]
-    own = (ri == k % g.r) & (ci == k % g.c)
-    blk = lax.psum(jnp.where(own, blk, 0), (ROWS, COLS))
+def _dot(x: jax.Array, y: jax.Array, *, trans_y: bool = False) -> jax.Array:
+    dims = (((1,), (1 if trans_y else 0,)), ((), ()))
+    return lax.dot_general(x, y, dims, precision=_HIGHEST)
+
+
+def _chol_inv_leaf(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(L, L^-1)`` of a small SPD block: right-looking Cholesky, then forward
+    substitution, one column (row) per loop step. A non-positive pivot gives NaN/Inf."""
+    m = a.shape[0]
+    idx = jnp.arange(m)
+
+    def factor(j: jax.Array, carry: tuple) -> tuple:
+        rest, low = carry
+        col = lax.dynamic_index_in_dim(rest, j, axis=1, keepdims=False)
+        v = jnp.where(idx >= j, col / jnp.sqrt(col[j]), 0)
+        return rest - v[:, None] * v[None, :], low.at[:, j].set(v)
+
+    _, low = lax.fori_loop(0, m, factor, (a, jnp.zeros_like(a)))
+
+    def invert(j: jax.Array, inv: jax.Array) -> jax.Array:
+        row = lax.dynamic_index_in_dim(low, j, axis=0, keepdims=False)
+        new = ((idx == j).astype(a.dtype) - row @ inv) / row[j]
+        return lax.dynamic_update_index_in_dim(inv, new, j, axis=0)
+
+    return low, lax.fori_loop(0, m, invert, jnp.zeros_like(a))
+
+
+def _chol_inv(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(L, L^-1)`` of an SPD block (lower triangle read), recursively by halves so that
+    almost all the work is GEMMs. Pure XLA on purpose: LAPACK's potrf/trsm run on
+    OpenBLAS, whose worker threads spin after each call and starve the GEMMs of the other
+    emulated devices on a small host (measured up to 5x slower overall)."""
+    m = a.shape[0]
+    if m <= _LEAF:
+        return _chol_inv_leaf(a)
+    h = -(-m // 2 // _LEAF) * _LEAF if m > 2 * _LEAF else m // 2
+    l11, i11 = _chol_inv(a[:h, :h])
+    l21 = _dot(a[h:, :h], i11, trans_y=True)  # A21 L11^-T
+    l22, i22 = _chol_inv(a[h:, h:] - _dot(l21, l21, trans_y=True))
+    i21 = -_dot(i22, _dot(l21, i11))
+    zero = jnp.zeros((h, m - h), a.dtype)
+    low = jnp.block([[l11, zero], [l21, l22]])
+    return low, jnp.block([[i11, zero], [i21, i22]])
+
+
+def _factor_block(blk: jax.Array, k: int, g: _Grid) -> jax.Array:
+    """``[L; L^-1]`` (``2b x b``) of a diagonal block, read from its lower triangle only,
+    rows/cols past ``n`` set to identity; NaN/Inf where the factorisation fails."""
+    b = g.b
     idx = jnp.arange(b)
     lower = idx[:, None] >= idx[None, :]
     pad = k * b + idx >= g.n
     blk = jnp.where(lower, blk, blk.T)
     blk = jnp.where(pad[:, None] | pad[None, :], jnp.eye(b, dtype=blk.dtype), blk)
-    # blk is symmetric: factor blk.T, so that LAPACK's column-major operand is the
-    # row-major block itself and XLA keeps the local matrix row-major (no full copies)
-    lkk = lax.linalg.cholesky(blk.T, symmetrize_input=False)
-    return jnp.where(lower, lkk, 0)
+    return jnp.concatenate(_chol_inv(blk))
+
+
+def _zeros_like_factor(blk: jax.Array) -> jax.Array:
+    zeros = jnp.zeros((2 * blk.shape[0], blk.shape[1]), blk.dtype)
+    return lax.pcast(zeros, (ROWS, COLS), to="varying")  # varies like the owner's branch
+
+
+def _diag_factor(a: jax.Array, k: int, me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
+    """``(L[k, k], L[k, k]^-1)`` on every device: only the owner of block ``(k, k)``
+    factors it (``lax.cond``), a psum shares the result."""
+    b, (ri, ci) = g.b, me
+    blk = a[(k // g.r) * b : (k // g.r + 1) * b, (k // g.c) * b : (k // g.c + 1) * b]
+    own = (ri == k % g.r) & (ci == k % g.c)
+    both = lax.cond(own, lambda x: _factor_block(x, k, g), _zeros_like_factor, blk)
+    both = lax.psum(both, (ROWS, COLS))
+    return both[:b], both[b:]
 
 
 def _local_rows_global(ri: jax.Array, start: int, g: _Grid) -> jax.Array:
@@ -208,9 +264,11 @@ def _local_rows_global(ri: jax.Array, start: int, g: _Grid) -> jax.Array:
     return ri + (start + jnp.arange(g.nbr - start)) * g.r
 
 
-def _panel_rows(a: jax.Array, lkk: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
-    """``L[i, k]`` for this device's local block rows from ``sr = (k + 1) // R`` on,
-    ``((nbr - sr) * b, b)``; zero for rows with global block ``<= k`` and for padding."""
+def _panel_rows(a: jax.Array, linv: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
+    """``L[i, k] = A[i, k] L[k, k]^-T`` for this device's local block rows from
+    ``sr = (k + 1) // R`` on, ``((nbr - sr) * b, b)``, computed by mesh column ``k % C`` (a
+    GEMM with the inverse, not LAPACK's trsm: see :func:`_chol_inv`) and psum-ed over
+    ``cols``; zero for rows with global block ``<= k`` and for padding."""
     b, (ri, ci) = g.b, me
     sr, kc = (k + 1) // g.r, k // g.c
     x = a[sr * b :, kc * b : (kc + 1) * b]
@@ -218,11 +276,13 @@ def _panel_rows(a: jax.Array, lkk: jax.Array, k: int, me: tuple, g: _Grid) -> ja
     row = (blk[:, None] * b + jnp.arange(b)).ravel()
     col = k * b + jnp.arange(b)
     keep = (jnp.repeat(blk > k, b) & (row < g.n))[:, None] & (col < g.n)[None, :]
-    x = jnp.where(keep & (ci == k % g.c), x, 0)
-    # L_kk^-1 X^T (left side) rather than X L_kk^-T: LAPACK's column-major operand is then
-    # the row-major panel itself, and XLA keeps the local matrix row-major (no copies)
-    xt = lax.linalg.triangular_solve(lkk, x.T, left_side=True, lower=True)
-    return lax.psum(xt.T, COLS)
+
+    def solve(x: jax.Array) -> jax.Array:
+        x = jnp.where(keep, x, 0)
+        return lax.dot_general(x, linv, (((1,), (1,)), ((), ())), precision=_HIGHEST)
+
+    pr = lax.cond(ci == k % g.c, solve, jnp.zeros_like, x)
+    return lax.psum(pr, COLS)
 
 
 def _panel_cols(pr: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
@@ -287,11 +347,11 @@ def _factor_local(a: jax.Array, g: _Grid) -> tuple[jax.Array, jax.Array]:
     me = (lax.axis_index(ROWS), lax.axis_index(COLS))
     info = jnp.int32(-1)
     for k in range(g.nb):
-        lkk = _diag_factor(a, k, me, g)
+        lkk, linv = _diag_factor(a, k, me, g)
         info = jnp.where((info < 0) & ~jnp.all(jnp.isfinite(lkk)), jnp.int32(k), info)
         pr = None
         if k < g.nb - 1:
-            pr = _panel_rows(a, lkk, k, me, g)
+            pr = _panel_rows(a, linv, k, me, g)
             a = _trailing_update(a, pr, _panel_cols(pr, k, me, g), k, g)
         a = _write_column(a, lkk, pr, k, me, g)
     return a, info
