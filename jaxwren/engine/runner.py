@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from jaxwren.engine.plan import Plan, Write
+from jaxwren.sharding import multihost
 from jaxwren.sharding.tiles import PendingTile, shard_bounds, start_tile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.window import Window
@@ -106,7 +107,7 @@ class _Writer:
 
         def done(_: Any) -> None:
             if write.record is not None:
-                target.mark(write.record)
+                target.mark(multihost.record_key(write.record))
 
         self._window.submit(start, nbytes, done, tag=self._tag(write, out.shape))
 
@@ -222,6 +223,7 @@ def execute(
         if bar is not None:
             bar.update(1)
     writer.drain()
+    multihost.sync(f"{plan.name} done")  # every process's writes are stored
     if bar is not None:
         bar.close()
     stats.seconds = time.perf_counter() - t0

@@ -47,6 +47,7 @@ from jaxwren.linalg.common import (
     trim,
 )
 from jaxwren.linalg.matmul import gemm_projected_bytes
+from jaxwren.sharding import multihost
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
@@ -204,7 +205,8 @@ def _outofcore_plan(s: _Setup, granule: int, prefetch: int) -> tuple[Plan, int]:
     si = NamedSharding(s.mesh, P(ROWS, None))
     sj = NamedSharding(s.mesh, P(COLS, None))
     rep = NamedSharding(s.mesh, P())
-    done = s.out.marks() if s.record is not None else set()
+    keys = [f"{s.record}-t{t}-{i}-{j}" for j in range(nt) for i in range(j, nt)]
+    done = multihost.finished_records(s.out.marks(), keys) if s.record is not None else set()
     steps: list[Step] = []
     for jj in range(nt):
         for ii in range(jj, nt):
@@ -336,13 +338,13 @@ def cholesky(
     out_matrix = target.materialize()
     resuming = (out_matrix is not None and record is not None and not incore
                 and any(m.startswith(record) for m in out_matrix.marks()))  # fmt: skip
-    if target.matrix is not None and not resuming:
-        out_matrix.free()  # stale blocks and records of an unrelated earlier result
+    if target.matrix is not None and not resuming:  # stale blocks/records of another result
+        multihost.once(f"free {out_matrix.url}", out_matrix.free)
     setup = dataclasses.replace(setup, out=out_matrix)
     plan, _ = _incore_plan(setup) if incore else _outofcore_plan(setup, granule, prefetch)
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     if out_matrix is None:
         return trim(outs[0], (n, n), default_sharding((n, n), mesh))
-    if record is not None:
-        out_matrix.mark(f"{record}-complete")
+    if record is not None:  # after the run's final barrier: every process has written
+        multihost.once(f"complete {out_matrix.url}", lambda: out_matrix.mark(f"{record}-complete"))
     return out_matrix

@@ -19,6 +19,7 @@ from jaxwren.errors import (
     MatrixNotFoundError,
     ShapeMismatchError,
 )
+from jaxwren.sharding import multihost
 from jaxwren.sharding.tiles import as_source
 from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
 from jaxwren.storage.urls import parse_url
@@ -85,8 +86,12 @@ class OutTarget:
         """Opens or creates the output matrix (only called once the plan is accepted)."""
         if self.matrix is not None or self.url is None:
             return self.matrix
-        return BigMatrix.create(
-            self.url, self.shape, self.block_shape, self.dtype, storage=self.storage
+        return multihost.once(
+            f"create {self.url}",
+            lambda: BigMatrix.create(
+                self.url, self.shape, self.block_shape, self.dtype, storage=self.storage
+            ),
+            lambda: BigMatrix.open(self.url, storage=self.storage),
         )
 
 

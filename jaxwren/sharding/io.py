@@ -10,10 +10,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxwren.config import StorageConfig
 from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
+from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import shard_bounds, start_tile
 from jaxwren.storage.backend import translate_errors
@@ -118,8 +118,7 @@ def save(
         raise ShapeMismatchError(f"save: expected a 2-D array, got shape {x.shape}.")
     matrix = _target(x, url, block_shape, storage=storage, overwrite=overwrite)
     write_shards(x, matrix, budget_bytes=budget_bytes)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jaxwren.save.done")
+    multihost.sync(f"saved {matrix.url}")
     return matrix
 
 
@@ -143,11 +142,10 @@ def _target(
         return url
     if block_shape is None:
         raise ShapeMismatchError("save: block_shape is required when saving to a URL.")
-    if jax.process_count() == 1:
-        return BigMatrix.create(
+    return multihost.once(
+        f"create {url}",
+        lambda: BigMatrix.create(
             url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
-        )
-    if jax.process_index() == 0:
-        BigMatrix.create(url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite)
-    multihost_utils.sync_global_devices("jaxwren.save.create")
-    return BigMatrix.open(url, storage=storage)
+        ),
+        lambda: BigMatrix.open(url, storage=storage),
+    )
