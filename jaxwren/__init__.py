@@ -17,7 +17,17 @@ from jaxwren.errors import (
     StorageError,
     UnsupportedURLError,
 )
-from jaxwren.linalg import cho_logdet, cho_solve, cholesky, matmul, solve_triangular
+from jaxwren.linalg import (
+    argmin,
+    cho_logdet,
+    cho_solve,
+    cholesky,
+    map_blocks,
+    matmul,
+    nearest_neighbors,
+    pairwise_sq_distances,
+    solve_triangular,
+)
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
 
@@ -40,6 +50,7 @@ __all__ = [
     "StorageConfig",
     "StorageError",
     "UnsupportedURLError",
+    "argmin",
     "cho_logdet",
     "cho_solve",
     "cholesky",
@@ -47,7 +58,10 @@ __all__ = [
     "default_sharding",
     "from_numpy",
     "load",
+    "map_blocks",
     "matmul",
+    "nearest_neighbors",
+    "pairwise_sq_distances",
     "save",
     "solve_triangular",
 ]

@@ -1,7 +1,20 @@
 """Blocked algorithms, one per module, all planned and run by jaxwren.engine."""
 
 from jaxwren.linalg.cholesky import cholesky
+from jaxwren.linalg.distances import argmin, pairwise_sq_distances
+from jaxwren.linalg.map_blocks import map_blocks
 from jaxwren.linalg.matmul import matmul
+from jaxwren.linalg.neighbors import nearest_neighbors
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
 
-__all__ = ["cho_logdet", "cho_solve", "cholesky", "matmul", "solve_triangular"]
+__all__ = [
+    "argmin",
+    "cho_logdet",
+    "cho_solve",
+    "cholesky",
+    "map_blocks",
+    "matmul",
+    "nearest_neighbors",
+    "pairwise_sq_distances",
+    "solve_triangular",
+]

@@ -1,0 +1,297 @@
+"""pairwise_sq_distances, argmin and nearest_neighbors against a float64 numpy brute force:
+stores, ragged blocks, in-core and streamed plans (both data layouts), k = 1 and k > 1,
+leave-one-out, exact ties, the float32 near-tie rule, the two-step path against the fused
+one, one compile per tile shape, and every error message."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import jax
+import numpy as np
+import pytest
+
+import jaxwren as jw
+from jaxwren.linalg.distances import argmin, pairwise_sq_distances
+from jaxwren.linalg.neighbors import Tiling, nearest_neighbors, search
+from tests.helpers import mem, rand, tolerance
+
+SMALL = 60_000  # bytes: streams the shapes below through many steps
+
+
+def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The float64 brute force (differences, not the GEMM formula)."""
+    q, x = q.astype(np.float64), x.astype(np.float64)
+    return ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+
+
+def brute_knn(q: np.ndarray, x: np.ndarray, k: int, exclude_self: bool = False):
+    d = sq_dists(q, x)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]  # ties: the lowest index first
+    return idx, np.take_along_axis(d, idx, 1)
+
+
+def plans(caplog) -> list[str]:
+    return [r.message for r in caplog.records if "steps (" in r.message]
+
+
+@pytest.mark.parametrize("budget", [None, SMALL], ids=["in-core", "streamed"])
+def test_stores_ragged_two_step_and_fused(store, budget, caplog):
+    q, x = rand((37, 13), seed=1), rand((53, 13), seed=2)
+    Q = jw.from_numpy(q, store.url("q"), (8, 5), storage=store.config)
+    X = jw.from_numpy(x, store.url("x"), (10, 6), storage=store.config)
+    with caplog.at_level(logging.INFO, logger="jaxwren"):
+        D = pairwise_sq_distances(Q, X, store.url("d"), memory_budget=budget,
+                                  storage=store.config)  # fmt: skip
+        idx, vals = argmin(D, axis=1, memory_budget=budget)
+        nn_idx, nn_d = nearest_neighbors(Q, X, 1, memory_budget=budget)
+    ref = sq_dists(q, x)
+    assert isinstance(D, jw.BigMatrix) and D.shape == (37, 53) and D.block_shape == (8, 10)
+    np.testing.assert_allclose(D.numpy(), ref, **tolerance("float64"))
+    np.testing.assert_array_equal(np.asarray(idx), ref.argmin(axis=1))
+    np.testing.assert_allclose(np.asarray(vals), ref.min(axis=1), **tolerance("float64"))
+    np.testing.assert_array_equal(np.asarray(nn_idx)[:, 0], np.asarray(idx))  # two-step = fused
+    np.testing.assert_allclose(np.asarray(nn_d)[:, 0], np.asarray(vals), **tolerance("float64"))
+    steps = [int(re.search(r"(\d+) steps \(", m).group(1)) for m in plans(caplog)]
+    assert max(steps) > 1 if budget else max(steps) == 1, plans(caplog)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("budget", [None, 30_000], ids=["in-core", "streamed"])
+def test_knn_matches_brute_force(k, budget, caplog):
+    q, x = rand((45, 9), seed=3), rand((70, 9), seed=4)
+    Q, X = jw.from_numpy(q, mem("kq"), (8, 9)), jw.from_numpy(x, mem("kx"), (16, 4))
+    with caplog.at_level(logging.INFO, logger="jaxwren"):
+        idx, dist = nearest_neighbors(Q, X, k, memory_budget=budget)
+    ref_idx, ref_d = brute_knn(q, x, k)
+    assert idx.shape == dist.shape == (45, k) and idx.dtype == np.int32
+    assert isinstance(idx, jax.Array) and dist.dtype == np.float64
+    np.testing.assert_array_equal(np.asarray(idx), ref_idx)
+    np.testing.assert_allclose(np.asarray(dist), ref_d, **tolerance("float64"))
+    (plan,) = plans(caplog)
+    assert ("1 steps" in plan and "broadcast" in plan) if budget is None else "ring" in plan
+
+
+@pytest.mark.parametrize("layout", ["ring", "ring-per-hop", "broadcast"])
+@pytest.mark.parametrize("tiles", [(16, 16, 1, 2), (48, 32, 3, 3), (24, 70, 3, 70)])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_every_layout_and_tiling(layout, tiles, exclude_self):
+    """Every tiling the search may pick gives the same neighbours (chunks ragged or not;
+    the ring's hops in one launch, as on CPU, or one launch per hop, as elsewhere)."""
+    x = rand((45, 9), seed=17)
+    X = jw.from_numpy(x, mem("lay"), (8, 9))
+    tq, tn, qc, cw = tiles
+    ring = layout != "broadcast"
+    tn = -(-tn // 8) * 8 if ring else tn
+    tiling = Tiling(tq, tn, qc, min(cw, tn // 8 if ring else tn), ring, 0)
+    mesh = jw.default_mesh()
+    for k in (1, 3):
+        idx, dist = search(X, X, k, exclude_self, mesh, tiling, np.dtype("float64"),
+                           budget=1 << 30, fused=layout == "ring")  # fmt: skip
+        ref_idx, ref_d = brute_knn(x, x, k, exclude_self)
+        np.testing.assert_array_equal(np.asarray(idx), ref_idx)
+        np.testing.assert_allclose(np.asarray(dist), ref_d, **tolerance("float64"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("budget", [None, 60_000], ids=["in-core", "streamed"])
+def test_leave_one_out(k, budget):
+    x = rand((161, 7), seed=5)
+    X = jw.from_numpy(x, mem("loo"), (9, 7))
+    idx, dist = nearest_neighbors(X, X, k, exclude_self=True, memory_budget=budget)
+    ref_idx, ref_d = brute_knn(x, x, k, exclude_self=True)
+    np.testing.assert_array_equal(np.asarray(idx), ref_idx)
+    np.testing.assert_allclose(np.asarray(dist), ref_d, **tolerance("float64"))
+    assert not np.any(np.asarray(idx) == np.arange(161)[:, None])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("budget", [None, 40_000], ids=["in-core", "streamed"])
+def test_exact_ties_go_to_the_lowest_index(dtype, budget):
+    # small integers: every distance is exact in float32 too, and most of them tie
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 3, (90, 4)).astype(dtype)
+    x[50:60] = x[0:10]  # duplicate rows
+    q = rng.integers(0, 3, (33, 4)).astype(dtype)
+    X = jw.from_numpy(x, mem("tie"), (16, 4))
+    for k in (1, 5):
+        idx, dist = nearest_neighbors(q, X, k, memory_budget=budget)
+        ref_idx, ref_d = brute_knn(q, x, k)
+        np.testing.assert_array_equal(np.asarray(idx), ref_idx)
+        np.testing.assert_array_equal(np.asarray(dist), ref_d)
+    loo, _ = nearest_neighbors(X, X, 2, exclude_self=True, memory_budget=budget)
+    np.testing.assert_array_equal(np.asarray(loo), brute_knn(x, x, 2, exclude_self=True)[0])
+    d = np.asarray(pairwise_sq_distances(q, X))
+    np.testing.assert_array_equal(np.asarray(argmin(d, axis=1)[0]), d.argmin(axis=1))
+    np.testing.assert_array_equal(np.asarray(argmin(d, axis=0)[0]), d.argmin(axis=0))
+
+
+def assert_float32_rule(q, x, idx, dist, k, exclude_self=False):
+    """The documented rule (u = 2**-24, d features): distances within
+    (2d + 3) u (|q|^2 + |x|^2) of the exact ones; an index may differ from the float64
+    brute force only where the two candidates' float64 distances differ by at most
+    2 (2d + 3) u (|q|^2 + max |x|^2). Also the practical 1e-5 (|q|^2 + |x|^2)."""
+    ref_idx, _ = brute_knn(q, x, k, exclude_self)
+    d64 = sq_dists(q, x)
+    qn, xn = (q.astype(np.float64) ** 2).sum(1), (x.astype(np.float64) ** 2).sum(1)
+    unit = (2 * q.shape[1] + 3) * 2.0**-24
+    bound = 2 * unit * (qn[:, None] + np.maximum(xn[idx], xn[ref_idx]))
+    ours, best = np.take_along_axis(d64, idx, 1), np.take_along_axis(d64, ref_idx, 1)
+    differ = idx != ref_idx
+    assert np.all(np.abs(ours - best)[differ] <= bound[differ])
+    assert np.all(np.abs(ours - best)[differ] <= 1e-5 * (qn[:, None] + xn[idx])[differ])
+    assert np.all(np.abs(dist - ours) <= unit * (qn[:, None] + xn[idx]))
+    return int(differ.sum())
+
+
+@pytest.mark.parametrize("budget", [None, 32_000], ids=["in-core", "streamed"])
+def test_float32_picks_float64_neighbours_up_to_near_ties(budget):
+    rng = np.random.default_rng(7)
+    base = rng.random((20, 24))
+    # near-duplicates: 5 copies of each row, moved by ~1e-7 relative (below float32 rounding)
+    x = np.repeat(base, 5, axis=0) * (1 + 1e-7 * rng.standard_normal((100, 24)))
+    q = base[rng.integers(0, 20, 40)] + 0.05 * rng.random((40, 24))
+    x32, q32 = x.astype(np.float32), q.astype(np.float32)
+    X = jw.from_numpy(x32, mem("f32"), (16, 24))
+    differ = 0
+    for k in (1, 6):
+        idx, dist = nearest_neighbors(q32, X, k, memory_budget=budget)
+        assert dist.dtype == np.float32
+        differ += assert_float32_rule(q32, x32, np.asarray(idx), np.asarray(dist), k)
+    idx, dist = nearest_neighbors(X, X, 3, exclude_self=True, memory_budget=budget)
+    differ += assert_float32_rule(x32, x32, np.asarray(idx), np.asarray(dist), 3, True)
+    assert differ > 0  # the data really has near-ties that float32 cannot order
+    far = rand((30, 24), "float32", seed=8)  # well-separated data: no index differs
+    idx, _ = nearest_neighbors(q32, far, 2, memory_budget=budget)
+    np.testing.assert_array_equal(np.asarray(idx), brute_knn(q32, far, 2)[0])
+
+
+def test_in_memory_operands_dtypes_and_shardings():
+    q, x = rand((40, 6), seed=9), rand((24, 6), seed=10)
+    for qq, xx in [(q, x), (jax.numpy.asarray(q), x), (q.astype(np.float32), x)]:
+        idx, dist = nearest_neighbors(qq, xx, 2)
+        np.testing.assert_array_equal(np.asarray(idx), brute_knn(q, x, 2)[0])
+        assert dist.dtype == np.float64  # float32 with float64 computes in float64
+        assert idx.sharding.spec == jax.sharding.PartitionSpec(("rows", "cols"), None)
+    idx, dist = nearest_neighbors(q.astype(np.float16), x.astype(np.float16), 1)
+    assert dist.dtype == np.float32  # 16-bit floats compute in float32
+    d = pairwise_sq_distances(jax.numpy.asarray(q), x)
+    assert isinstance(d, jax.Array) and d.shape == (40, 24)
+    assert d.sharding.spec == jax.sharding.PartitionSpec("rows", "cols")
+    np.testing.assert_allclose(np.asarray(d), sq_dists(q, x), **tolerance("float64"))
+    i0, v0 = argmin(d, axis=0)
+    np.testing.assert_array_equal(np.asarray(i0), sq_dists(q, x).argmin(axis=0))
+    assert i0.shape == v0.shape == (24,) and i0.dtype == np.int32 and v0.dtype == d.dtype
+    ints = np.random.default_rng(11).integers(-5, 5, (19, 23)).astype(np.int32)
+    for axis in (0, 1, -1):
+        i, v = argmin(ints, axis=axis)
+        np.testing.assert_array_equal(np.asarray(i), ints.argmin(axis=axis))
+        np.testing.assert_array_equal(np.asarray(v), ints.min(axis=axis))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_argmin_streamed_transposed_view(axis):
+    a = rand((41, 35), seed=12)
+    a[5, :] = a[7, :] = -10.0  # ties along both axes
+    A = jw.from_numpy(a, mem("am"), (8, 6))
+    for src, ref in [(A, a), (A.T, a.T)]:
+        idx, vals = argmin(src, axis=axis, memory_budget=9_000)
+        np.testing.assert_array_equal(np.asarray(idx), ref.argmin(axis=axis))
+        np.testing.assert_array_equal(np.asarray(vals), ref.min(axis=axis))
+
+
+def test_pairwise_feature_panels_and_returned_result():
+    x, y = rand((20, 70), seed=13), rand((18, 70), seed=14)
+    X, Y = jw.from_numpy(x, mem("px"), (8, 16)), jw.from_numpy(y, mem("py"), (8, 16))
+    D = pairwise_sq_distances(X, Y, mem("pd"), memory_budget=20_000)  # feature panels
+    np.testing.assert_allclose(D.numpy(), sq_dists(x, y), **tolerance("float64"))
+    d = pairwise_sq_distances(X, Y, memory_budget=60_000)  # streamed panels, D returned
+    np.testing.assert_allclose(np.asarray(d), sq_dists(x, y), **tolerance("float64"))
+    same = pairwise_sq_distances(X, X)
+    assert np.all(np.asarray(same) >= 0)  # clamped at 0
+
+
+def test_each_tile_shape_compiles_once():
+    compiles = []
+
+    def listener(event, duration, **_):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    q, x = rand((50, 8), seed=15), rand((90, 8), seed=16)
+    Q, X = jw.from_numpy(q, mem("c-q"), (8, 8)), jw.from_numpy(x, mem("c-x"), (8, 8))
+    X2 = jw.from_numpy(2 * x, mem("c-x2"), (8, 8))
+    nearest_neighbors(Q, X, 3, memory_budget=40_000)  # warm the shared small kernels
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        idx, _ = nearest_neighbors(Q, X, 2, memory_budget=40_000)
+        first = len(compiles)
+        idx2, _ = nearest_neighbors(Q, X2, 2, memory_budget=40_000)
+    finally:
+        jax.monitoring.clear_event_listeners()
+    np.testing.assert_array_equal(np.asarray(idx), brute_knn(q, x, 2)[0])
+    np.testing.assert_array_equal(np.asarray(idx2), brute_knn(q, 2 * x, 2)[0])
+    assert 1 <= first <= 6, first  # dozens of steps: start + update (+ result assembly)
+    assert len(compiles) == first  # the same tile shapes never compile again
+
+
+def test_errors_before_anything_is_written():
+    x = rand((6, 4))
+    X = jw.from_numpy(x, mem("e-x"), (2, 2))
+    with pytest.raises(jw.ShapeMismatchError, match=r"queries has 4 features .* data has 3"):
+        nearest_neighbors(X, np.ones((5, 3)))
+    with pytest.raises(jw.ShapeMismatchError, match=r"x has 4 features.*transposed"):
+        pairwise_sq_distances(X, X.T)
+    with pytest.raises(jw.ShapeMismatchError, match="non-empty 2-D matrix"):
+        nearest_neighbors(np.ones((0, 4)), X)
+    with pytest.raises(jw.ShapeMismatchError, match="non-empty 2-D matrix"):
+        nearest_neighbors(X, np.ones(4))
+    with pytest.raises(jw.ShapeMismatchError, match="non-empty 2-D matrix"):
+        argmin(np.ones((3, 0)))
+    for k in (0, -1, 2.0, True):
+        with pytest.raises(jw.ConfigError, match=r"k must be a positive integer"):
+            nearest_neighbors(X, X, k)
+    with pytest.raises(jw.ConfigError, match=r"k=7 exceeds the 6 candidates .* k <= 6"):
+        nearest_neighbors(X, X, 7)
+    with pytest.raises(jw.ConfigError, match=r"k=6 exceeds the 5 candidates \(6 data rows "
+                       r"less the query itself\); pass k <= 5"):  # fmt: skip
+        nearest_neighbors(X, X, 6, exclude_self=True)
+    with pytest.raises(jw.ShapeMismatchError, match="exclude_self=True needs queries to be"):
+        nearest_neighbors(x[:3], X, exclude_self=True)
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(jw.NonFiniteError, match=r"data row 4 holds NaN or Inf.*nan_to_num"):
+        nearest_neighbors(x, bad)
+    bad[4, 1], bad[2, 0] = 1.0, np.inf
+    with pytest.raises(jw.NonFiniteError, match="queries row 2 holds NaN or Inf"):
+        nearest_neighbors(bad, X, memory_budget=40_000)
+    never = mem("e-never")
+    with pytest.raises(jw.NonFiniteError, match="y row 2 holds NaN or Inf"):
+        pairwise_sq_distances(X, bad, never)
+    with pytest.raises(jw.MemoryBudgetError, match=r"smallest workable budget is [0-9.]+ KiB"):
+        pairwise_sq_distances(X, X, never, memory_budget=1000)
+    with pytest.raises(jw.MatrixNotFoundError):
+        jw.BigMatrix.open(never)  # refused before out was created
+    with pytest.raises(jw.MemoryBudgetError, match=r"or store the result with out=URL"):
+        pairwise_sq_distances(X, X, memory_budget=1000)
+    with pytest.raises(jw.ShapeMismatchError, match="is also input #0"):
+        pairwise_sq_distances(X, x, X)
+    with pytest.raises(jw.MemoryBudgetError, match=r"nearest_neighbors: queries \(6, 4\) "
+                       r"against data \(6, 4\) needs at least"):  # fmt: skip
+        nearest_neighbors(X, X, memory_budget=1000)
+    with pytest.raises(jw.MemoryBudgetError, match=r"argmin: a \(6, 4\) needs at least"):
+        argmin(X, memory_budget=100)
+    with pytest.raises(jw.ConfigError, match=r"axis must be 0 .* or 1 .*, got 2"):
+        argmin(X, axis=2)
+    with pytest.raises(jw.ConfigError, match=r"axis must be 0 .* got None"):
+        argmin(X, axis=None)
+    with pytest.raises(jw.NonFiniteError, match=r"argmin: a holds NaN \(first in column 0\)"):
+        argmin(np.where(np.eye(4, 3) > 0, np.nan, 1.0), axis=0)
+    wrong = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    with pytest.raises(jw.ConfigError, match="mesh must be a jax.sharding.Mesh with axes"):
+        nearest_neighbors(X, X, mesh=wrong)
+    with pytest.raises(jw.DTypeMismatchError, match="not supported"):
+        nearest_neighbors(np.array([["a"]]), np.array([["b"]]))
