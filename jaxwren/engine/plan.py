@@ -55,6 +55,9 @@ class Write:
 class Step:
     """One unit of work: ``carry, outputs = kernel(carry, *tiles)``.
 
+    Kernels may donate the carry but never a tile: on CPU devices the replicas of a tile
+    share one host buffer.
+
     Attributes:
       reads: the tiles to load (prefetched while earlier steps compute).
       kernel: a jitted function of the carried state and the loaded tiles.

@@ -195,7 +195,7 @@ def execute(
     def issue(k: int) -> None:
         for r in steps[k].reads:
             writer.before_read(r.source, r.region)
-        tiles = [start_tile(r.source, r.region, r.sharding, r.shape, r.dtype)
+        tiles = [start_tile(r.source, r.region, r.sharding, r.shape, r.dtype, share_replicas=True)
                  for r in steps[k].reads]  # fmt: skip
         stats.bytes_read += sum(t.nbytes for t in tiles)
         issued[k] = tiles

@@ -36,6 +36,7 @@ from jaxwren.linalg.common import (
     trim,
 )
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["matmul", "plan_matmul"]
@@ -56,14 +57,18 @@ def _granule(x: Any, axis: int, default: int = 512) -> int:
 def gemm_projected_bytes(
     t: tuple[int, int, int], mesh: Mesh, sizes: tuple[int, int, int], prefetch: int, stored: bool
 ) -> int:
-    """Peak bytes: replicated device tiles for every step in flight, the host staging of
-    the reads in flight, the accumulator, its update and the output being written."""
+    """Peak bytes: the A and B tiles of every step in flight (replicated on accelerators:
+    A over ``cols``, B over ``rows``; on CPU devices replicas share one host buffer, which
+    is also the staging), the host staging of the reads in flight (accelerators), the
+    accumulator, its update and the output being written."""
     (tm, tn, tk), (sa, sb, sc) = t, sizes
-    r, c = mesh.shape[ROWS], mesh.shape[COLS]
-    panels_dev = tm * tk * sa * c + tk * tn * sb * r
     panels_host = tm * tk * sa + tk * tn * sb
-    acc = tm * tn * sc
-    return (prefetch + 1) * panels_dev + prefetch * panels_host + acc * (3 if stored else 2)
+    if replicas_shared(NamedSharding(mesh, P())):
+        panels = (prefetch + 1) * panels_host
+    else:
+        r, c = mesh.shape[ROWS], mesh.shape[COLS]
+        panels = (prefetch + 1) * (tm * tk * sa * c + tk * tn * sb * r) + prefetch * panels_host
+    return panels + tm * tn * sc * (3 if stored else 2)
 
 
 def choose_tiling(

@@ -111,7 +111,9 @@ class PendingTile:
     """A tile whose reads are in flight; ``result()`` assembles the sharded jax.Array.
 
     Each distinct shard is read once, straight into a 64-byte-aligned host buffer that
-    ``jax.device_put`` adopts on CPU without a copy; replicas are copied device to device.
+    ``jax.device_put`` adopts on CPU without a copy; replicas are copied device to device,
+    or, with ``share_replicas`` on CPU devices, adopt the same host buffer (no copy: the
+    engine's tiles are never donated, so sharing an immutable buffer is safe).
     """
 
     shape: tuple[int, int]
@@ -120,6 +122,7 @@ class PendingTile:
     nbytes: int
     op: str = "load"
     location: Any = None
+    share_replicas: bool = False
 
     def result(self) -> jax.Array:
         placed: dict[jax.Device, jax.Array] = {}
@@ -128,7 +131,7 @@ class PendingTile:
                 _wait(fut, self.op, self.location)
             first = placed[devices[0]] = jax.device_put(buf, devices[0])
             for d in devices[1:]:
-                placed[d] = jax.device_put(first, d)
+                placed[d] = jax.device_put(buf if self.share_replicas else first, d)
         order = self.sharding.addressable_devices_indices_map(self.shape)
         return jax.make_array_from_single_device_arrays(
             self.shape, self.sharding, [placed[d] for d in order]
@@ -151,6 +154,7 @@ def start_tile(
     dtype: Any = None,
     *,
     window: Window | None = None,
+    share_replicas: bool = False,
 ) -> PendingTile | DeviceTile:
     """Issues the reads of ``source[r0:r1, c0:c1]`` for every distinct device index.
 
@@ -161,6 +165,8 @@ def start_tile(
       shape: the padded tile shape (at least the region's); default the region's.
       dtype: the tile dtype (default the source's; other dtypes are converted on read).
       window: bounds the reads in flight (default: all issued at once).
+      share_replicas: on CPU devices, replicas adopt one host buffer instead of copies
+        (only for tiles no kernel donates; see :func:`replicas_shared`).
     """
     r0, r1, c0, c1 = region
     shape = (r1 - r0, c1 - c0) if shape is None else shape
@@ -194,7 +200,14 @@ def start_tile(
                 fut = started[0]
         parts.append((buf, devices, fut))
     nbytes = sum(p[0].nbytes for p in parts)
-    return PendingTile(shape, sharding, parts, nbytes, location=getattr(source, "location", None))
+    share = share_replicas and replicas_shared(sharding)
+    return PendingTile(shape, sharding, parts, nbytes, location=getattr(source, "location", None),
+                       share_replicas=share)  # fmt: skip
+
+
+def replicas_shared(sharding: jax.sharding.Sharding) -> bool:
+    """Whether replicas of an engine tile share host memory (CPU devices: they do)."""
+    return all(d.platform == "cpu" for d in sharding.device_set)
 
 
 def _keep(box: list[Any], fut: Any) -> Any:
