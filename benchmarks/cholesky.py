@@ -189,6 +189,8 @@ def main(argv: list[str]) -> None:
                  memory_budget=parse_bytes(_BUDGET.value), modes=tuple(_MODES.value),
                  peers=tuple(p for p in _PEERS.value if p), repeats=_REPEATS.value,
                  file_dir=_FILE_DIR.value)  # fmt: skip
+    if cfg.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)  # the binary's choice, in main only
     print(f"machine: {json.dumps(common.machine_info())}")
     results = run(cfg)
     print()

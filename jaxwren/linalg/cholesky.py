@@ -50,6 +50,7 @@ from jaxwren.linalg.matmul import gemm_projected_bytes
 from jaxwren.sharding import multihost
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["cholesky"]
@@ -181,9 +182,11 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
 
 
 def _tile_bytes(t: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
-    devices = mesh.devices.size
+    """Peak bytes of the tile plan: the GEMM steps (as matmul's), the A tiles in flight,
+    and the diagonal factor replicated for the solves (one shared buffer on CPU)."""
+    copies = 1 if replicas_shared(NamedSharding(mesh, P())) else mesh.devices.size
     gemm = gemm_projected_bytes((t, t, t), mesh, (itemsize,) * 3, prefetch, True)
-    return gemm + (prefetch + 1) * t * t * itemsize + devices * t * t * itemsize
+    return gemm + (prefetch + 1) * t * t * itemsize + copies * t * t * itemsize
 
 
 def _choose_tile(s: _Setup, granule: int, prefetch: int) -> int:
