@@ -137,10 +137,15 @@ def prepare_out(
 
 
 def _open_existing(url: Any, storage: StorageConfig | None) -> BigMatrix | None:
+    """The matrix at ``url`` or None; every process decides on the same state (barriers
+    before and after the look, so none looks after another has created it)."""
+    multihost.sync(f"look {url}")
     try:
         return BigMatrix.open(url, storage=storage)
     except MatrixNotFoundError:
         return None
+    finally:
+        multihost.sync(f"looked {url}")
 
 
 def _default_block(inputs: Sequence[Any], shape: tuple[int, int]) -> tuple[int, int]:

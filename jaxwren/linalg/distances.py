@@ -32,6 +32,7 @@ from jaxwren.engine.runner import execute
 from jaxwren.errors import ConfigError, MemoryBudgetError, NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.common import OutTarget, operand, prepare_out, result_dtype, tile_candidates
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.multihost import to_host
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["pairwise_sq_distances", "argmin", "row_sq_norms", "row_operands", "compute_dtype"]
@@ -141,7 +142,7 @@ def row_sq_norms(
                 f"{-(-m // tr)}x{gc} tiles of {tr}x{tc}")  # fmt: skip
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     norms = _gather_rows(outs, m, NamedSharding(mesh, P()))
-    bad = np.flatnonzero(~np.isfinite(np.asarray(norms)))
+    bad = np.flatnonzero(~np.isfinite(to_host(norms)))
     if bad.size:
         raise non_finite_error(where, name, int(bad[0]), dtype)
     return norms
@@ -433,7 +434,7 @@ def argmin(
     plan = _argmin_plan(src, axis, mesh, budget, prefetch)
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     kept = src.shape[1 - axis]
-    nan = np.flatnonzero(np.concatenate([np.asarray(o) for o in outs[2::3]])[:kept])
+    nan = np.flatnonzero(np.concatenate([to_host(o) for o in outs[2::3]])[:kept])
     if nan.size:
         line = "column" if axis == 0 else "row"
         raise NonFiniteError(

@@ -43,6 +43,7 @@ from jaxwren.engine.runner import execute
 from jaxwren.errors import ConfigError, MemoryBudgetError, ShapeMismatchError
 from jaxwren.linalg.common import operand, prepare_out
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.multihost import to_host
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["map_blocks"]
@@ -337,5 +338,5 @@ def map_blocks(
         return matrix
     result = np.empty(shape, out_dtype)
     for tile, (r0, c0, h, w) in zip(outs, places, strict=True):
-        result[r0 : r0 + h, c0 : c0 + w] = np.asarray(tile)[:h, :w]
+        result[r0 : r0 + h, c0 : c0 + w] = to_host(tile)[:h, :w]
     return jax.device_put(result, default_sharding(shape, mesh))

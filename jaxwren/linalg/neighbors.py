@@ -53,6 +53,7 @@ from jaxwren.linalg.distances import (
     search_tiling,
 )
 from jaxwren.sharding.mesh import check_mesh, default_sharding
+from jaxwren.sharding.multihost import to_host
 from jaxwren.sharding.tiles import shard_bounds
 
 __all__ = ["nearest_neighbors", "choose_tiling", "search", "Tiling"]
@@ -452,7 +453,7 @@ def search(q: Any, x: Any, k: int, exclude_self: bool, mesh: Mesh, tiling: Tilin
                   tiling.ring and fused)  # fmt: skip
     plan = plan_neighbors(q, x, cfg, tiling, dtype)
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    bad = np.concatenate([np.asarray(b) for b in outs[2::3]]).reshape(-1, 2).min(axis=0)
+    bad = np.concatenate([to_host(b) for b in outs[2::3]]).reshape(-1, 2).min(axis=0)
     for name, row in zip(("queries", "data"), bad, strict=True):
         if row < BIG:
             raise non_finite_error("nearest_neighbors", name, int(row), dtype)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["once", "sync", "record_key", "finished_records"]
+__all__ = ["finished_records", "once", "record_key", "sync", "to_host"]
 
 T = TypeVar("T")
 
@@ -52,3 +53,11 @@ def finished_records(marks: set[str], keys: Any) -> set[str]:
     if n == 1:
         return {k for k in keys if k in marks}
     return {k for k in keys if all(f"{k}.p{i}" in marks for i in range(n))}
+
+
+def to_host(x: Any) -> np.ndarray:
+    """The whole value of a (small) device array on every process's host: ``np.asarray``
+    when this process holds all of it, else an all-gather across processes."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
