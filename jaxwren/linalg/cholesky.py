@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from typing import Any
 
@@ -39,9 +38,12 @@ from jaxwren.errors import (
 )
 from jaxwren.linalg import cholesky_kernel as ck
 from jaxwren.linalg.common import (
+    is_complete,
+    mark_complete,
     operand,
     pad_identity,
     prepare_out,
+    record_prefix,
     result_dtype,
     round_up,
     trim,
@@ -328,8 +330,8 @@ def cholesky(
                          inputs=(a,), where="cholesky", storage=storage)  # fmt: skip
     budget = resolve_budget(memory_budget, list(mesh.devices.flat))
     stored = isinstance(a, BigMatrix)
-    record = "chol-" + hashlib.sha1(a.url.encode()).hexdigest()[:10] if stored else None
-    if target.matrix is not None and record and f"{record}-complete" in target.matrix.marks():
+    record = record_prefix("chol", a)
+    if is_complete(target.matrix, record):
         return target.matrix  # finished by an earlier run
     incore = _incore_bytes(n, dtype.itemsize, mesh) <= budget
     if not incore and target.returned:
@@ -353,6 +355,5 @@ def cholesky(
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     if out_matrix is None:
         return trim(outs[0], (n, n), default_sharding((n, n), mesh))
-    if record is not None:  # after the run's final barrier: every process has written
-        multihost.once(f"complete {out_matrix.url}", lambda: out_matrix.mark(f"{record}-complete"))
+    mark_complete(out_matrix, record)
     return out_matrix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -25,11 +26,14 @@ from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
 from jaxwren.storage.urls import parse_url
 
 __all__ = [
+    "is_complete",
+    "mark_complete",
     "operand",
     "pad_identity",
     "result_dtype",
     "OutTarget",
     "prepare_out",
+    "record_prefix",
     "round_up",
     "tile_candidates",
     "trim",
@@ -182,3 +186,24 @@ def pad_identity(x: jax.Array, valid: jax.Array) -> jax.Array:
     jdx = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)
     eye = jnp.where(idx == jdx, 1, 0).astype(x.dtype)
     return jnp.where((idx >= valid) | (jdx >= valid), eye, x)
+
+
+def record_prefix(op: str, *inputs: Any) -> str | None:
+    """The completion-record prefix of ``op`` on stored inputs (None when an input lives
+    in memory: such a run cannot be resumed). Records name the inputs' URLs and views, not
+    their contents: free() an output to force a recomputation after changing an input."""
+    if not all(isinstance(x, BigMatrix) for x in inputs):
+        return None
+    ident = "|".join(f"{x.url}:{int(x.transposed)}" for x in inputs)
+    return f"{op}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
+
+
+def is_complete(matrix: BigMatrix | None, prefix: str | None) -> bool:
+    """Whether ``matrix`` holds a finished result recorded under ``prefix``."""
+    return matrix is not None and prefix is not None and f"{prefix}-complete" in matrix.marks()
+
+
+def mark_complete(matrix: BigMatrix | None, prefix: str | None) -> None:
+    """Records a finished result (once, by process 0, after the run's final barrier)."""
+    if matrix is not None and prefix is not None:
+        multihost.once(f"complete {matrix.url}", lambda: matrix.mark(f"{prefix}-complete"))

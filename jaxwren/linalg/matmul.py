@@ -29,13 +29,17 @@ from jaxwren.engine.runner import execute
 from jaxwren.errors import MemoryBudgetError, ShapeMismatchError
 from jaxwren.linalg.common import (
     OutTarget,
+    is_complete,
+    mark_complete,
     operand,
     prepare_out,
+    record_prefix,
     result_dtype,
     tile_candidates,
     trim,
 )
 from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.multihost import finished_records
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -131,8 +135,12 @@ def plan_matmul(
     mesh: Mesh,
     tiling: Tiling,
     out_dtype: np.dtype,
+    record: str | None = None,
 ) -> Plan:
-    """The steps: for each output tile (I, J), K panels accumulate; the last writes C."""
+    """The steps: for each output tile (I, J), K panels accumulate; the last writes C.
+
+    With a ``record`` prefix each stored tile gets a completion record, and tiles already
+    recorded in ``out_matrix`` (an interrupted run on the same inputs) are skipped."""
     (m, k), n = a.shape, b.shape[1]
     tm, tn, tk = tiling.tm, tiling.tn, tiling.tk
     acc_dtype = jnp.float32 if out_dtype == jnp.bfloat16 else out_dtype
@@ -140,8 +148,12 @@ def plan_matmul(
     sb = NamedSharding(mesh, P(None, COLS))
     sc = NamedSharding(mesh, P(ROWS, COLS))
     gk = -(-k // tk)
+    tiles = list(itertools.product(range(0, m, tm), range(0, n, tn)))
+    key = {t: f"{record}-{tm}x{tn}x{tk}-{t[0]}-{t[1]}" for t in tiles} if record else {}
+    done = finished_records(out_matrix.marks(), key.values()) if record else set()
     steps = []
-    for i0, j0 in itertools.product(range(0, m, tm), range(0, n, tn)):
+    for i0, j0 in tiles:
+        rec = key.get((i0, j0))
         for kk, k0 in enumerate(range(0, k, tk)):
             first, last = kk == 0, kk == gk - 1
             reads = (
@@ -149,9 +161,10 @@ def plan_matmul(
                 Read(b, (k0, k0 + tk, j0, j0 + tn), (tk, tn), sb, out_dtype),
             )
             size = (min(tm, m - i0), min(tn, n - j0))
-            writes = (Write(out_matrix, (i0, j0), size),) if last else ()
+            writes = (Write(out_matrix, (i0, j0), size, record=rec),) if last else ()
             kernel = _kernel(first, last, np.dtype(acc_dtype), out_dtype, sa, sb, sc)
-            steps.append(Step(reads, kernel, writes, label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]"))
+            steps.append(Step(reads, kernel, writes, label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]",
+                              skip=rec in done))  # fmt: skip
     gi, gj = -(-m // tm), -(-n // tn)
     return Plan(
         name="matmul",
@@ -182,6 +195,9 @@ def matmul(
       b: ``(k, n)`` likewise.
       out: None to return a ``jax.Array`` sharded ``P('rows', 'cols')`` over the mesh
         (as far as the mesh divides ``(m, n)``); a URL or BigMatrix to store the result.
+        With stored inputs, every stored tile is recorded: a rerun after an interruption
+        skips finished tiles, and a result recorded complete for the same input URLs is
+        returned as it is (``out.free()`` forces a recomputation).
       mesh: a 2-D mesh with axes ``('rows', 'cols')``; None: all devices.
       memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
         staging; None: from the devices' memory (40% of RAM on CPU).
@@ -214,9 +230,13 @@ def matmul(
                          inputs=(a, b), where="matmul", storage=storage)  # fmt: skip
     acc_size = 4 if out_dtype == jnp.bfloat16 else out_dtype.itemsize
     tiling = choose_tiling(a, b, target, mesh, budget, acc_size, prefetch)
+    record = record_prefix("mm", a, b) if not target.returned else None
+    if is_complete(target.matrix, record):
+        return target.matrix  # finished by an earlier run on the same inputs
     out_matrix = target.materialize()
-    plan = plan_matmul(a, b, target, out_matrix, mesh, tiling, out_dtype)
+    plan = plan_matmul(a, b, target, out_matrix, mesh, tiling, out_dtype, record)
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
     if out_matrix is not None:
+        mark_complete(out_matrix, record)
         return out_matrix
     return trim(outs[0], shape, default_sharding(shape, mesh))
