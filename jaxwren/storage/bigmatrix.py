@@ -405,6 +405,13 @@ class BigMatrix:
         for i, j in self.block_idxs:
             yield (i, j), self.get_block(i, j)
 
+    def iter_row_batches(self, batch_rows: int, **kwargs: Any) -> Iterator[jax.Array]:
+        """Streams row batches as sharded jax.Arrays with reads in flight ahead (see
+        :func:`jaxwren.sharding.batches.iter_row_batches` for the options)."""
+        from jaxwren.sharding.batches import iter_row_batches  # delegate, as to_jax
+
+        return iter_row_batches(self, batch_rows, **kwargs)
+
     def to_jax(self, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
         """Loads the matrix as a sharded ``jax.Array`` (see :func:`jaxwren.sharding.load`)."""
         from jaxwren.sharding.io import load  # delegate: storage stays below sharding
