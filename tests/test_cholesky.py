@@ -101,7 +101,12 @@ def test_not_positive_definite(budget):
     assert isinstance(e.value, np.linalg.LinAlgError)
     col = int(str(e.value).split("(columns ")[1].split(":")[0])
     assert col <= 30
-    assert not any(m.endswith("complete") for m in jw.BigMatrix.open(out).marks())
+    with pytest.raises(jw.MatrixNotFoundError):  # the out this call created is gone again
+        jw.BigMatrix.open(out)
+    existing = jw.BigMatrix.create(mem("npd-existing"), (40, 40), (8, 8), "float64")
+    with pytest.raises(jw.NotPositiveDefiniteError):
+        jw.cholesky(A, existing, memory_budget=budget)
+    assert not any(m.endswith("complete") for m in existing.marks())  # never looks complete
     with pytest.raises(jw.NotPositiveDefiniteError):
         jw.cholesky(-np.eye(3))
 

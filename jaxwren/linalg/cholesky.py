@@ -352,7 +352,12 @@ def cholesky(
         multihost.once(f"free {out_matrix.url}", out_matrix.free)
     setup = dataclasses.replace(setup, out=out_matrix)
     plan, _ = _incore_plan(setup) if incore else _outofcore_plan(setup, granule, prefetch)
-    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
+    try:
+        outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
+    except (NonFiniteError, NotPositiveDefiniteError):
+        if target.matrix is None and out_matrix is not None:  # created here: leave no trace
+            multihost.once(f"destroy {out_matrix.url}", out_matrix.destroy)
+        raise
     if out_matrix is None:
         return trim(outs[0], (n, n), default_sharding((n, n), mesh))
     mark_complete(out_matrix, record)

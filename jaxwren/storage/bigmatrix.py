@@ -329,6 +329,11 @@ class BigMatrix:
         """A region of this view in the coordinates of the stored (untransposed) matrix."""
         return (c0, c1, r0, r1) if self._transposed else (r0, r1, c0, c1)
 
+    def destroy(self) -> None:
+        """Deletes the matrix entirely: blocks, records and header (the URL is free again)."""
+        with translate_errors("BigMatrix.destroy", self._loc):
+            self._base.kvstore.delete_range(ts.KvStore.KeyRange()).result()
+
     # -------------------------------------------------------------- completion records
     def mark(self, key: str) -> None:
         """Records that part ``key`` of a computation writing this matrix is stored.

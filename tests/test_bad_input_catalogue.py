@@ -1,0 +1,151 @@
+"""The bad-input catalogue: every public entry point, fed its bad inputs, raises the
+documented typed JaxwrenError with a message that names the fix, writes nothing, and
+never shows a credential."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import jaxwren as jw
+from jaxwren.distributed import initialize
+from tests.conftest import BUCKET, start_moto
+from tests.helpers import mem, rand
+
+V = rand((6, 4))  # a well-formed matrix
+SPD = V.T @ V + np.eye(4)
+NAN = V.copy()
+NAN[2, 1] = np.nan
+WRONG_MESH = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return jw.from_numpy(V, mem("catalogue-in"), (2, 2))
+
+
+# (id, call(stored, out_url) -> None, error type, message regex)
+CASES = [
+    ("create/bad-scheme", lambda a, o: jw.BigMatrix.create("ftp://h/x", (2, 2), (1, 1)),
+     jw.UnsupportedURLError, "unknown scheme"),
+    ("create/bad-shape", lambda a, o: jw.BigMatrix.create(o, (2, -1), (1, 1)),
+     jw.ShapeMismatchError, "two positive integers"),
+    ("create/bad-dtype", lambda a, o: jw.BigMatrix.create(o, (2, 2), (1, 1), "U4"),
+     jw.DTypeMismatchError, "not supported"),
+    ("open/missing", lambda a, o: jw.BigMatrix.open(o),
+     jw.MatrixNotFoundError, "create it with"),
+    ("from_numpy/3-d", lambda a, o: jw.from_numpy(np.ones((2, 2, 2)), o, (1, 1)),
+     jw.ShapeMismatchError, "2-D"),
+    ("put_block/wrong-shape", lambda a, o: a.put_block(np.ones((3, 3)), 0, 0),
+     jw.ShapeMismatchError, "pass exactly the block's true size"),
+    ("get_block/out-of-range", lambda a, o: a.get_block(9, 0),
+     jw.BlockIndexError, "outside the block grid"),
+    ("save/no-block-shape", lambda a, o: jw.save(jax.numpy.ones((2, 2)), o),
+     jw.ShapeMismatchError, "block_shape is required"),
+    ("matmul/inner-dims", lambda a, o: jw.matmul(a, a, o),
+     jw.ShapeMismatchError, "inner dimensions differ"),
+    ("matmul/alias", lambda a, o: jw.matmul(a, a.T, a.url),
+     jw.ShapeMismatchError, "also input"),
+    ("matmul/over-budget", lambda a, o: jw.matmul(a, a.T, o, memory_budget=64),
+     jw.MemoryBudgetError, "smallest workable budget"),
+    ("matmul/bad-budget", lambda a, o: jw.matmul(a, a.T, o, memory_budget="-3GB"),
+     jw.ConfigError, "memory_budget"),
+    ("matmul/wrong-mesh", lambda a, o: jw.matmul(a, a.T, o, mesh=WRONG_MESH),
+     jw.ConfigError, "default_mesh"),
+    ("cholesky/non-square", lambda a, o: jw.cholesky(a, o),
+     jw.ShapeMismatchError, "must be square"),
+    ("cholesky/nan", lambda a, o: jw.cholesky(np.where(np.eye(4) > 0, np.nan, SPD), o),
+     jw.NonFiniteError, "nan_to_num"),
+    ("cholesky/not-spd", lambda a, o: jw.cholesky(-SPD, o),
+     jw.NotPositiveDefiniteError, "regularises"),
+    ("cholesky/over-budget", lambda a, o: jw.cholesky(SPD, o, memory_budget=64),
+     jw.MemoryBudgetError, "smallest workable budget"),
+    ("solve_triangular/rows", lambda a, o: jw.solve_triangular(np.eye(4), np.ones(3), o),
+     jw.ShapeMismatchError, "as many rows"),
+    ("cho_solve/non-square", lambda a, o: jw.cho_solve(a, np.ones(6), o),
+     jw.ShapeMismatchError, "must be square"),
+    ("cho_logdet/not-a-factor", lambda a, o: jw.cho_logdet(-np.eye(2)),
+     jw.NonFiniteError, "Cholesky factor"),
+    ("pairwise/feature-dims", lambda a, o: jw.pairwise_sq_distances(a, np.ones((3, 5)), o),
+     jw.ShapeMismatchError, "feature"),
+    ("pairwise/nan-row", lambda a, o: jw.pairwise_sq_distances(NAN, V, o),
+     jw.NonFiniteError, "NaN"),
+    ("argmin/bad-axis", lambda a, o: jw.argmin(a, axis=2),
+     jw.ConfigError, "axis"),
+    ("nearest/k-too-big", lambda a, o: jw.nearest_neighbors(a, a, k=7),
+     jw.JaxwrenError, "k"),
+    ("nearest/k-zero", lambda a, o: jw.nearest_neighbors(a, a, k=0),
+     jw.JaxwrenError, "k"),
+    ("nearest/empty", lambda a, o: jw.nearest_neighbors(np.ones((0, 4)), a),
+     jw.ShapeMismatchError, "non-empty"),
+    ("map_blocks/shapes", lambda a, o: jw.map_blocks(lambda x, y: x, a, np.ones((3, 3)), out=o),
+     jw.ShapeMismatchError, "shape"),
+    ("iter_row_batches/zero", lambda a, o: next(a.iter_row_batches(0)),
+     jw.ConfigError, "batch_rows"),
+    ("StorageConfig/endpoint", lambda a, o: jw.StorageConfig(s3_endpoint="minio:9000"),
+     jw.ConfigError, "http"),
+    ("distributed/unset", lambda a, o: initialize(environ={}),
+     jw.ConfigError, "jaxwren.launch"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "error", "match"), CASES, ids=[c[0] for c in CASES])
+def test_catalogue(stored, name, call, error, match):
+    out = mem("catalogue-out")
+    before = stored.numpy()
+    with pytest.raises(error, match=match) as info:
+        call(stored, out)
+    assert isinstance(info.value, jw.JaxwrenError)
+    assert len(str(info.value)) > 30  # a sentence that says what to do, not a code
+    with pytest.raises(jw.MatrixNotFoundError):
+        jw.BigMatrix.open(out)  # nothing was created
+    np.testing.assert_array_equal(stored.numpy(), before)  # nor was the input touched
+
+
+def test_catalogue_covers_every_public_function():
+    covered = {c[0].split("/")[0] for c in CASES}
+    public = {n for n in jw.__all__ if callable(getattr(jw, n)) and not n[0].isupper()}
+    public |= {"create", "open", "put_block", "get_block", "iter_row_batches", "StorageConfig"}
+    missing = public - covered - {"default_mesh", "default_sharding", "load", "map_blocks"}
+    missing -= (
+        {"pairwise_sq_distances", "nearest_neighbors"}
+        if {"pairwise", "nearest"} <= covered
+        else set()
+    )
+    assert not missing, f"no catalogue case for {sorted(missing)}"
+    assert {"map_blocks", "pairwise", "nearest"} <= covered
+
+
+@pytest.mark.parametrize("where", ["create", "open", "matmul-out"])
+def test_storage_refusals_name_the_fix_and_leak_nothing(s3_config, where):
+    bad_bucket = "s3://no-such-bucket-x/m"
+    call = {
+        "create": lambda: jw.BigMatrix.create(bad_bucket, (2, 2), (1, 1), storage=s3_config),
+        "open": lambda: jw.BigMatrix.open(bad_bucket, storage=s3_config),
+        "matmul-out": lambda: jw.matmul(V, V.T, bad_bucket, storage=s3_config),
+    }[where]
+    with pytest.raises(jw.BucketNotFoundError, match="create it first") as info:
+        call()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in str(info.value)
+
+
+def test_refused_credentials_everywhere():
+    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        cfg = jw.StorageConfig(s3_endpoint=endpoint, credentials="environment", s3_max_retries=1)
+        for call in (
+            lambda: jw.from_numpy(V, f"s3://{BUCKET}/c", (2, 2), storage=cfg),
+            lambda: jw.BigMatrix.open(f"s3://{BUCKET}/c", storage=cfg),
+            lambda: jw.matmul(V, V.T, f"s3://{BUCKET}/c", storage=cfg),
+        ):
+            with pytest.raises(jw.CredentialsError, match="AWS_ACCESS_KEY_ID") as info:
+                call()
+            text = str(info.value) + repr(info.value)
+            assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text
+            assert os.environ["AWS_ACCESS_KEY_ID"] not in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
