@@ -48,15 +48,17 @@ class RunStats:
 class _OutputWrite:
     """The shard writes of one output tile, completed as one (then its record)."""
 
-    def __init__(self, futures: list[Any]) -> None:
+    def __init__(self, futures: list[Any], target: Any) -> None:
         self._futures = futures
+        self._target = target
 
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
 
     def result(self) -> None:
-        for f in self._futures:
-            f.result()
+        with translate_errors(f"writing {self._target!r}", self._target.location):
+            for f in self._futures:
+                f.result()
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -102,7 +104,7 @@ class _Writer:
         def start() -> _OutputWrite:
             with translate_errors(f"writing {target!r}", target.location):
                 return _OutputWrite(
-                    [target.write_region_async(r0 + a, c0 + b, d) for a, b, d in pieces]
+                    [target.write_region_async(r0 + a, c0 + b, d) for a, b, d in pieces], target
                 )
 
         def done(_: Any) -> None:

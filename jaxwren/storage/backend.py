@@ -73,7 +73,14 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
             "jw.BigMatrix.create / jw.from_numpy, or fix the URL."
         )
-    return StorageError(f"{op} on {where} failed: {msg}")
+    hint = ""
+    if "retry attempts failed" in msg or "CURL error" in msg or msg.startswith("UNAVAILABLE"):
+        hint = (
+            " The store did not answer within TensorStore's retries (StorageConfig "
+            "s3_max_retries / s3_retry_initial_delay / s3_retry_max_delay); check the "
+            "endpoint, then rerun: stored results resume where they stopped."
+        )
+    return StorageError(f"{op} on {where} failed: {msg}.{hint}")
 
 
 @contextlib.contextmanager
