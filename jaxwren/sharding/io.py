@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from jaxwren.config import StorageConfig
-from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
+from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchError
 from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import shard_bounds, start_tile
@@ -51,7 +51,13 @@ def load(
       run each process reads only its addressable shards.
     """
     region = region if region is not None else (0, matrix.shape[0], 0, matrix.shape[1])
-    shape = (region[1] - region[0], region[3] - region[2])
+    r0, r1, c0, c1 = region
+    if not (0 <= r0 < r1 <= matrix.shape[0] and 0 <= c0 < c1 <= matrix.shape[1]):
+        raise BlockIndexError(
+            f"load: region rows {r0}:{r1}, cols {c0}:{c1} is empty or outside shape "
+            f"{matrix.shape} of {matrix!r}; pass (r0, r1, c0, c1) with r0 < r1 <= rows."
+        )
+    shape = (r1 - r0, c1 - c0)
     sharding = default_sharding(shape) if sharding is None else sharding
     with translate_errors("load", matrix.location), Window(budget_bytes) as window:
         tile = start_tile(matrix, region, sharding, window=window)

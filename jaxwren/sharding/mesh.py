@@ -29,6 +29,8 @@ def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     8 devices give a 2 x 4 mesh, 4 give 2 x 2, a prime count p gives 1 x p.
     """
     devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ConfigError("default_mesh: no devices given; pass jax.devices() or a non-empty list.")
     shape = _square_factors(len(devices))
     return jax.make_mesh(shape, (ROWS, COLS), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
