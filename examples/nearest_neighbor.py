@@ -37,8 +37,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
 import jaxwren as jw
-from jaxwren.linalg.distances import argmin, pairwise_sq_distances
-from jaxwren.linalg.neighbors import nearest_neighbors
 
 
 @contextlib.contextmanager
@@ -68,14 +66,14 @@ def run(root: str, k: int, block: int) -> None:
         test = jw.from_numpy(x_te, f"{root}/test", (block, x.shape[1]), overwrite=True)
     print(f"    {train}\n    {test}")
 
-    with step("two-step: D = pairwise_sq_distances(test, train) -> store"):
-        d = pairwise_sq_distances(test, train, f"{root}/D")
+    with step("two-step: D = jw.pairwise_sq_distances(test, train) -> store"):
+        d = jw.pairwise_sq_distances(test, train, f"{root}/D")
     print(f"    {d}")
-    with step("two-step: argmin(D, axis=1)"):
-        idx_two, _ = argmin(d, axis=1)
+    with step("two-step: jw.argmin(D, axis=1)"):
+        idx_two, _ = jw.argmin(d, axis=1)
         idx_two = np.asarray(idx_two)
-    with step(f"fused: nearest_neighbors(test, train, k={k})"):
-        nn, _ = nearest_neighbors(test, train, k)
+    with step(f"fused: jw.nearest_neighbors(test, train, k={k})"):
+        nn, _ = jw.nearest_neighbors(test, train, k)
         nn = np.asarray(nn)
     with step("sklearn KNeighborsClassifier(algorithm='brute')"):
         sk1 = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(x_tr, y_tr)
@@ -94,11 +92,11 @@ def run(root: str, k: int, block: int) -> None:
     for name, a in acc.items():
         print(f"    {name:<40s} {100 * a:6.2f} %")
 
-    with step("training 1-NN: nearest_neighbors(train, train)"):
-        self_nn, self_d = nearest_neighbors(train, train, 1)
+    with step("training 1-NN: jw.nearest_neighbors(train, train)"):
+        self_nn, self_d = jw.nearest_neighbors(train, train, 1)
     train_acc = np.mean(y_tr[np.asarray(self_nn)[:, 0]] == y_tr)
-    with step(f"leave-one-out: nearest_neighbors(train, train, {k}, exclude_self=True)"):
-        loo, _ = nearest_neighbors(train, train, k, exclude_self=True)
+    with step(f"leave-one-out: jw.nearest_neighbors(train, train, {k}, exclude_self=True)"):
+        loo, _ = jw.nearest_neighbors(train, train, k, exclude_self=True)
     loo_acc = np.mean(vote(y_tr, np.asarray(loo)) == y_tr)
     print(f"    training 1-NN accuracy                   {100 * train_acc:6.2f} %")
     print(f"    leave-one-out {k}-NN accuracy              {100 * loo_acc:6.2f} %")

@@ -77,6 +77,15 @@ def run(root: str, n: int, block: int) -> None:
     res = float(np.linalg.norm(s.numpy() @ z - 1) / np.sqrt(n))
     print(f"    ||S z - 1|| / sqrt(n) = {res:.2e}, log det S = {jw.cho_logdet(chol):.3f}")
     check(res < 1e-3, "cholesky solve", res)
+    with step("leave-one-out nearest neighbour of every row (jw.nearest_neighbors)"):
+        idx, _ = jw.nearest_neighbors(a, a, k=1, exclude_self=True)
+    x64 = x.astype(np.float64)
+    sq = (x64**2).sum(1)
+    d2 = sq[:, None] - 2 * x64 @ x64.T + sq[None, :]
+    np.fill_diagonal(d2, np.inf)  # exclude_self
+    same = float(np.mean(np.asarray(idx)[:, 0] == d2.argmin(axis=1)))
+    print(f"    equal to a float64 brute force for {100 * same:.1f} % of rows")
+    check(same > 0.99, "nearest neighbours", 1 - same)
     print("done.")
 
 
