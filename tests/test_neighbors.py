@@ -295,3 +295,45 @@ def test_errors_before_anything_is_written():
         nearest_neighbors(X, X, mesh=wrong)
     with pytest.raises(jw.DTypeMismatchError, match="not supported"):
         nearest_neighbors(np.array([["a"]]), np.array([["b"]]))
+
+
+def test_stored_results_and_resume(tmp_path, caplog):
+    import logging
+
+    import jaxwren as jw_
+
+    rng = np.random.default_rng(41)
+    q, d = rng.standard_normal((90, 5)), rng.standard_normal((50, 5))
+    Q = jw_.from_numpy(q, str(tmp_path / "q"), (8, 5))
+    D = jw_.from_numpy(d, str(tmp_path / "d"), (8, 5))
+    full = ((q[:, None, :] - d[None, :, :]) ** 2).sum(-1)
+    ref_idx = np.argsort(full, axis=1, kind="stable")[:, :3]
+    out = str(tmp_path / "nn")
+    calls = {"n": 0}
+    orig = jw_.BigMatrix.mark
+
+    def failing_mark(self, key):
+        orig(self, key)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise jw_.StorageError("simulated outage after the first query tile")
+
+    jw_.BigMatrix.mark = failing_mark
+    try:
+        with pytest.raises(jw_.StorageError, match="simulated"):
+            jw_.nearest_neighbors(Q, D, k=3, out=out, memory_budget=12_000)
+    finally:
+        jw_.BigMatrix.mark = orig
+    with caplog.at_level(logging.INFO, logger="jaxwren"):
+        idx, dist = jw_.nearest_neighbors(Q, D, k=3, out=out, memory_budget=12_000)
+    assert isinstance(idx, jw_.BigMatrix) and idx.dtype == np.int32 and idx.shape == (90, 3)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(dist.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-9)
+    msg = next(r.getMessage() for r in caplog.records if "already stored" in r.getMessage())
+    assert int(msg.split("(")[1].split(" already")[0]) >= 1  # the recorded tile was skipped
+    bad = q.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(jw_.NonFiniteError):
+        jw_.nearest_neighbors(bad, D, k=1, out=str(tmp_path / "nn-bad"))
+    with pytest.raises(jw_.MatrixNotFoundError):  # nothing left behind
+        jw_.BigMatrix.open(str(tmp_path / "nn-bad" / "indices"))

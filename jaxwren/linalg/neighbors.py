@@ -40,8 +40,14 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
 from jaxwren.engine.runner import execute
-from jaxwren.errors import ConfigError, ShapeMismatchError
-from jaxwren.linalg.common import tile_candidates
+from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
+from jaxwren.linalg.common import (
+    is_complete,
+    mark_complete,
+    prepare_out,
+    record_prefix,
+    tile_candidates,
+)
 from jaxwren.linalg.distances import (
     ALL,
     HIGHEST,
@@ -52,8 +58,9 @@ from jaxwren.linalg.distances import (
     row_operands,
     search_tiling,
 )
+from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import check_mesh, default_sharding
-from jaxwren.sharding.multihost import to_host
+from jaxwren.sharding.multihost import finished_records, to_host
 from jaxwren.sharding.tiles import shard_bounds
 
 __all__ = ["nearest_neighbors", "choose_tiling", "search", "Tiling"]
@@ -310,7 +317,7 @@ def _rotations(x: jax.Array, hops: int) -> Iterator[jax.Array]:
                                                        [moved[d] for d in devices])  # fmt: skip
 
 
-def _step(cfg: _Config, first: bool, last: bool, i0: int, j0: int, carry: Any,
+def _step(cfg: _Config, first: bool, last: bool, i0: int, j0: int, stored: bool, carry: Any,
           *tiles: jax.Array) -> tuple[Any, tuple]:  # fmt: skip
     """Step.kernel: the query tile and its norms ride in the carry, not through jit; in
     the ring the data tile visits every device (all hops in one launch on CPU devices,
@@ -328,25 +335,46 @@ def _step(cfg: _Config, first: bool, last: bool, i0: int, j0: int, carry: Any,
     else:
         for shard, xh in zip(hops, _rotations(x, len(hops)), strict=True):
             state = update(q, qn, *state, xh, shard, i0_, j0_)
-    return (q, qn, state), (tuple(state) if last else ())
+    if not last:
+        return (q, qn, state), ()
+    dist, idx, bad = state
+    return (q, qn, state), ((idx, dist, bad) if stored else (dist, idx, bad))
 
 
-def plan_neighbors(q: Any, x: Any, cfg: _Config, tiling: Tiling, dtype: np.dtype) -> Plan:
+def plan_neighbors(
+    q: Any,
+    x: Any,
+    cfg: _Config,
+    tiling: Tiling,
+    dtype: np.dtype,
+    stored: tuple[Any, Any] | None = None,
+    record: str | None = None,
+) -> Plan:
     """Steps: for each query tile, every data tile in order; the last one returns the
-    tile's (distances, indices, first bad rows)."""
+    tile's (distances, indices, first bad rows), or writes distances and indices to
+    ``stored`` (then a ``record`` per query tile; recorded tiles are skipped: resume)."""
     (m, d), n = q.shape, x.shape[0]
     tq, tn = tiling.tq, tiling.tn
     sq = NamedSharding(cfg.mesh, P(ALL, None))
     sx = NamedSharding(cfg.mesh, P(ALL if cfg.ring else None, None))
     gj = -(-n // tn)
+    keys = {i0: f"{record}-{tq}x{tn}-{i0}" for i0 in range(0, m, tq)} if record else {}
+    done = finished_records(stored[0].marks(), keys.values()) if stored and record else set()
     steps = []
     for i0 in range(0, m, tq):
+        if stored is None:
+            writes: tuple[Write, ...] = (Write(None),) * 3
+        else:  # indices first, then distances with the record: both stored before it
+            size = (min(tq, m - i0), cfg.k)
+            rec = keys.get(i0)
+            writes = (Write(stored[1], (i0, 0), size),
+                      Write(stored[0], (i0, 0), size, record=rec), Write(None))  # fmt: skip
         for jj, j0 in enumerate(range(0, n, tn)):
             first, last = jj == 0, jj == gj - 1
             reads = (Read(q, (i0, i0 + tq, 0, d), (tq, d), sq, dtype),) if first else ()
             reads += (Read(x, (j0, j0 + tn, 0, d), (tn, d), sx, dtype),)
-            kern = functools.partial(_step, cfg, first, last, i0, j0)
-            steps.append(Step(reads, kern, (Write(None),) * 3 if last else (),
+            kern = functools.partial(_step, cfg, first, last, i0, j0, stored is not None)
+            steps.append(Step(reads, kern, writes if last else (), skip=keys.get(i0) in done,
                               label=f"queries [{i0}:] x data [{j0}:]"))  # fmt: skip
     return Plan("nearest_neighbors", steps, None, tiling.projected, tiling.projected,
                 f"{-(-m // tq)}x{gj} tiles of {tq}x{tn} rows, device chunks of "
@@ -373,9 +401,11 @@ def nearest_neighbors(
     exclude_self: bool = False,
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
+    out: str | None = None,
+    storage: Any = None,
     progress: bool | None = None,
     prefetch: int = 1,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[Any, Any]:
     """The k nearest rows of ``data`` to each row of ``queries`` (squared Euclidean).
 
     Matches a brute-force search — ``np.argsort(D, axis=1, kind='stable')[:, :k]`` on
@@ -409,11 +439,17 @@ def nearest_neighbors(
         split by rows over all its devices (``P(('rows', 'cols'), None)``).
       memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
         staging; None: from the devices' memory (40% of RAM on CPU).
+      out: None to return device arrays; a URL prefix to store the results as BigMatrix
+        objects ``OUT/indices`` (int32) and ``OUT/sq_distances``. With stored inputs every
+        query tile is recorded, a rerun after an interruption skips finished tiles, and a
+        result recorded complete for the same inputs is returned as it is.
+      storage: StorageConfig for ``out``.
       progress: progress bar for multi-step runs (None: when stderr is a terminal).
       prefetch: steps of reads in flight ahead of the computing step.
 
     Returns:
-      ``(indices, sq_distances)``: jax.Arrays ``(m, k)`` sharded over the mesh as far as it
+      ``(indices, sq_distances)``: the two BigMatrix objects with ``out``, else jax.Arrays
+      ``(m, k)`` sharded over the mesh as far as it
       divides them (``default_sharding``); indices int32, distances in the compute dtype
       (jnp's result type of the inputs; float32 for 16-bit floats and integers).
 
@@ -438,8 +474,61 @@ def nearest_neighbors(
     mesh = check_mesh(mesh, where=where)
     budget = resolve_budget(memory_budget, list(mesh.devices.flat))
     tiling = choose_tiling(q, x, k, mesh, budget, dtype.itemsize, prefetch)
-    return search(q, x, k, bool(exclude_self), mesh, tiling, dtype, budget=budget,
-                  prefetch=prefetch, progress=progress)  # fmt: skip
+    if out is None:
+        return search(q, x, k, bool(exclude_self), mesh, tiling, dtype, budget=budget,
+                      prefetch=prefetch, progress=progress)  # fmt: skip
+    return _search_stored(q, x, k, bool(exclude_self), mesh, tiling, dtype, out, storage,
+                          budget=budget, prefetch=prefetch, progress=progress)  # fmt: skip
+
+
+def _search_stored(
+    q: Any,
+    x: Any,
+    k: int,
+    exclude_self: bool,
+    mesh: Mesh,
+    tiling: Tiling,
+    dtype: np.dtype,
+    out: str,
+    storage: Any,
+    **run: Any,
+) -> tuple[Any, Any]:
+    """nearest_neighbors with its results stored under ``out`` (resumable)."""
+    m = q.shape[0]
+    targets = [prepare_out(f"{out}/{name}", shape=(m, k), dtype=np.dtype(dt), block_shape=None,
+                           inputs=(q, x), where="nearest_neighbors", storage=storage)
+               for name, dt in (("sq_distances", dtype), ("indices", np.int32))]  # fmt: skip
+    record = record_prefix(f"nn{k}{'x' if exclude_self else ''}", q, x)
+    if all(is_complete(t.matrix, record) for t in targets):
+        return targets[1].matrix, targets[0].matrix
+    dist_m, idx_m = (t.materialize() for t in targets)
+    fresh = [t.matrix is None for t in targets]
+    cfg = _Config(mesh, k, exclude_self, m, x.shape[0], tiling.qc, tiling.cw, tiling.ring,
+                  tiling.ring and _on_cpu(mesh))  # fmt: skip
+    plan = plan_neighbors(q, x, cfg, tiling, dtype, (dist_m, idx_m), record)
+    outs, _ = execute(plan, budget=run["budget"], prefetch=run["prefetch"],
+                      progress=run["progress"])  # fmt: skip
+    try:
+        _raise_bad_rows(outs, dtype)  # stored runs return only the flags
+    except NonFiniteError:
+        for matrix, new in zip((dist_m, idx_m), fresh, strict=True):
+            if new:  # created here: leave no trace
+                multihost.once(f"destroy {matrix.url}", matrix.destroy)
+        raise
+    mark_complete(dist_m, record)
+    mark_complete(idx_m, record)
+    return idx_m, dist_m
+
+
+def _raise_bad_rows(flags: list, dtype: np.dtype) -> None:
+    """Raises NonFiniteError for the first NaN/Inf query or data row the search met
+    (``flags``: each query tile's first bad (query, data) rows)."""
+    if not flags:  # every tile was already stored: checked by the run that stored it
+        return
+    bad = np.concatenate([to_host(b) for b in flags]).reshape(-1, 2).min(axis=0)
+    for name, row in zip(("queries", "data"), bad, strict=True):
+        if row < BIG:
+            raise non_finite_error("nearest_neighbors", name, int(row), dtype)
 
 
 def search(q: Any, x: Any, k: int, exclude_self: bool, mesh: Mesh, tiling: Tiling,
@@ -453,10 +542,7 @@ def search(q: Any, x: Any, k: int, exclude_self: bool, mesh: Mesh, tiling: Tilin
                   tiling.ring and fused)  # fmt: skip
     plan = plan_neighbors(q, x, cfg, tiling, dtype)
     outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    bad = np.concatenate([to_host(b) for b in outs[2::3]]).reshape(-1, 2).min(axis=0)
-    for name, row in zip(("queries", "data"), bad, strict=True):
-        if row < BIG:
-            raise non_finite_error("nearest_neighbors", name, int(row), dtype)
+    _raise_bad_rows(outs[2::3], dtype)
     sharding = default_sharding((m, k), mesh)
     dist, idx = (jax.device_put(jnp.concatenate(outs[i::3])[:m], sharding) for i in (0, 1))
     return idx, dist
