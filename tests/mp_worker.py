@@ -52,6 +52,22 @@ def main(root: str) -> None:
     full = ((q[:, None, :] - d[None, :, :]) ** 2).sum(-1)
     np.testing.assert_array_equal(gather(idx), np.argsort(full, axis=1, kind="stable")[:, :3])
     np.testing.assert_allclose(gather(dist), np.sort(full, axis=1)[:, :3], rtol=1e-9)
+    ring_idx, _ = jw.nearest_neighbors(Q, D, k=3, memory_budget=20_000)
+    np.testing.assert_array_equal(gather(ring_idx), np.argsort(full, axis=1, kind="stable")[:, :3])
+    nn_idx, _ = jw.nearest_neighbors(Q, D, k=3, out=f"{root}/nn", memory_budget=20_000)
+    np.testing.assert_array_equal(nn_idx.numpy(), np.argsort(full, axis=1, kind="stable")[:, :3])
+
+    dm = jw.pairwise_sq_distances(Q, D, f"{root}/dist")
+    np.testing.assert_allclose(dm.numpy(), full, rtol=1e-9, atol=1e-9)
+    am, _ = jw.argmin(dm, axis=1)
+    np.testing.assert_array_equal(gather(am), full.argmin(axis=1))
+    doubled = jw.map_blocks(lambda blk: 2 * blk, A, out=f"{root}/twice")
+    np.testing.assert_allclose(doubled.numpy(), 2 * a)
+    rows = [gather(batch) for batch in A.iter_row_batches(8)]
+    np.testing.assert_allclose(np.concatenate(rows), a)
+    tri = jw.solve_triangular(np.tril(s), np.ones((37, 8)))
+    np.testing.assert_allclose(gather(tri), np.linalg.solve(np.tril(s), np.ones((37, 8))),
+                               rtol=1e-8)  # fmt: skip
     print(f"process {jax.process_index()}: all operations match numpy", flush=True)
 
 

@@ -118,7 +118,9 @@ def _options(q: Any, x: Any, nd: int) -> set[tuple[int, int, int, int, bool]]:
     (m, _), n = q.shape, x.shape[0]
     out = set()
     cand_q = tile_candidates(m, granule(q, 0), nd)
-    for (qc0, cw0), ring in itertools.product(_CHUNKS, (True, False)):
+    # the ring passes data shards between this process's devices only: one process alone
+    rings = (True, False) if jax.process_count() == 1 else (False,)
+    for (qc0, cw0), ring in itertools.product(_CHUNKS, rings):
         cand_x = tile_candidates(n, granule(x, 0), nd if ring else 1)
         for t1, t2 in itertools.product(cand_q, cand_x):
             qc = _chunk(t1 // nd, qc0)
