@@ -247,3 +247,27 @@ def bar_plot(labels: Sequence[str], values: Sequence[float], ylabel: str, title:
     fig.tight_layout()
     fig.savefig(path)
     print(f"plot written to {path}")
+
+
+def run_and_report(
+    run: Callable[[Any], list[dict]],
+    cfg: Any,
+    columns: Sequence[tuple],
+    *,
+    json_out: str | None,
+    plot: str | None,
+    title: str,
+) -> list[dict]:
+    """What every binary's ``main`` does after reading its flags: x64 for float64 runs,
+    the machine line, the run, the markdown table, the JSON lines and the optional plot."""
+    if getattr(cfg, "dtype", None) == "float64":
+        jax.config.update("jax_enable_x64", True)  # the binary's choice, in main only
+    print(f"machine: {json.dumps(machine_info())}")
+    results = run(cfg)
+    print()
+    print(markdown_table(results, columns))
+    write_json(results, json_out)
+    if plot:
+        bar_plot([r["name"] for r in results], [r["gflops"] for r in results], "GFLOP/s",
+                 title, plot)  # fmt: skip
+    return results

@@ -17,7 +17,6 @@ time (compilation included) is reported apart. Ratios are speed ratios (> 1: fas
 from __future__ import annotations
 
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -202,16 +201,14 @@ def main(argv: list[str]) -> None:
                  store=_STORE.value, memory_budget=parse_bytes(_BUDGET.value),
                  modes=tuple(_MODES.value), peers=tuple(_PEERS.value), repeats=_REPEATS.value,
                  file_dir=_FILE_DIR.value)  # fmt: skip
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # the binary's choice, in main only
-    print(f"machine: {json.dumps(common.machine_info())}")
-    results = run(cfg)
-    print()
-    print(common.markdown_table(results, COLUMNS))
-    common.write_json(results, _JSON_OUT.value)
-    if _PLOT.value:
-        common.bar_plot([r["name"] for r in results], [r["gflops"] for r in results],
-                        "GFLOP/s", f"matmul n={n} {cfg.dtype}", _PLOT.value)  # fmt: skip
+    common.run_and_report(
+        run,
+        cfg,
+        COLUMNS,
+        json_out=_JSON_OUT.value,
+        plot=_PLOT.value,
+        title=f"matmul n={n} {cfg.dtype}",
+    )
 
 
 if __name__ == "__main__":
