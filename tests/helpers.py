@@ -25,3 +25,39 @@ _ids = __import__("itertools").count()
 def mem(name: str) -> str:
     """A fresh memory:// URL (memory stores live for the whole test session)."""
     return f"memory://{name}-{next(_ids)}"
+
+
+_DYING_PREFIX = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_ENABLE_X64"] = "1"
+import jaxwren as jw
+_calls = {"n": 0}
+_orig_mark = jw.BigMatrix.mark
+def _dying_mark(self, key):
+    _orig_mark(self, key)
+    _calls["n"] += 1
+    if _calls["n"] == %d:
+        os._exit(17)  # the process dies mid-run, right after this completion record
+jw.BigMatrix.mark = _dying_mark
+"""
+
+
+def run_until_killed(tmp_path, call: str, after_marks: int) -> None:
+    """Runs ``call`` (Python source using ``jw``) in a subprocess that dies right after
+    its ``after_marks``-th completion record, and checks that it died there."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "dying.py"
+    script.write_text(_DYING_PREFIX % after_marks + call + "\n")
+    proc = subprocess.run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=os.getcwd()),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 17, proc.stderr[-2000:]
+
+
+def skipped_steps(caplog) -> int:
+    """Steps the last logged run skipped as already stored (from the runner's log line)."""
+    msg = [r.getMessage() for r in caplog.records if "already stored" in r.getMessage()][-1]
+    return int(msg.split("(")[1].split(" already")[0])

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -14,7 +10,7 @@ import pytest
 from jax.sharding import AxisType
 
 import jaxwren as jw
-from tests.helpers import mem, tolerance
+from tests.helpers import mem, run_until_killed, skipped_steps, tolerance
 
 
 def spd(n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
@@ -153,50 +149,22 @@ def test_existing_out_with_stale_blocks_is_replaced():
     check_factor(jw.cholesky(a, out, memory_budget=OOC).numpy(), a)
 
 
-RESUME_SCRIPT = textwrap.dedent(
-    """
-    import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_ENABLE_X64"] = "1"
-    import jaxwren as jw
-    calls = {"n": 0}
-    orig = jw.BigMatrix.mark
-    def dying_mark(self, key):
-        orig(self, key)
-        calls["n"] += 1
-        if calls["n"] == int(sys.argv[3]):
-            os._exit(17)  # the process dies mid-factorisation
-    jw.BigMatrix.mark = dying_mark
-    jw.cholesky(jw.BigMatrix.open(sys.argv[1]), sys.argv[2], memory_budget=int(sys.argv[4]))
-    """
-)
-
-
 def test_resume_after_kill(tmp_path, caplog):
     n, budget = 64, OOC
     a = spd(n, seed=7)
     A = jw.from_numpy(a, str(tmp_path / "a"), (8, 8))
     out = str(tmp_path / "l")
-    script = tmp_path / "run.py"
-    script.write_text(RESUME_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.run(
-        [sys.executable, str(script), A.url, out, "6", str(budget)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 17, proc.stderr[-2000:]
+    call = f"jw.cholesky(jw.BigMatrix.open({A.url!r}), {out!r}, memory_budget={budget})"
+    run_until_killed(tmp_path, call, after_marks=6)
     stored = jw.BigMatrix.open(out)
     done = stored.marks()
     assert len(done) == 6 and not any(m.endswith("complete") for m in done)
     with caplog.at_level(logging.INFO, logger="jaxwren"):
         L = jw.cholesky(A, out, memory_budget=budget)
     check_factor(L.numpy(), a)
-    msg = next(r.getMessage() for r in caplog.records if "already stored" in r.getMessage())
-    skipped = int(msg.split("(")[1].split(" already")[0])
-    assert skipped >= 6  # the six finished tiles were not recomputed (their steps skipped)
+    assert (
+        skipped_steps(caplog) >= 6
+    )  # the six finished tiles were not recomputed (their steps skipped)
     assert any(m.endswith("complete") for m in stored.marks())
     with caplog.at_level(logging.INFO, logger="jaxwren"):  # complete: nothing runs again
         caplog.clear()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxwren as jw
-from tests.helpers import mem, rand, tolerance
+from tests.helpers import mem, rand, run_until_killed, skipped_steps, tolerance
 
 TINY = 60_000  # bytes: forces many out-of-core steps on the shapes below
 
@@ -149,46 +149,21 @@ def test_errors_before_anything_is_written():
     assert bad.block_idxs_exist == set() and bad32.block_idxs_exist == set()
 
 
-RESUME_SCRIPT = """
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-os.environ["JAX_ENABLE_X64"] = "1"
-import jaxwren as jw
-calls = {"n": 0}
-orig = jw.BigMatrix.mark
-def dying_mark(self, key):
-    orig(self, key)
-    calls["n"] += 1
-    if calls["n"] == 3:
-        os._exit(17)  # the process dies mid-run, after three output tiles are recorded
-jw.BigMatrix.mark = dying_mark
-a, b = jw.BigMatrix.open(sys.argv[1]), jw.BigMatrix.open(sys.argv[2])
-jw.matmul(a, b, sys.argv[3], memory_budget=int(sys.argv[4]))
-"""
-
-
 def test_resume_after_kill(tmp_path, caplog):
     import logging
-    import os
-    import subprocess
-    import sys
 
     a, b = rand((48, 40), seed=21), rand((40, 56), seed=22)
     A = jw.from_numpy(a, str(tmp_path / "a"), (8, 8))
     B = jw.from_numpy(b, str(tmp_path / "b"), (8, 8))
     out = str(tmp_path / "c")
-    script = tmp_path / "run.py"
-    script.write_text(RESUME_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.run([sys.executable, str(script), A.url, B.url, out, str(TINY)], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 17, proc.stderr[-2000:]
+    call = (f"jw.matmul(jw.BigMatrix.open({A.url!r}), jw.BigMatrix.open({B.url!r}), {out!r}, "
+            f"memory_budget={TINY})")  # fmt: skip
+    run_until_killed(tmp_path, call, after_marks=3)
     assert len(jw.BigMatrix.open(out).marks()) == 3
     with caplog.at_level(logging.INFO, logger="jaxwren"):
         C = jw.matmul(A, B, out, memory_budget=TINY)
     np.testing.assert_allclose(C.numpy(), a @ b, **tolerance("float64"))
-    msg = next(r.getMessage() for r in caplog.records if "already stored" in r.getMessage())
-    assert int(msg.split("(")[1].split(" already")[0]) >= 3  # finished tiles' steps skipped
+    assert skipped_steps(caplog) >= 3  # finished tiles' steps skipped
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="jaxwren"):
         assert jw.matmul(A, B, out, memory_budget=TINY).url == C.url  # complete: no run

@@ -20,7 +20,7 @@ from jaxwren.engine.plan import Plan, Write
 from jaxwren.sharding import multihost
 from jaxwren.sharding.tiles import PendingTile, shard_bounds, start_tile
 from jaxwren.storage.backend import translate_errors
-from jaxwren.storage.window import Window
+from jaxwren.storage.window import Futures, Window
 
 __all__ = ["execute", "RunStats"]
 
@@ -45,20 +45,16 @@ class RunStats:
         )
 
 
-class _OutputWrite:
+class _OutputWrite(Futures):
     """The shard writes of one output tile, completed as one (then its record)."""
 
     def __init__(self, futures: list[Any], target: Any) -> None:
-        self._futures = futures
+        super().__init__(futures)
         self._target = target
-
-    def done(self) -> bool:
-        return all(f.done() for f in self._futures)
 
     def result(self) -> None:
         with translate_errors(f"writing {self._target!r}", self._target.location):
-            for f in self._futures:
-                f.result()
+            super().result()
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

@@ -11,21 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxwren.storage.window import Futures
+
 __all__ = ["LowerTriangle"]
-
-
-class _All:
-    """Many TensorStore futures as one."""
-
-    def __init__(self, futures: list[Any]) -> None:
-        self._futures = futures
-
-    def done(self) -> bool:
-        return all(f.done() for f in self._futures)
-
-    def result(self) -> None:
-        for f in self._futures:
-            f.result()
 
 
 class LowerTriangle:
@@ -44,7 +32,9 @@ class LowerTriangle:
     def base_region(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
         return self.matrix.base_region(r0, r1, c0, c1)
 
-    def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> _All:
+    def read_region_into_async(
+        self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
+    ) -> Futures:
         br, bc = self.matrix.block_shape
         n = self.shape[0]
         pieces, upper = [], False
@@ -58,7 +48,7 @@ class LowerTriangle:
                     pieces.append((a0, a1, b0, b1))
         if upper:
             out[...] = 0
-        return _All(
+        return Futures(
             [
                 self.matrix.read_region_into_async(
                     a0, a1, b0, b1, out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import aligned_empty
-from jaxwren.storage.window import Window
+from jaxwren.storage.window import Futures, Window
 
 __all__ = ["Source", "ArraySource", "as_source", "PendingTile", "start_tile", "shard_bounds"]
 
@@ -31,16 +31,6 @@ class Source(Protocol):
 
     def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> Any:
         """Starts filling ``out``; returns an object with ``result()`` and ``done()``."""
-
-
-class _Done:
-    """An already finished read."""
-
-    def result(self) -> None:
-        return None
-
-    def done(self) -> bool:
-        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +47,11 @@ class ArraySource:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
-    def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> _Done:
+    def read_region_into_async(
+        self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
+    ) -> Futures:
         out[...] = self.array[r0:r1, c0:c1]
-        return _Done()
+        return Futures()
 
 
 def as_source(x: Any) -> Any:
@@ -217,9 +209,9 @@ def _keep(box: list[Any], fut: Any) -> Any:
     return fut
 
 
-def _read_cast(source: Any, region: tuple[int, int, int, int], out: np.ndarray) -> _Done:
+def _read_cast(source: Any, region: tuple[int, int, int, int], out: np.ndarray) -> Futures:
     """Reads in the source dtype and converts into ``out`` (mixed-dtype operands)."""
     tmp = aligned_empty(out.shape, source.dtype)
     source.read_region_into_async(*region, tmp).result()
     out[...] = tmp
-    return _Done()
+    return Futures()

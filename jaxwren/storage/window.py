@@ -11,7 +11,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Window"]
+__all__ = ["Futures", "Window"]
 
 
 class Window:
@@ -84,3 +84,17 @@ class Window:
                 except Exception:  # noqa: BLE001, S112 - the first error is being raised
                     continue
             self._pending.clear()
+
+
+class Futures:
+    """Many TensorStore futures (or none: already finished) awaited as one."""
+
+    def __init__(self, futures: list[Any] | None = None) -> None:
+        self._futures = futures or []
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def result(self) -> None:
+        for f in self._futures:
+            f.result()
