@@ -7,13 +7,14 @@ public entry points call once; everything below them receives a resolved config.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["StorageConfig", "format_bytes", "parse_bytes"]
+__all__ = ["RunSpec", "StorageConfig", "format_bytes", "parse_bytes"]
 
 _CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
 _UNITS = {
@@ -52,6 +53,8 @@ def parse_bytes(value: int | float | str | None, *, what: str = "memory_budget")
     if isinstance(value, bool):
         raise ConfigError(f"{what}={value!r} is not a size; give bytes (int) or e.g. '2GiB'.")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{what}={value!r} is not a finite size; give bytes or e.g. '2GiB'.")
         nbytes = int(value)
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
@@ -166,3 +169,59 @@ class _FrozenDict(dict):
         raise TypeError("StorageConfig.credentials is read-only")
 
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _readonly  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """How one operation runs: where, within how much memory, how it reports.
+
+    Validated once, here; ``jaxwren.engine.run.run`` is the only reader.
+
+    Attributes:
+      mesh: a 2-D ``jax.sharding.Mesh`` with axes ``('rows', 'cols')`` (Auto or Explicit
+        axis types); None: all devices in a mesh as square as possible.
+      memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
+        staging; None: from the devices' memory (40% of host RAM on CPU).
+      storage: StorageConfig for ``out`` URLs; None: the environment's AWS settings.
+      progress: progress bar for multi-step runs (None: when stderr is a terminal).
+      prefetch: steps of reads in flight ahead of the computing step (>= 0); lowered to
+        0 when the budget only fits an unpipelined run.
+      block_shape: the block shape of an ``out`` this run creates (None: from the inputs).
+    """
+
+    mesh: Any = None
+    memory_budget: int | float | str | None = None
+    storage: StorageConfig | None = None
+    progress: bool | None = None
+    prefetch: int = 1
+    block_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        parse_bytes(self.memory_budget, what="memory_budget")
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or (
+            self.prefetch < 0
+        ):
+            raise ConfigError(f"prefetch={self.prefetch!r} must be an int >= 0.")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ConfigError(f"progress={self.progress!r} must be True, False or None.")
+        if self.storage is not None and not isinstance(self.storage, StorageConfig):
+            raise ConfigError(
+                f"storage must be a jw.StorageConfig or None, got {type(self.storage).__name__}."
+            )
+        if self.block_shape is not None:
+            bs = self.block_shape
+            ok = (
+                isinstance(bs, tuple | list)
+                and len(bs) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bs)
+            )
+            if not ok:
+                raise ConfigError(
+                    f"block_shape={bs!r} must be two positive ints (rows, cols) or None."
+                )
+            object.__setattr__(self, "block_shape", (int(bs[0]), int(bs[1])))
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """The user's budget in bytes (None: choose from the devices)."""
+        return parse_bytes(self.memory_budget, what="memory_budget")
