@@ -21,6 +21,7 @@ __all__ = [
     "MemoryBudgetError",
     "NonFiniteError",
     "NotPositiveDefiniteError",
+    "OutputConflictError",
     "ShapeMismatchError",
     "StorageError",
     "UnsupportedURLError",
@@ -82,3 +83,7 @@ class BucketNotFoundError(StorageError, FileNotFoundError):
 
 class CredentialsError(StorageError, PermissionError):
     """The object store refused the credentials."""
+
+
+class OutputConflictError(JaxwrenError, ValueError):
+    """``out`` is, contains or lies inside an input or another stored matrix."""
