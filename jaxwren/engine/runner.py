@@ -8,6 +8,7 @@ steps are copied off the devices and written, shard by shard, under a byte windo
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import sys
 import time
@@ -28,21 +29,43 @@ log = logging.getLogger("jaxwren")
 
 
 class RunStats:
-    """What a run did: steps run and skipped, bytes read and written, wall time."""
+    """What a run did: steps run and skipped, bytes read and written, XLA compilations,
+    the prefetch depth it ran with, wall time. Tests assert on these, not on logs."""
 
     def __init__(self) -> None:
         self.steps_run = 0
         self.steps_skipped = 0
         self.bytes_read = 0
         self.bytes_written = 0
+        self.compiles = 0
+        self.prefetch = 0
         self.seconds = 0.0
 
     def __repr__(self) -> str:
         return (
             f"RunStats(steps_run={self.steps_run}, steps_skipped={self.steps_skipped}, "
             f"bytes_read={self.bytes_read}, bytes_written={self.bytes_written}, "
-            f"seconds={self.seconds:.3f})"
+            f"compiles={self.compiles}, prefetch={self.prefetch}, seconds={self.seconds:.3f})"
         )
+
+
+_COMPILES = [0]  # XLA backend compilations in this process (one listener, registered once)
+
+
+def _count_compile(event: str, duration: float, **_: Any) -> None:
+    if "backend_compile" in event:
+        _COMPILES[0] += 1
+
+
+@functools.cache
+def _listen() -> None:
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def compile_count() -> int:
+    """XLA compilations so far in this process (counted from the first run on)."""
+    _listen()
+    return _COMPILES[0]
 
 
 class _OutputWrite(Futures):
@@ -65,17 +88,21 @@ class _Writer:
     """Writes output tiles shard by shard (replica 0 only), one step behind compute,
     keeping reads of a region ordered after the writes to it."""
 
-    def __init__(self, max_bytes: int, stats: RunStats) -> None:
+    def __init__(self, max_bytes: int, stats: RunStats, behind: bool = True) -> None:
         self._queue: collections.deque[tuple[jax.Array, Write]] = collections.deque()
         self._window = Window(max_bytes)
         self._stats = stats
+        self._behind = behind  # False: each tile is stored before the next step runs
 
     def submit(self, out: jax.Array, write: Write) -> None:
         out.copy_to_host_async()
         self._queue.append((out, write))
-        while len(self._queue) > 1:
+        while len(self._queue) > (1 if self._behind else 0):
             self._flush(*self._queue.popleft())
-        self._window.reap()
+        if self._behind:
+            self._window.reap()
+        else:
+            self._window.drain()
 
     def _tag(self, write: Write, shape: tuple[int, int]) -> tuple[str, tuple[int, int, int, int]]:
         h, w = write.size if write.size is not None else shape
@@ -153,7 +180,8 @@ def execute(
     Args:
       plan: the plan.
       budget: bytes the run may hold; a plan projected over it is refused before it runs.
-      prefetch: how many steps' reads are in flight ahead of the step computing.
+      prefetch: how many steps' reads are in flight ahead of the step computing; 0 also
+        stores each output tile before the next step (no write-behind).
       progress: show a progress bar (None: when stderr is a terminal).
       write_bytes: bytes of finished output in flight to the store (default: budget / 4).
 
@@ -162,13 +190,15 @@ def execute(
     """
     plan.check(budget)
     stats = RunStats()
+    stats.prefetch = prefetch
+    compiles0 = compile_count()
     t0 = time.perf_counter()
     steps = [s for s in plan.steps if not s.skip]
     stats.steps_skipped = len(plan.steps) - len(steps)
     log.info("%s: %d steps (%d already stored), %s", plan.name, len(steps),
              stats.steps_skipped, plan.tiles)  # fmt: skip
     carry = plan.init() if plan.init is not None else None
-    writer = _Writer(write_bytes or max(budget // 4, 1), stats)
+    writer = _Writer(write_bytes or max(budget // 4, 1), stats, behind=prefetch > 0)
     returned: list[jax.Array] = []
     bar = _progress(len(steps), plan.name, progress)
 
@@ -225,5 +255,6 @@ def execute(
     if bar is not None:
         bar.close()
     stats.seconds = time.perf_counter() - t0
+    stats.compiles = compile_count() - compiles0
     log.info("%s: done %s", plan.name, stats)
     return returned, stats

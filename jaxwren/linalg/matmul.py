@@ -12,7 +12,6 @@ C block locally with no collective (measured faster here than a SUMMA ``shard_ma
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from typing import Any
@@ -23,35 +22,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import StorageConfig, format_bytes
-from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
-from jaxwren.engine.runner import execute
-from jaxwren.errors import MemoryBudgetError, ShapeMismatchError
-from jaxwren.linalg.common import (
-    OutTarget,
-    is_complete,
-    mark_complete,
-    operand,
-    prepare_out,
-    record_prefix,
-    result_dtype,
-    tile_candidates,
-    trim,
-)
-from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
-from jaxwren.sharding.multihost import finished_records
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import is_float, result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import ShapeMismatchError
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.common import tile_candidates, trim
+from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["matmul", "plan_matmul"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-    tm: int
-    tn: int
-    tk: int
-    projected: int
+__all__ = ["Matmul", "gemm_projected_bytes", "matmul"]
 
 
 def _granule(x: Any, axis: int, default: int = 512) -> int:
@@ -75,39 +58,10 @@ def gemm_projected_bytes(
     return panels + tm * tn * sc * (3 if stored else 2)
 
 
-def choose_tiling(
-    a: Any, b: Any, target: OutTarget, mesh: Mesh, budget: int, acc_size: int, prefetch: int
-) -> Tiling:
-    """The tiling with the least IO (then fewest steps) that fits ``budget``."""
-    (m, k), n = a.shape, b.shape[1]
-    r, c = mesh.shape[ROWS], mesh.shape[COLS]
-    gm = target.block_shape[0] if not target.returned else _granule(a, 0)
-    gn = target.block_shape[1] if not target.returned else _granule(b, 1)
-    cand_m = tile_candidates(m, _granule(a, 0, gm), r)
-    cand_n = tile_candidates(n, _granule(b, 1, gn), c)
-    cand_k = tile_candidates(k, _granule(a, 1, _granule(b, 0)), 1)
-    if target.returned:  # the result stays on the devices: it must be one tile
-        cand_m, cand_n = cand_m[-1:], cand_n[-1:]
-    sizes = (a.dtype.itemsize, b.dtype.itemsize, acc_size)
-    best, smallest = None, None
-    for tm, tn, tk in itertools.product(cand_m, cand_n, cand_k):
-        proj = gemm_projected_bytes((tm, tn, tk), mesh, sizes, prefetch, not target.returned)
-        smallest = proj if smallest is None else min(smallest, proj)
-        if proj > budget:
-            continue
-        gi, gj, gk = -(-m // tm), -(-n // tn), -(-k // tk)
-        io = m * k * sizes[0] * gj + k * n * sizes[1] * gi
-        cost = (io + gi * gj * gk * (4 << 20), proj)  # ~4 MiB of IO per step of overhead
-        if best is None or cost < best[0]:
-            best = (cost, Tiling(tm, tn, tk, proj))
-    if best is None:
-        hint = "" if not target.returned else " (or store the result with out=URL)"
-        raise MemoryBudgetError(
-            f"matmul: ({m}, {k}) @ ({k}, {n}) needs at least {format_bytes(smallest)} with "
-            f"the smallest block-aligned tiles, but memory_budget is {format_bytes(budget)}; "
-            f"the smallest workable budget is {format_bytes(smallest)}{hint}."
-        )
-    return best[1]
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    """16-bit floats accumulate in float32; everything else in its own type (integer
+    products are exact, wrapping like numpy's)."""
+    return np.dtype(np.float32) if is_float(dtype) and dtype.itemsize < 4 else dtype
 
 
 @functools.cache
@@ -127,53 +81,76 @@ def _kernel(first: bool, last: bool, acc_dtype: Any, out_dtype: Any, sa: Any, sb
     return lambda _carry, a, b: jitted(a, b)
 
 
-def plan_matmul(
-    a: Any,
-    b: Any,
-    target: OutTarget,
-    out_matrix: BigMatrix | None,
-    mesh: Mesh,
-    tiling: Tiling,
-    out_dtype: np.dtype,
-    record: str | None = None,
-) -> Plan:
-    """The steps: for each output tile (I, J), K panels accumulate; the last writes C.
+class Matmul(Op):
+    """``C = A @ B``: output tiles accumulated over K panels (one step each)."""
 
-    With a ``record`` prefix each stored tile gets a completion record, and tiles already
-    recorded in ``out_matrix`` (an interrupted run on the same inputs) are skipped."""
-    (m, k), n = a.shape, b.shape[1]
-    tm, tn, tk = tiling.tm, tiling.tn, tiling.tk
-    acc_dtype = jnp.float32 if out_dtype == jnp.bfloat16 else out_dtype
-    sa = NamedSharding(mesh, P(ROWS, None))
-    sb = NamedSharding(mesh, P(None, COLS))
-    sc = NamedSharding(mesh, P(ROWS, COLS))
-    gk = -(-k // tk)
-    tiles = list(itertools.product(range(0, m, tm), range(0, n, tn)))
-    key = {t: f"{record}-{tm}x{tn}x{tk}-{t[0]}-{t[1]}" for t in tiles} if record else {}
-    done = finished_records(out_matrix.marks(), key.values()) if record else set()
-    steps = []
-    for i0, j0 in tiles:
-        rec = key.get((i0, j0))
-        for kk, k0 in enumerate(range(0, k, tk)):
-            first, last = kk == 0, kk == gk - 1
-            reads = (
-                Read(a, (i0, i0 + tm, k0, k0 + tk), (tm, tk), sa, out_dtype),
-                Read(b, (k0, k0 + tk, j0, j0 + tn), (tk, tn), sb, out_dtype),
+    name = "matmul"
+    operand_names = ("a", "b")
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        a, b = operands
+        if a.shape[1] != b.shape[0]:
+            raise ShapeMismatchError(
+                f"matmul: inner dimensions differ: a has shape {tuple(a.shape)} and b has "
+                f"shape {tuple(b.shape)} ({a.shape[1]} != {b.shape[0]}); did you mean b.T?"
             )
-            size = (min(tm, m - i0), min(tn, n - j0))
-            writes = (Write(out_matrix, (i0, j0), size, record=rec),) if last else ()
-            kernel = _kernel(first, last, np.dtype(acc_dtype), out_dtype, sa, sb, sc)
-            steps.append(Step(reads, kernel, writes, label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]",
-                              skip=rec in done))  # fmt: skip
-    gi, gj = -(-m // tm), -(-n // tn)
-    return Plan(
-        name="matmul",
-        steps=steps,
-        init=None,
-        projected_bytes=tiling.projected,
-        min_budget=tiling.projected,
-        tiles=f"{gi}x{gj} output tiles of {tm}x{tn}, {gk} K panels of {tk}",
-    )
+        dtype = result_dtype(a.dtype, b.dtype, where="matmul")
+        shape = (a.shape[0], b.shape[1])
+        block = (_granule(a, 0, 1024), _granule(b, 1, 1024))
+        return Problem((a, b), (Output("C", shape, dtype, block),), (), mesh)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        a, b = problem.sources
+        mesh, dtype, stored = problem.mesh, problem.outputs[0].dtype, targets["C"]
+        (m, k), n = a.shape, b.shape[1]
+        gm, gn = stored if stored is not None else (_granule(a, 0), _granule(b, 1))
+        cand_m = tile_candidates(m, _granule(a, 0, gm), mesh.shape[ROWS])
+        cand_n = tile_candidates(n, _granule(b, 1, gn), mesh.shape[COLS])
+        cand_k = tile_candidates(k, _granule(a, 1, _granule(b, 0)), 1)
+        sizes = (dtype.itemsize, dtype.itemsize, _acc_dtype(dtype).itemsize)
+        out = []
+        for t in itertools.product(cand_m, cand_n, cand_k):
+            gi, gj, gk = -(-m // t[0]), -(-n // t[1]), -(-k // t[2])
+            io = m * k * sizes[0] * gj + k * n * sizes[1] * gi
+            proj = functools.partial(
+                gemm_projected_bytes, t, mesh, sizes, stored=stored is not None
+            )
+            out.append(Candidate(t, lambda pf, proj=proj: proj(prefetch=pf),
+                                 io + gi * gj * gk * (4 << 20), gi == gj == 1))  # fmt: skip
+        return out
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        """For each output tile (I, J), K panels accumulate; the last writes C (with a
+        record when resumable; recorded tiles are skipped)."""
+        a, b = problem.sources
+        (m, k), n = a.shape, b.shape[1]
+        (tm, tn, tk), mesh = tiling, problem.mesh
+        out_dtype = problem.outputs[0].dtype
+        out = targets["C"]
+        sa, sb = NamedSharding(mesh, P(ROWS, None)), NamedSharding(mesh, P(None, COLS))
+        sc = NamedSharding(mesh, P(ROWS, COLS))
+        gk = -(-k // tk)
+        steps = []
+        for i0, j0 in itertools.product(range(0, m, tm), range(0, n, tn)):
+            rec = resume.key(f"{tm}x{tn}x{tk}-{i0}-{j0}")
+            for kk, k0 in enumerate(range(0, k, tk)):
+                first, last = kk == 0, kk == gk - 1
+                reads = (Read(a, (i0, i0 + tm, k0, k0 + tk), (tm, tk), sa, out_dtype),
+                         Read(b, (k0, k0 + tk, j0, j0 + tn), (tk, tn), sb, out_dtype))  # fmt: skip
+                size = (min(tm, m - i0), min(tn, n - j0))
+                writes = (Write(out, (i0, j0), size, record=rec),) if last else ()
+                kernel = _kernel(first, last, _acc_dtype(out_dtype), out_dtype, sa, sb, sc)
+                steps.append(Step(reads, kernel, writes, skip=resume.done(rec),
+                                  label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]"))  # fmt: skip
+        tiles = f"{-(-m // tm)}x{-(-n // tn)} output tiles of {tm}x{tn}, {gk} K panels of {tk}"
+        return Plan("matmul", steps, None, 0, 0, tiles)
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        shape = problem.outputs[0].shape
+        if targets["C"] is not None:
+            return targets["C"]
+        return trim(returned[0], shape, default_sharding(shape, problem.mesh))
 
 
 def matmul(
@@ -196,8 +173,8 @@ def matmul(
       out: None to return a ``jax.Array`` sharded ``P('rows', 'cols')`` over the mesh
         (as far as the mesh divides ``(m, n)``); a URL or BigMatrix to store the result.
         With stored inputs, every stored tile is recorded: a rerun after an interruption
-        skips finished tiles, and a result recorded complete for the same input URLs is
-        returned as it is (``out.free()`` forces a recomputation).
+        skips finished tiles, and a result recorded complete for the same inputs (same
+        data: any write to an input or to ``out`` voids the records) is returned as it is.
       mesh: a 2-D mesh with axes ``('rows', 'cols')``; None: all devices.
       memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
         staging; None: from the devices' memory (40% of RAM on CPU).
@@ -208,35 +185,16 @@ def matmul(
 
     Returns:
       The product: a sharded jax.Array, or the BigMatrix ``out``. The dtype is what
-      ``jnp.matmul`` gives (bfloat16 inputs accumulate in float32).
+      ``jnp.matmul`` gives under the x64 setting (integer products are exact: int64 with
+      x64; 16-bit floats accumulate in float32).
 
     Raises:
       ShapeMismatchError: non-2-D inputs, inner dimensions differ, ``out`` of the wrong
-        shape/dtype or aliasing an input.
+        shape/dtype.
+      OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
+      DTypeMismatchError: 64-bit inputs while JAX runs 32-bit.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    a = operand(a, name="a", where="matmul")
-    b = operand(b, name="b", where="matmul")
-    if a.shape[1] != b.shape[0]:
-        raise ShapeMismatchError(
-            f"matmul: inner dimensions differ: a has shape {tuple(a.shape)} and b has shape "
-            f"{tuple(b.shape)} ({a.shape[1]} != {b.shape[0]}); did you mean b.T?"
-        )
-    out_dtype = result_dtype(a.dtype, b.dtype, where="matmul")
-    mesh = check_mesh(mesh, where="matmul")
-    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
-    shape = (a.shape[0], b.shape[1])
-    target = prepare_out(out, shape=shape, dtype=out_dtype, block_shape=block_shape,
-                         inputs=(a, b), where="matmul", storage=storage)  # fmt: skip
-    acc_size = 4 if out_dtype == jnp.bfloat16 else out_dtype.itemsize
-    tiling = choose_tiling(a, b, target, mesh, budget, acc_size, prefetch)
-    record = record_prefix("mm", a, b) if not target.returned else None
-    if is_complete(target.matrix, record):
-        return target.matrix  # finished by an earlier run on the same inputs
-    out_matrix = target.materialize()
-    plan = plan_matmul(a, b, target, out_matrix, mesh, tiling, out_dtype, record)
-    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    if out_matrix is not None:
-        mark_complete(out_matrix, record)
-        return out_matrix
-    return trim(outs[0], shape, default_sharding(shape, mesh))
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    return run(Matmul(), (a, b), out, spec).value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -11,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["ROWS", "COLS", "default_mesh", "check_mesh", "fit_spec", "default_sharding"]
+__all__ = ["ROWS", "COLS", "auto_mesh", "check_mesh", "default_mesh", "default_sharding", "fit_spec",
+           "on_mesh"]  # fmt: skip
 
 ROWS, COLS = "rows", "cols"
 
@@ -36,7 +38,10 @@ def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def check_mesh(mesh: Mesh | None, *, where: str) -> Mesh:
-    """Returns ``mesh`` (or the default mesh), checking it has jaxwren's 2 axes."""
+    """Returns ``mesh`` (or the default mesh) with Auto axes, checking it has jaxwren's
+    2 axes. Explicit (or Manual) axis types are accepted: jaxwren's kernels state their
+    shardings themselves, so they run on the same devices with Auto axes, and results
+    are put back on the caller's mesh by :func:`on_mesh`."""
     if mesh is None:
         return default_mesh()
     if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (ROWS, COLS):
@@ -46,7 +51,26 @@ def check_mesh(mesh: Mesh | None, *, where: str) -> Mesh:
             f"{type(mesh).__name__} with axes {names}; build one with jw.default_mesh(devices) "
             f"or jax.make_mesh((r, c), ('rows', 'cols'))."
         )
-    return mesh
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 2)
+
+
+auto_mesh = check_mesh
+
+
+def on_mesh(value: Any, mesh: Mesh | None) -> Any:
+    """``value``'s device arrays placed on the caller's ``mesh`` (same devices and
+    partitioning; only the axis types differ) when it is not Auto-typed."""
+    if mesh is None or all(t == AxisType.Auto for t in mesh.axis_types):
+        return value
+
+    def put(x: Any) -> Any:
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding):
+            return jax.device_put(x, NamedSharding(mesh, x.sharding.spec))
+        return x
+
+    return jax.tree_util.tree_map(put, value, is_leaf=lambda x: isinstance(x, jax.Array))
 
 
 def fit_spec(shape: Sequence[int], mesh: Mesh) -> P:

@@ -1,0 +1,198 @@
+"""Where a run's results go: resolving ``out``, refusing aliases, creating, cleaning up.
+
+Everything here is checked before the first write: ``out`` must not be, contain or lie
+inside an input or another stored matrix (file paths compared through symlinks), an
+existing output must already have the result's shape and dtype, and a prefix that holds
+other data is never taken over. On failure :func:`discard` removes exactly the matrices
+this call created (their own keys), never a prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorstore as ts
+
+from jaxwren.config import StorageConfig
+from jaxwren.engine.problem import Output
+from jaxwren.errors import MatrixNotFoundError, OutputConflictError, ShapeMismatchError
+from jaxwren.sharding import multihost
+from jaxwren.storage.backend import shared_context, translate_errors
+from jaxwren.storage.bigmatrix import BigMatrix, resolve_storage
+from jaxwren.storage.urls import Location, kvstore_spec, parse_url
+
+__all__ = ["Slot", "resolve_outputs", "materialize", "discard", "place_key"]
+
+
+@dataclasses.dataclass
+class Slot:
+    """One output of a run: returned (``url is None``) or stored at ``url``."""
+
+    output: Output
+    url: str | None = None
+    matrix: BigMatrix | None = None  # the stored matrix (existing, or once created)
+    created: bool = False  # created by this call (removed again if the call fails)
+    block_shape: tuple[int, int] | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.url is not None
+
+
+def place_key(loc: Location) -> tuple[str, str]:
+    """A location's identity: scheme and full path (file paths through symlinks)."""
+    if loc.scheme == "file":
+        return "file", os.path.realpath(loc.path.rstrip("/")) + "/"
+    return loc.scheme, f"{loc.bucket or ''}/{loc.path}"
+
+
+def resolve_outputs(
+    where: str,
+    out: Any,
+    outputs: Sequence[Output],
+    inputs: Sequence[Any],
+    *,
+    storage: StorageConfig | None,
+    block_shape: tuple[int, int] | None,
+    prefix_out: bool,
+) -> list[Slot]:
+    """Checks ``out`` against the outputs and inputs; opens existing outputs; writes
+    nothing. ``out=None``: every output returned."""
+    if out is None:
+        return [Slot(o) for o in outputs]
+    if not isinstance(out, BigMatrix | str | os.PathLike):
+        raise ShapeMismatchError(
+            f"{where}: out must be None, a storage URL or a BigMatrix, got {type(out).__name__}."
+        )
+    if prefix_out and isinstance(out, BigMatrix):
+        raise ShapeMismatchError(
+            f"{where}: out names a prefix for the results ({', '.join(o.name for o in outputs)}); "
+            "pass a URL, not a BigMatrix."
+        )
+    stored_inputs = [x for x in inputs if isinstance(x, BigMatrix)]
+    slots = []
+    for o in outputs:
+        if prefix_out:
+            url: Any = f"{parse_url(out).url}/{o.name}"
+        else:
+            url = out
+        slots.append(_slot(where, o, url, stored_inputs, storage, block_shape))
+    return slots
+
+
+def _slot(where: str, o: Output, out: Any, inputs: Sequence[BigMatrix],
+          storage: StorageConfig | None, block_shape: Any) -> Slot:  # fmt: skip
+    loc = out.location if isinstance(out, BigMatrix) else parse_url(out)
+    config = out.storage if isinstance(out, BigMatrix) else resolve_storage(storage)
+    _check_not_aliased(where, loc, inputs)
+    matrix = out if isinstance(out, BigMatrix) else _open_existing(out, config)
+    if matrix is None:
+        _check_free_place(where, loc, config)
+        bs = block_shape or o.block_shape or (1024, 1024)
+        bs = (min(bs[0], o.shape[0]), min(bs[1], o.shape[1]))
+        return Slot(o, loc.url, None, False, bs)
+    matrix.check_fresh()
+    if matrix.shape != o.shape or matrix.dtype != o.dtype:
+        raise ShapeMismatchError(
+            f"{where}: out {matrix!r} must have shape {o.shape} and dtype {o.dtype.name} to "
+            f"hold the result, got shape {matrix.shape} and dtype {matrix.dtype.name}; pass "
+            "a new URL, or destroy it first (BigMatrix.destroy())."
+        )
+    return Slot(o, loc.url, matrix, False, matrix.block_shape)
+
+
+def _check_not_aliased(where: str, loc: Location, inputs: Sequence[BigMatrix]) -> None:
+    scheme, path = place_key(loc)
+    for i, x in enumerate(inputs):
+        s2, p2 = place_key(x.location)
+        if s2 != scheme:
+            continue
+        how = ("is" if path == p2 else "lies inside" if path.startswith(p2)
+               else "contains" if p2.startswith(path) else None)  # fmt: skip
+        if how is not None:
+            raise OutputConflictError(
+                f"{where}: out ({loc.url}) {how} input #{i} ({x.url}); writing the result "
+                "there would corrupt an input while it is read (or delete it on failure). "
+                "Pass an out URL of its own."
+            )
+
+
+def _open_existing(url: Any, config: StorageConfig) -> BigMatrix | None:
+    """The matrix at ``url`` or None; every process decides on the same state."""
+    multihost.sync(f"look {url}")
+    try:
+        return BigMatrix.open(url, storage=config)
+    except MatrixNotFoundError:
+        return None
+    finally:
+        multihost.sync(f"looked {url}")
+
+
+def _kvstore(loc: Location, config: StorageConfig, path: str) -> ts.KvStore:
+    spec = dict(kvstore_spec(loc, config), path=path)
+    return ts.KvStore.open(spec, context=shared_context()).result()
+
+
+def _check_free_place(where: str, loc: Location, config: StorageConfig) -> None:
+    """A new output's place must hold nothing and lie inside no other matrix."""
+    with translate_errors(where, loc):
+        keys = _kvstore(loc, config, loc.path).list().result()
+    if keys:
+        raise OutputConflictError(
+            f"{where}: out ({loc.url}) is not a matrix but already holds {len(keys)} "
+            f"object(s) (e.g. {keys[0].decode()!r}: other matrices or data); a result is "
+            "only written to an empty place or over a matrix. Pass another URL."
+        )
+    for parent in _ancestors(loc):
+        if _holds_matrix(loc, config, parent):
+            raise OutputConflictError(
+                f"{where}: out ({loc.url}) lies inside the stored matrix at {parent!r}; "
+                "writing there would change that matrix. Pass an out URL outside it."
+            )
+
+
+def _ancestors(loc: Location) -> list[str]:
+    parts = [p for p in loc.path.split("/") if p]
+    lead = "/" if loc.scheme == "file" else ""
+    return [lead + "/".join(parts[:i]) + "/" for i in range(1, len(parts))]
+
+
+def _holds_matrix(loc: Location, config: StorageConfig, prefix: str) -> bool:
+    if loc.scheme == "file":
+        return os.path.exists(os.path.join(prefix, "zarr.json")) or os.path.exists(
+            os.path.join(prefix, ".zarray")
+        )
+    with translate_errors("checking out", loc):
+        kv = _kvstore(loc, config, "")
+        return any(kv.read(prefix + name).result().state == "value"
+                   for name in ("zarr.json", ".zarray"))  # fmt: skip
+
+
+def materialize(slot: Slot, storage: StorageConfig | None) -> BigMatrix:
+    """Creates a stored output that does not exist yet (once, on process 0)."""
+    if slot.matrix is None:
+        o, url = slot.output, slot.url
+        slot.matrix = multihost.once(
+            f"create {url}",
+            lambda: BigMatrix.create(url, o.shape, slot.block_shape, o.dtype, storage=storage),
+            lambda: BigMatrix.open(url, storage=storage),
+        )
+        slot.created = True
+    return slot.matrix
+
+
+def discard(slots: Sequence[Slot]) -> None:
+    """After a failed run: removes the outputs this call created (exactly their keys);
+    outputs that existed before keep their bytes but lose every record (a new
+    generation), so nothing partial is ever taken for a result."""
+    for slot in slots:
+        m = slot.matrix
+        if m is None:
+            continue
+        if slot.created:
+            multihost.once(f"destroy {m.url}", m.destroy)
+        else:
+            multihost.once(f"invalidate {m.url}", lambda m=m: (m.clear_marks(), m.new_generation()))

@@ -1,0 +1,79 @@
+"""Resume that cannot lie: records bound to the operation, its inputs' data and its outputs.
+
+A run's records are named by a prefix that hashes the operation, its parameters, every
+input's place, view, shape, dtype and *generation* (a token every jaxwren write to a
+matrix replaces), the outputs' shapes and dtypes, and the outputs' own generations. A
+record is reused only under the same prefix: change an input (put_block, overwrite,
+being another run's out ...) or write to an output and the prefix no longer matches, so
+its old records are never believed. A run that cannot identify its inputs (arrays in
+memory, ``parent_fn`` matrices, arrays written by other tools, user functions) keeps no
+records and always computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from jaxwren.engine.outputs import Slot, place_key
+from jaxwren.engine.problem import Problem, Resume
+from jaxwren.sharding.multihost import finished_records
+from jaxwren.storage.bigmatrix import BigMatrix
+
+__all__ = ["identity", "resume_state", "COMPLETE"]
+
+COMPLETE = "complete"
+
+
+def identity(
+    name: str, problem: Problem, operands: Sequence[Any], slots: Sequence[Slot]
+) -> str | None:
+    """What determines the result, as text; None when the inputs cannot be identified."""
+    if problem.params is None:
+        return None
+    parts = [name, repr(problem.params)]
+    for x in operands:
+        if not isinstance(x, BigMatrix) or x.parent_fn is not None:
+            return None
+        gen = x.generation()
+        if gen is None:
+            return None
+        parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{x.shape}|{x.dtype}")
+    for s in slots:
+        parts.append(f"{s.output.name}|{s.output.shape}|{s.output.dtype.name}|{s.block_shape}")
+    return "\n".join(parts)
+
+
+def _prefix(name: str, ident: str, slots: Sequence[Slot]) -> str:
+    gens = "|".join(str(s.matrix.generation()) for s in slots if s.matrix is not None)
+    digest = hashlib.sha256(f"{ident}\n{gens}".encode()).hexdigest()[:20]
+    return f"{name}-{digest}"
+
+
+def resume_state(name: str, ident: str | None, slots: Sequence[Slot]) -> tuple[Resume, str]:
+    """``(resume, state)`` for outputs that all exist: state ``"complete"`` (the stored
+    result is this computation's), ``"partial"`` (some tiles are: resume them) or
+    ``"fresh"`` (nothing stored belongs to it)."""
+    stored = [s for s in slots if s.stored]
+    if ident is None or not stored or any(s.matrix is None for s in stored):
+        return Resume(), "fresh"
+    prefix = _prefix(name, ident, stored)
+    marks: set[str] = set()
+    for s in stored:
+        marks |= s.matrix.marks()
+    if all(f"{prefix}-{COMPLETE}" in s.matrix.marks() for s in stored):
+        return Resume(prefix), COMPLETE
+    mine = {m.split(".p")[0] for m in marks if m.startswith(prefix + "-")}
+    if not mine:
+        return Resume(), "fresh"
+    return Resume(prefix, frozenset(finished_records(marks, mine))), "partial"
+
+
+def fresh_resume(name: str, ident: str | None, slots: Sequence[Slot]) -> Resume:
+    """The records of a run that starts from scratch (after its outputs got a new
+    generation); no records when the inputs cannot be identified."""
+    stored = [s for s in slots if s.stored]
+    if ident is None or not stored:
+        return Resume()
+    return Resume(_prefix(name, ident, stored))
