@@ -78,7 +78,7 @@ def choose(where: str, cands: Sequence[Candidate], budget: int, prefetch: int,
     need = format_bytes(smallest) if smallest is not None else "more than any tiling offers"
     raise MemoryBudgetError(
         f"{where}: the smallest plan (smallest tiles, no prefetch) needs {need} but "
-        f"memory_budget is {format_bytes(budget)}; pass memory_budget >= {need}{hint}."
+        f"memory_budget is {format_bytes(budget)}; the smallest workable budget is {need}{hint}."
     )
 
 

@@ -8,7 +8,6 @@ steps are copied off the devices and written, shard by shard, under a byte windo
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import sys
 import time
@@ -49,23 +48,23 @@ class RunStats:
         )
 
 
-_COMPILES = [0]  # XLA backend compilations in this process (one listener, registered once)
+class _CompileCounter:
+    """Counts XLA backend compilations while it is entered (a jax.monitoring listener,
+    registered for the run only: no global state)."""
 
+    def __init__(self) -> None:
+        self.count = 0
 
-def _count_compile(event: str, duration: float, **_: Any) -> None:
-    if "backend_compile" in event:
-        _COMPILES[0] += 1
+    def _listen(self, event: str, duration: float, **_: Any) -> None:
+        if "backend_compile" in event:
+            self.count += 1
 
+    def __enter__(self) -> _CompileCounter:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
 
-@functools.cache
-def _listen() -> None:
-    jax.monitoring.register_event_duration_secs_listener(_count_compile)
-
-
-def compile_count() -> int:
-    """XLA compilations so far in this process (counted from the first run on)."""
-    _listen()
-    return _COMPILES[0]
+    def __exit__(self, *_: object) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 class _OutputWrite(Futures):
@@ -191,7 +190,15 @@ def execute(
     plan.check(budget)
     stats = RunStats()
     stats.prefetch = prefetch
-    compiles0 = compile_count()
+    with _CompileCounter() as compiles:
+        returned = _execute(plan, budget, prefetch, progress, write_bytes, stats)
+    stats.compiles = compiles.count
+    log.info("%s: done %s", plan.name, stats)
+    return returned, stats
+
+
+def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
+             write_bytes: int | None, stats: RunStats) -> list[jax.Array]:  # fmt: skip
     t0 = time.perf_counter()
     steps = [s for s in plan.steps if not s.skip]
     stats.steps_skipped = len(plan.steps) - len(steps)
@@ -255,6 +262,4 @@ def execute(
     if bar is not None:
         bar.close()
     stats.seconds = time.perf_counter() - t0
-    stats.compiles = compile_count() - compiles0
-    log.info("%s: done %s", plan.name, stats)
-    return returned, stats
+    return returned

@@ -26,36 +26,22 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import StorageConfig, format_bytes
-from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
-from jaxwren.engine.runner import execute
-from jaxwren.errors import (
-    DTypeMismatchError,
-    MemoryBudgetError,
-    NonFiniteError,
-    NotPositiveDefiniteError,
-    ShapeMismatchError,
-)
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import NonFiniteError, NotPositiveDefiniteError, ShapeMismatchError
 from jaxwren.linalg import cholesky_kernel as ck
-from jaxwren.linalg.common import (
-    is_complete,
-    mark_complete,
-    operand,
-    pad_identity,
-    prepare_out,
-    record_prefix,
-    result_dtype,
-    round_up,
-    trim,
-)
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.common import pad_identity, round_up, trim
 from jaxwren.linalg.matmul import gemm_projected_bytes
-from jaxwren.sharding import multihost
 from jaxwren.sharding.lower import LowerTriangle
-from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["cholesky"]
+__all__ = ["Cholesky", "cholesky"]
 
 _KB = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -156,9 +142,8 @@ class _Setup:
     n: int
     dtype: np.dtype
     mesh: Mesh
-    budget: int
     out: BigMatrix | None
-    record: str | None  # completion-record prefix (None: no resume)
+    resume: Resume
 
 
 def _incore_bytes(n: int, itemsize: int, mesh: Mesh) -> int:
@@ -191,37 +176,18 @@ def _tile_bytes(t: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
     return gemm + (prefetch + 1) * t * t * itemsize + copies * t * t * itemsize
 
 
-def _choose_tile(s: _Setup, granule: int, prefetch: int) -> int:
-    unit = math.lcm(granule, math.lcm(s.mesh.shape[ROWS], s.mesh.shape[COLS]))
-    best = None
-    for t in range(unit, round_up(s.n, unit) + unit, unit):
-        if _tile_bytes(t, s.dtype.itemsize, s.mesh, prefetch) <= s.budget:
-            best = t
-    if best is None:
-        need = _tile_bytes(unit, s.dtype.itemsize, s.mesh, prefetch)
-        raise MemoryBudgetError(
-            f"cholesky: ({s.n}, {s.n}) out-of-core needs at least {format_bytes(need)} "
-            f"(tiles of {unit}, the block size aligned to the mesh) but memory_budget is "
-            f"{format_bytes(s.budget)}; the smallest workable budget is {format_bytes(need)}."
-        )
-    return best
-
-
-def _outofcore_plan(s: _Setup, granule: int, prefetch: int) -> tuple[Plan, int]:
-    t = _choose_tile(s, granule, prefetch)
+def _outofcore_plan(s: _Setup, t: int, prefetch: int) -> tuple[Plan, int]:
     kb = _kernel_block(t, s.mesh)
     nt = -(-s.n // t)
     sc = NamedSharding(s.mesh, P(ROWS, COLS))
     si = NamedSharding(s.mesh, P(ROWS, None))
     sj = NamedSharding(s.mesh, P(COLS, None))
     rep = NamedSharding(s.mesh, P())
-    keys = [f"{s.record}-t{t}-{i}-{j}" for j in range(nt) for i in range(j, nt)]
-    done = multihost.finished_records(s.out.marks(), keys) if s.record is not None else set()
     steps: list[Step] = []
     for jj in range(nt):
         for ii in range(jj, nt):
-            key = f"{s.record}-t{t}-{ii}-{jj}" if s.record else None
-            skip = key in done
+            key = s.resume.key(f"t{t}-{ii}-{jj}")
+            skip = s.resume.done(key)
             a_read = Read(s.src, _reg(ii, jj, t), (t, t), sc, s.dtype)
             for kk in range(jj):  # acc -= L[I, K] L[J, K]^T
                 reads = (Read(s.out, _reg(ii, kk, t), (t, t), si, s.dtype),
@@ -269,7 +235,59 @@ def _final_step(ii: int, jj: int, t: int, kb: int, s: _Setup, a_read: Read, writ
                 label=f"L[{ii},{jj}] = A L[{jj},{jj}]^-T", skip=skip)  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------- API
+# ---------------------------------------------------------------------------------- op
+class Cholesky(Op):
+    """``L`` with ``A = L L^T``: in-core on the cyclic kernel when it fits the budget,
+    else the left-looking out-of-core tile plan (resumable: a record per stored tile)."""
+
+    name = "cholesky"
+    operand_names = ("a",)
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        (a,) = operands
+        if a.shape[0] != a.shape[1]:
+            raise ShapeMismatchError(
+                f"cholesky: a must be square, got shape {tuple(a.shape)}; the factorisation "
+                "is defined for symmetric positive-definite (n, n) matrices."
+            )
+        dtype = result_dtype(a.dtype, where="cholesky", policy="factor")
+        n = a.shape[0]
+        stored = isinstance(a, BigMatrix)
+        block = a.block_shape if stored else None
+        src = LowerTriangle(a) if stored else a  # the upper triangle is never read
+        return Problem((src,), (Output("L", (n, n), dtype, block),), (), mesh, data=a)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        n, dtype, mesh = problem.outputs[0].shape[0], problem.outputs[0].dtype, problem.mesh
+        incore = _incore_bytes(n, dtype.itemsize, mesh)
+        cands = [Candidate(None, lambda _pf: incore, (0, 0), True)]
+        if targets["L"] is None:
+            return cands
+        a = problem.data
+        granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1,
+                           targets["L"][0])  # fmt: skip
+        unit = math.lcm(granule, math.lcm(mesh.shape[ROWS], mesh.shape[COLS]))
+        for t in range(unit, round_up(n, unit) + unit, unit):
+            proj = functools.partial(_tile_bytes, t, dtype.itemsize, mesh)
+            cands.append(Candidate(t, proj, (1, -(-n // t)), False))
+        return cands
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        out = problem.outputs[0]
+        setup = _Setup(problem.sources[0], out.shape[0], out.dtype, problem.mesh,
+                       targets["L"], resume)  # fmt: skip
+        if tiling is None:
+            return _incore_plan(setup)[0]
+        return _outofcore_plan(setup, tiling, prefetch)[0]
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        if targets["L"] is not None:
+            return targets["L"]
+        n = problem.outputs[0].shape[0]
+        return trim(returned[0], (n, n), default_sharding((n, n), problem.mesh))
+
+
 def cholesky(
     a: Any,
     out: Any = None,
@@ -289,10 +307,11 @@ def cholesky(
 
     Args:
       a: ``(n, n)`` BigMatrix, jax.Array or numpy array; float32 or float64 (integers
-        are factored in the default float type).
+        are factored in jnp's default float type, 16-bit floats in float32).
       out: None to return a jax.Array sharded ``P('rows', 'cols')`` (as far as the mesh
-        divides n); a URL or BigMatrix to store ``L``. An ``out`` left by an interrupted
-        out-of-core run on the same stored input is resumed: finished tiles are skipped.
+        divides n); a URL or BigMatrix to store ``L``. A stored out-of-core run records
+        each finished tile: a rerun after an interruption on the same input data skips
+        them (any write to ``a`` or ``out`` voids the records).
       mesh: a 2-D mesh with axes ``('rows', 'cols')``; None: all devices.
       memory_budget: bytes (or ``"2GiB"``) the run may hold; None: from the devices.
         Below what the in-core factorisation needs, the out-of-core tile plan runs.
@@ -305,60 +324,14 @@ def cholesky(
       ``L``: a sharded jax.Array, or the BigMatrix ``out``.
 
     Raises:
-      ShapeMismatchError: ``a`` is not square, or ``out`` has the wrong shape/dtype or
-        aliases ``a``.
+      ShapeMismatchError: ``a`` is not square, or ``out`` has the wrong shape/dtype.
+      OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
       DTypeMismatchError: unsupported dtype.
       NonFiniteError: NaN or Inf in the lower triangle.
       NotPositiveDefiniteError: the factorisation hit a non-positive pivot (names the
-        block column); ``out`` is never marked complete then.
+        block column); an ``out`` created by the call is removed again.
       MemoryBudgetError: not even the smallest tile plan fits ``memory_budget``.
     """
-    a = operand(a, name="a", where="cholesky")
-    if a.shape[0] != a.shape[1]:
-        raise ShapeMismatchError(
-            f"cholesky: a must be square, got shape {tuple(a.shape)}; the factorisation is "
-            "defined for symmetric positive-definite (n, n) matrices."
-        )
-    dtype = result_dtype(a.dtype, where="cholesky")
-    if dtype.name not in ("float32", "float64"):
-        raise DTypeMismatchError(
-            f"cholesky: dtype {dtype.name} is not supported; convert to float32 or float64."
-        )
-    mesh = check_mesh(mesh, where="cholesky")
-    n = a.shape[0]
-    target = prepare_out(out, shape=(n, n), dtype=dtype, block_shape=block_shape,
-                         inputs=(a,), where="cholesky", storage=storage)  # fmt: skip
-    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
-    stored = isinstance(a, BigMatrix)
-    record = record_prefix("chol", a)
-    if is_complete(target.matrix, record):
-        return target.matrix  # finished by an earlier run
-    incore = _incore_bytes(n, dtype.itemsize, mesh) <= budget
-    if not incore and target.returned:
-        raise MemoryBudgetError(
-            f"cholesky: the factor of a ({n}, {n}) matrix needs "
-            f"{format_bytes(_incore_bytes(n, dtype.itemsize, mesh))} on the devices but "
-            f"memory_budget is {format_bytes(budget)}; pass out=URL to factor it out-of-core."
-        )
-    granule = math.lcm(a.block_shape[0] if stored else 1, target.block_shape[0])
-    setup = _Setup(LowerTriangle(a) if stored else a, n, dtype, mesh, budget, None,
-                   record if not incore else None)  # fmt: skip
-    if not incore:
-        _choose_tile(setup, granule, prefetch)  # refuse an impossible budget before writing
-    out_matrix = target.materialize()
-    resuming = (out_matrix is not None and record is not None and not incore
-                and any(m.startswith(record) for m in out_matrix.marks()))  # fmt: skip
-    if target.matrix is not None and not resuming:  # stale blocks/records of another result
-        multihost.once(f"free {out_matrix.url}", out_matrix.free)
-    setup = dataclasses.replace(setup, out=out_matrix)
-    plan, _ = _incore_plan(setup) if incore else _outofcore_plan(setup, granule, prefetch)
-    try:
-        outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    except (NonFiniteError, NotPositiveDefiniteError):
-        if target.matrix is None and out_matrix is not None:  # created here: leave no trace
-            multihost.once(f"destroy {out_matrix.url}", out_matrix.destroy)
-        raise
-    if out_matrix is None:
-        return trim(outs[0], (n, n), default_sharding((n, n), mesh))
-    mark_complete(out_matrix, record)
-    return out_matrix
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    return run(Cholesky(), (a,), out, spec).value

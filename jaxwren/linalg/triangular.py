@@ -21,23 +21,19 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import StorageConfig, format_bytes
-from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
-from jaxwren.engine.runner import execute
-from jaxwren.errors import MemoryBudgetError, NonFiniteError, ShapeMismatchError
-from jaxwren.linalg.common import (
-    operand,
-    pad_identity,
-    prepare_out,
-    result_dtype,
-    round_up,
-    trim,
-)
-from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import operand, run
+from jaxwren.errors import NonFiniteError, ShapeMismatchError
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.common import pad_identity, round_up, trim
+from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.sharding.tiles import ArraySource
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["solve_triangular", "cho_solve", "cho_logdet"]
+__all__ = ["SolveTriangular", "cho_logdet", "cho_solve", "solve_triangular"]
 
 
 def _transposed(x: Any) -> Any:
@@ -85,24 +81,6 @@ def _tile_bytes(t: int, n_pad: int, k_pad: int, itemsize: int, mesh: Mesh, prefe
     return 2 * x + tiles + 3 * t * k_pad * itemsize * xrep
 
 
-def _choose_tile(n: int, k_pad: int, granule: int, itemsize: int, mesh: Mesh, budget: int,
-                 prefetch: int) -> int:  # fmt: skip
-    best = None
-    for t in range(granule, round_up(n, granule) + granule, granule):
-        if _tile_bytes(t, round_up(n, t), k_pad, itemsize, mesh, prefetch) <= budget:
-            best = t
-        if t >= n:
-            break
-    if best is None:
-        need = _tile_bytes(granule, round_up(n, granule), k_pad, itemsize, mesh, prefetch)
-        raise MemoryBudgetError(
-            f"solve_triangular: ({n}, {n}) with {k_pad} right-hand sides needs at least "
-            f"{format_bytes(need)} but memory_budget is {format_bytes(budget)}; the smallest "
-            f"workable budget is {format_bytes(need)} (or solve fewer columns at a time)."
-        )
-    return best
-
-
 def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np.dtype,
           out: BigMatrix | None) -> Plan:  # fmt: skip
     n, k = m.shape[0], b.shape[1]
@@ -132,10 +110,10 @@ def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np
         else:  # X[I] = M[I, I]^-1 B[I]
             kern = functools.partial(_start_finish, fn=first_final, off=off, n=nn)
             steps.append(Step((b_read, dread), kern))
-    # the last step hands X to the writer (or back to the caller)
+    # the last step hands X to the writer (or back to the caller), once it is finite
     last = steps[-1]
     steps[-1] = Step(last.reads, lambda c, *tiles, k=last.kernel: _emit(k(c, *tiles)),
-                     (Write(out, (0, 0), (n, k)),))  # fmt: skip
+                     (Write(out, (0, 0), (n, k)),), check=_check_finite)  # fmt: skip
     init = functools.partial(_zeros, (n_pad, k_pad), dtype, sx)
     proj = _tile_bytes(t, n_pad, k_pad, np.dtype(dtype).itemsize, mesh, 1)
     return Plan("solve_triangular", steps, init, proj, proj, f"{nt} row tiles of {t}")
@@ -157,6 +135,19 @@ def _finish(c: tuple, md: jax.Array, *, fn: Any, off: Any, n: Any) -> tuple:
     return (fn(c[0], c[1], md, off, n), None), ()
 
 
+def _check_finite(outs: tuple) -> None:
+    if not bool(_all_finite(outs[0])):
+        raise NonFiniteError(
+            "solve_triangular: the solution has NaN or Inf: l is singular (a zero on its "
+            "diagonal) or the inputs hold NaN/Inf; nothing was stored."
+        )
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
 def _emit(result: tuple) -> tuple:
     carry, _ = result
     return carry, (carry[0],)
@@ -165,6 +156,56 @@ def _emit(result: tuple) -> tuple:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _zeros(shape: tuple[int, int], dtype: Any, sharding: Any) -> tuple[jax.Array, None]:
     return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), sharding), None
+
+
+class SolveTriangular(Op):
+    """``op(l) x = b`` by blocked substitution over row tiles of the effective matrix."""
+
+    name = "solve_triangular"
+    operand_names = ("l", "b")
+
+    def __init__(self, lower: bool = True, trans: bool = False) -> None:
+        self.lower, self.trans = bool(lower), bool(trans)
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        l, b = operands  # noqa: E741
+        if l.shape[0] != l.shape[1] or b.shape[0] != l.shape[0]:
+            raise ShapeMismatchError(
+                f"solve_triangular: l must be square and b must have as many rows: got l "
+                f"{tuple(l.shape)} and b {tuple(b.shape)}."
+            )
+        dtype = result_dtype(l.dtype, b.dtype, where="solve_triangular", policy="float")
+        block = (b.block_shape[0], b.shape[1]) if isinstance(b, BigMatrix) else None
+        out = Output("X", tuple(b.shape), dtype, block)
+        return Problem((l, b), (out,), (self.lower, self.trans), mesh)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        l, b = problem.sources  # noqa: E741
+        mesh, dtype, (n, k) = problem.mesh, problem.outputs[0].dtype, b.shape
+        k_pad = round_up(k, mesh.devices.size) if k >= mesh.devices.size else k
+        granule = math.lcm(*l.block_shape) if isinstance(l, BigMatrix) else 256
+        granule = min(granule, round_up(n, 8))
+        cands = []
+        for t in range(granule, round_up(n, granule) + granule, granule):
+            proj = functools.partial(_tile_bytes, t, round_up(n, t), k_pad, dtype.itemsize, mesh)
+            cands.append(Candidate((t, k_pad), proj, -t))
+            if t >= n:
+                break
+        return cands
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        l, b = problem.sources  # noqa: E741
+        m = _transposed(l) if self.trans else l
+        t, k_pad = tiling
+        return _plan(m, b, self.lower != self.trans, t, k_pad, problem.mesh,
+                     problem.outputs[0].dtype, targets["X"])  # fmt: skip
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        if targets["X"] is not None:
+            return targets["X"]
+        shape = problem.outputs[0].shape
+        return trim(returned[0], shape, default_sharding(shape, problem.mesh))
 
 
 def solve_triangular(
@@ -194,45 +235,20 @@ def solve_triangular(
         ``l`` is streamed tile by tile when it does not fit the budget.
 
     Returns:
-      ``x`` with ``b``'s shape (a vector for a vector ``b``), or the BigMatrix ``out``.
+      ``x`` with ``b``'s shape (a vector for a vector ``b``), or the BigMatrix ``out``;
+      the dtype is jnp's result type of the inputs (16-bit floats solve in float32).
 
     Raises:
       ShapeMismatchError: ``l`` not square or ``b`` rows differ; bad ``out``.
-      NonFiniteError: the solution has NaN/Inf (a zero on the diagonal of ``l``).
+      NonFiniteError: the solution has NaN/Inf (a zero on the diagonal of ``l``);
+        checked before anything is stored.
       MemoryBudgetError: no tiling fits ``memory_budget``.
     """
-    l = operand(l, name="l", where="solve_triangular")  # noqa: E741
     vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
-    b = operand(b[:, None] if vector else b, name="b", where="solve_triangular")
-    if l.shape[0] != l.shape[1] or b.shape[0] != l.shape[0]:
-        raise ShapeMismatchError(
-            f"solve_triangular: l must be square and b must have as many rows: got l "
-            f"{tuple(l.shape)} and b {tuple(b.shape)}."
-        )
-    dtype = result_dtype(l.dtype, b.dtype, where="solve_triangular")
-    mesh = check_mesh(mesh, where="solve_triangular")
-    n, k = b.shape
-    target = prepare_out(out, shape=(n, k), dtype=dtype, block_shape=None, inputs=(l, b),
-                         where="solve_triangular", storage=storage)  # fmt: skip
-    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
-    devices = mesh.devices.size
-    k_pad = round_up(k, devices) if k >= devices else k
-    granule = math.lcm(l.block_shape[0], l.block_shape[1]) if isinstance(l, BigMatrix) else 256
-    t = _choose_tile(n, k_pad, min(granule, round_up(n, 8)), dtype.itemsize, mesh, budget,
-                     prefetch)  # fmt: skip
-    m = _transposed(l) if trans else l
-    out_matrix = target.materialize()
-    plan = _plan(m, b, lower != trans, t, k_pad, mesh, dtype, out_matrix)
-    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    if out_matrix is not None:
-        return out_matrix
-    x = trim(outs[0], (n, k), default_sharding((n, k), mesh))
-    if not bool(jnp.all(jnp.isfinite(x))):
-        raise NonFiniteError(
-            "solve_triangular: the solution has NaN or Inf: l is singular (a zero on its "
-            "diagonal) or the inputs hold NaN/Inf."
-        )
-    return x[:, 0] if vector else x
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, prefetch=prefetch)  # fmt: skip
+    x = run(SolveTriangular(lower, trans), (l, b[:, None] if vector else b), out, spec).value
+    return x[:, 0] if vector and out is None else x
 
 
 def cho_solve(

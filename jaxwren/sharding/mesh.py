@@ -12,8 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["ROWS", "COLS", "auto_mesh", "check_mesh", "default_mesh", "default_sharding", "fit_spec",
-           "on_mesh"]  # fmt: skip
+__all__ = ["ROWS", "COLS", "auto_mesh", "check_mesh", "default_mesh", "default_sharding",
+           "fit_spec", "on_mesh"]  # fmt: skip
 
 ROWS, COLS = "rows", "cols"
 
