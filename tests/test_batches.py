@@ -74,3 +74,28 @@ def test_regression_example_matches_lstsq(tmp_path):
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "(b) normal equations" in proc.stdout
+
+
+def test_batch_arguments_are_refused_at_the_call():
+    a = jw.from_numpy(rand((16, 6)), mem("bad-args"), (4, 6))
+    for prefetch in (True, False, 1.5, "2", None):
+        with pytest.raises(jw.ConfigError, match=rf"prefetch={prefetch!r} must be an int >= 0"):
+            a.iter_row_batches(4, prefetch=prefetch)  # no next(): refused at the call
+    with pytest.raises(jw.ConfigError, match="batch_rows=True must be an int >= 1"):
+        a.iter_row_batches(True)
+    three = NamedSharding(jw.default_mesh(jax.devices()[:3]), P("cols", None))  # 1 x 3 mesh
+    with pytest.raises(jw.ShapeMismatchError, match=r"dimension 0 \(rows, size 4\) is not "
+                       r"divisible by mesh axis 'cols' of size 3"):  # fmt: skip
+        a.iter_row_batches(4, sharding=three)
+    assert len(list(a.iter_row_batches(4, prefetch=np.int64(1)))) == 4
+
+
+def test_batches_on_a_make_mesh_mesh():
+    mesh = jax.make_mesh((2, 4), ("rows", "cols"))  # Explicit axes
+    x = rand((50, 8))
+    a = jw.from_numpy(x, mem("explicit-batches"), (8, 8))
+    sh = NamedSharding(mesh, P(("rows", "cols"), None))
+    got = list(a.iter_row_batches(16, sharding=sh))
+    assert [b.sharding == sh for b in got] == [True, True, True, False]  # ragged: default
+    assert got[-1].sharding.mesh == mesh
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b) for b in got]), x)

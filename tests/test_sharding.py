@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxwren as jw
 from jaxwren.sharding import fit_spec
-from tests.helpers import rand
+from tests.helpers import mem, rand
 
 
 def mesh_1d():
@@ -110,3 +114,73 @@ def test_save_errors():
     with pytest.raises(jw.ShapeMismatchError, match="expected a 2-D array"):
         jw.save(jax.numpy.ones((6,)), "memory://save-bad3", (2, 2))
     assert c.block_idxs_exist == set()
+
+
+def test_sharding_that_does_not_divide_is_refused_before_reading(monkeypatch):
+    a = jw.from_numpy(rand((22, 16)), mem("nodiv"), (5, 3))
+    calls = []
+    monkeypatch.setattr(jw.BigMatrix, "read_region_into_async",
+                        lambda self, *args: calls.append(args))  # fmt: skip
+    rows_over_cols = NamedSharding(jw.default_mesh(), P("cols", "rows"))  # 22 rows over 4
+    with pytest.raises(jw.ShapeMismatchError, match=r"dimension 0 \(rows, size 22\) is not "
+                       r"divisible by mesh axis 'cols' of size 4"):  # fmt: skip
+        a.to_jax(rows_over_cols)
+    both = NamedSharding(jw.default_mesh(), P(None, ("rows", "cols")))  # 6 cols over 8
+    with pytest.raises(jw.ShapeMismatchError, match=r"dimension 1 \(columns, size 6\) is not "
+                       r"divisible by mesh axis \('rows', 'cols'\) of size 8"):  # fmt: skip
+        jw.load(a, both, region=(0, 8, 0, 6))
+    with pytest.raises(jw.ShapeMismatchError, match="must be a jax.sharding.Sharding"):
+        jw.load(a, P("rows", "cols"))
+    assert calls == []
+
+
+def test_load_and_save_on_a_make_mesh_mesh(store):
+    mesh = jax.make_mesh((2, 4), ("rows", "cols"))  # Explicit axes: jax.make_mesh's default
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}
+    x = rand((24, 16))
+    a = jw.from_numpy(x, store.url(), (5, 3), storage=store.config)
+    for spec in (P("rows", "cols"), P("cols", None), P()):
+        sharding = NamedSharding(mesh, spec)
+        y = jw.load(a, sharding)
+        assert y.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(y), x)
+        np.testing.assert_array_equal(np.asarray(a.to_jax(sharding)), x)
+        b = jw.save(y * 2, store.url(), (5, 3), storage=store.config)
+        np.testing.assert_array_equal(b.numpy(), 2 * x)
+        jw.save(y, b)  # into an existing matrix
+        np.testing.assert_array_equal(b.numpy(), x)
+    z = jw.load(a, NamedSharding(mesh, P("rows", "cols")), region=(2, 10, 4, 12))
+    np.testing.assert_array_equal(np.asarray(z), x[2:10, 4:12])
+
+
+_NO_X64 = """
+import numpy as np
+import jax
+import jaxwren as jw
+assert not jax.config.jax_enable_x64
+for dtype in ("float64", "int64"):
+    a = jw.from_numpy(np.ones((8, 8), dtype), "memory://x-" + dtype, (4, 4))
+    texts = []
+    for call in (lambda: a.to_jax(), lambda: jw.load(a, region=(0, 4, 0, 4)),
+                 lambda: a.iter_row_batches(4), lambda: jw.matmul(np.ones((8, 8), dtype), np.ones((8, 8), dtype))):
+        try:
+            call()
+        except jw.DTypeMismatchError as e:
+            texts.append(str(e).split(": the data is")[-1])
+        else:
+            raise SystemExit(f"{dtype}: no DTypeMismatchError")
+    assert len(set(texts)) == 1, texts
+    assert "jax_enable_x64" in texts[0] and dtype in texts[0], texts[0]
+print("refused")
+"""
+
+
+def test_64_bit_data_without_x64_is_refused_like_the_algorithms(tmp_path):
+    # a subprocess: tests/conftest.py turns x64 on in this one, and no test changes it
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["PYTHONPATH"] = os.getcwd()
+    script = tmp_path / "no_x64.py"
+    script.write_text(_NO_X64)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-3000:]

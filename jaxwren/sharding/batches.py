@@ -10,11 +10,17 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxwren.dtypes import check_representable
 from jaxwren.errors import ConfigError
+from jaxwren.sharding.io import check_sharding
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import start_tile
 
 __all__ = ["iter_row_batches"]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
 
 
 def _sharding_for(shape: tuple[int, int], sharding: Any) -> Any:
@@ -43,7 +49,8 @@ def iter_row_batches(
       matrix: a BigMatrix (a ``.T`` view works too).
       batch_rows: rows per batch (the last one may be shorter).
       sharding: the batches' sharding (None: rows over the default mesh as far as it
-        divides them); a ragged last batch it does not divide gets the default one.
+        divides them). It must divide a full batch ``(batch_rows, cols)``; a ragged last
+        batch it does not divide gets the default sharding on its mesh.
       prefetch: batches whose reads are in flight ahead of the one yielded.
       shuffle: visit the batches in a random order (each epoch's order comes from
         ``seed``); reads stay whole, contiguous row ranges.
@@ -52,13 +59,27 @@ def iter_row_batches(
 
     In a multi-process run each process reads only the shards its devices hold.
 
-    Raises:
-      ConfigError: ``batch_rows < 1`` or ``prefetch < 0``.
+    Raises (at the call, before any read):
+      ConfigError: ``batch_rows`` or ``prefetch`` is not an int (bools are refused),
+        ``batch_rows < 1`` or ``prefetch < 0``.
+      ShapeMismatchError: ``sharding`` does not divide a full batch.
+      DTypeMismatchError: 64-bit data while JAX runs with 32-bit types.
     """
-    if not isinstance(batch_rows, int | np.integer) or batch_rows < 1:
+    if not _is_int(batch_rows) or batch_rows < 1:
         raise ConfigError(f"iter_row_batches: batch_rows={batch_rows!r} must be an int >= 1.")
-    if prefetch < 0:
-        raise ConfigError(f"iter_row_batches: prefetch={prefetch!r} must be >= 0.")
+    if not _is_int(prefetch) or prefetch < 0:
+        raise ConfigError(
+            f"iter_row_batches: prefetch={prefetch!r} must be an int >= 0 (batches read ahead)."
+        )
+    check_representable(matrix.dtype, where="iter_row_batches")
+    if sharding is not None:
+        check_sharding((int(batch_rows), matrix.shape[1]), sharding, where="iter_row_batches")
+    return _batches(matrix, int(batch_rows), sharding, int(prefetch), shuffle, seed,
+                    drop_remainder)  # fmt: skip
+
+
+def _batches(matrix: Any, batch_rows: int, sharding: Any, prefetch: int, shuffle: bool,
+             seed: int | None, drop_remainder: bool) -> Iterator[jax.Array]:  # fmt: skip
     m, n = matrix.shape
     starts = list(range(0, m, batch_rows))
     if drop_remainder and m % batch_rows:

@@ -5,13 +5,16 @@ saving writes only the addressable shards with ``replica_id == 0``.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
 from jaxwren.config import StorageConfig
+from jaxwren.dtypes import check_representable
 from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchError
 from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
@@ -21,10 +24,46 @@ from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.ingest import from_numpy
 from jaxwren.storage.window import Window
 
-__all__ = ["load", "save", "DEFAULT_IO_BYTES"]
+__all__ = ["load", "save", "check_sharding", "DEFAULT_IO_BYTES"]
 
 DEFAULT_IO_BYTES = 1 << 30
 Region = tuple[int, int, int, int]
+_DIMS = ("rows", "columns")
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    if entry is None or entry is jax.sharding.PartitionSpec.UNCONSTRAINED:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def check_sharding(shape: tuple[int, int], sharding: Any, *, where: str) -> None:
+    """Refuses a sharding that does not divide ``shape`` (before anything is read),
+    naming the dimension and the mesh axes' size."""
+    if not isinstance(sharding, jax.sharding.Sharding):
+        raise ShapeMismatchError(
+            f"{where}: sharding must be a jax.sharding.Sharding (e.g. NamedSharding(mesh, "
+            f"P('rows', 'cols'))) or None, got {type(sharding).__name__}."
+        )
+    if isinstance(sharding, NamedSharding) and len(sharding.spec) <= len(shape):
+        mesh = sharding.mesh
+        for dim, (size, entry) in enumerate(zip(shape, sharding.spec, strict=False)):
+            axes = _axes(entry)
+            parts = math.prod(mesh.shape[a] for a in axes)
+            if size % parts:
+                named = axes[0] if len(axes) == 1 else axes
+                raise ShapeMismatchError(
+                    f"{where}: dimension {dim} ({_DIMS[dim]}, size {size}) is not divisible "
+                    f"by mesh axis {named!r} of size {parts} (sharding spec "
+                    f"{sharding.spec}); pass a sharding whose axes divide the shape, e.g. "
+                    "jw.default_sharding(shape, mesh), or a region of a divisible size."
+                )
+    try:
+        sharding.shard_shape(tuple(shape))
+    except ValueError as e:
+        raise ShapeMismatchError(
+            f"{where}: sharding {sharding} does not fit shape {tuple(shape)}: {e}"
+        ) from e
 
 
 def load(
@@ -49,6 +88,12 @@ def load(
     Returns:
       A jax.Array of shape ``(r1 - r0, c1 - c0)`` with ``sharding``; in a multi-process
       run each process reads only its addressable shards.
+
+    Raises:
+      BlockIndexError: ``region`` is empty or outside the matrix.
+      ShapeMismatchError: ``sharding`` does not divide the region's shape.
+      DTypeMismatchError: 64-bit data while JAX runs with 32-bit types.
+      StorageError: the reads failed.
     """
     region = region if region is not None else (0, matrix.shape[0], 0, matrix.shape[1])
     r0, r1, c0, c1 = region
@@ -57,8 +102,11 @@ def load(
             f"load: region rows {r0}:{r1}, cols {c0}:{c1} is empty or outside shape "
             f"{matrix.shape} of {matrix!r}; pass (r0, r1, c0, c1) with r0 < r1 <= rows."
         )
+    check_representable(matrix.dtype, where=f"load({matrix!r})")
     shape = (r1 - r0, c1 - c0)
-    sharding = default_sharding(shape) if sharding is None else sharding
+    if sharding is None:
+        sharding = default_sharding(shape)
+    check_sharding(shape, sharding, where="load")
     with translate_errors("load", matrix.location), Window(budget_bytes) as window:
         tile = start_tile(matrix, region, sharding, window=window)
     return tile.result()
