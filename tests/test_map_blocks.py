@@ -1,8 +1,12 @@
 """map_blocks against a numpy loop over the block indices: stores, ragged blocks (fn sees
-their true shapes), block_idx, alignment (the notebook's distance function), dtypes,
-one compile per block shape, and every error message."""
+their true shapes), block_idx, alignment (the notebook's distance function), dtypes, an
+existing out's block shape, one compile per block shape (RunStats), and every error."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +14,10 @@ import numpy as np
 import pytest
 
 import jaxwren as jw
+from jaxwren.config import RunSpec
+from jaxwren.engine.run import run
 from jaxwren.linalg.distances import pairwise_sq_distances
-from jaxwren.linalg.map_blocks import map_blocks
+from jaxwren.linalg.map_blocks import MapBlocks, map_blocks
 from tests.helpers import mem, rand, tolerance
 
 
@@ -101,25 +107,76 @@ def double(x):
 
 
 def test_each_block_shape_compiles_once():
-    compiles = []
-
-    def listener(event, duration, **_):
-        if "backend_compile" in event:
-            compiles.append(event)
-
     a = rand((53, 47), seed=7)
     A = jw.from_numpy(a, mem("cc-a"), (8, 8))
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    first = run(MapBlocks(double, 1), (A,), mem("cc-o"))
+    again = run(MapBlocks(double, 1), (jw.from_numpy(-a, mem("cc-b"), (8, 8)),), mem("cc-o2"))
+    np.testing.assert_array_equal(first.value.numpy(), 2 * a)
+    np.testing.assert_array_equal(again.value.numpy(), -2 * a)
+    assert 1 <= first.stats.compiles <= 4, first.stats  # interior, right, bottom, corner
+    assert again.stats.compiles == 0, again.stats
+
+
+def test_existing_out_url_maps_its_own_blocks(store):
+    a, b = rand((37, 29), seed=8), rand((37, 29), seed=9)
+    A = jw.from_numpy(a, store.url("a"), (8, 7), storage=store.config)
+    url = store.url("o")
+    jw.BigMatrix.create(url, (37, 29), (10, 9), "float64", storage=store.config)
+    ref = numpy_map(lambda x, y, ij: x * 2 - y + 100 * ij[0] + ij[1], a.shape, (10, 9), a, b)
+    spec = RunSpec(storage=store.config)
+    got = run(MapBlocks(mix, 2), (A, b), url, spec)
+    assert got.value.block_shape == (10, 9)
+    np.testing.assert_allclose(got.value.numpy(), ref, **tolerance("float64"))
+    # 2 interior tiles (2 x 4 blocks each), one right column, one bottom row, the corner
+    assert (got.stats.steps_run, got.stats.steps_skipped) == (5, 0), got.stats
+    assert got.stats.bytes_written == a.nbytes and got.stats.bytes_read > 0
+    # a user function cannot be identified: the same call computes again, never reuses
+    b2 = b + 1
+    again = run(MapBlocks(mix, 2), (A, b2), url, spec)
+    assert (again.stats.steps_run, again.stats.steps_skipped) == (5, 0), again.stats
+    np.testing.assert_allclose(again.value.numpy(), ref - 1, **tolerance("float64"))
+    out = map_blocks(mix, A, b, out=url, storage=store.config)  # the public function too
+    np.testing.assert_allclose(out.numpy(), ref, **tolerance("float64"))
+    with pytest.raises(jw.ShapeMismatchError, match=r"block_shape=\(8, 7\) differs from the "
+                       r"block shape \(10, 9\) of out"):  # fmt: skip
+        map_blocks(mix, A, b, out=url, block_shape=(8, 7), storage=store.config)
+    np.testing.assert_allclose(out.numpy(), ref, **tolerance("float64"))  # left as it was
+
+
+_NO_X64 = """
+import numpy as np
+import jax
+import jaxwren as jw
+assert not jax.config.jax_enable_x64
+for dtype in ("float64", "int64"):
+    for call in (lambda: jw.map_blocks(lambda x: x, np.ones((4, 4), dtype)),
+                 lambda: jw.map_blocks(lambda x, y: y, np.ones((4, 4), "float32"),
+                                       np.ones((4, 4), dtype), out="memory://never")):
+        try:
+            call()
+        except jw.DTypeMismatchError as e:
+            assert "jax_enable_x64" in str(e) and dtype in str(e), str(e)
+        else:
+            raise SystemExit(f"{dtype}: no DTypeMismatchError")
     try:
-        out = map_blocks(double, A, out=mem("cc-o"))
-        first = len(compiles)
-        out2 = map_blocks(double, jw.from_numpy(-a, mem("cc-b"), (8, 8)), out=mem("cc-o2"))
-    finally:
-        jax.monitoring.clear_event_listeners()
-    np.testing.assert_array_equal(out.numpy(), 2 * a)
-    np.testing.assert_array_equal(out2.numpy(), -2 * a)
-    assert 1 <= first <= 4, first  # 4 block shapes: interior, right, bottom, corner
-    assert len(compiles) == first
+        jw.BigMatrix.open("memory://never")
+    except jw.MatrixNotFoundError:
+        pass
+    else:
+        raise SystemExit("an out was created")
+print("refused")
+"""
+
+
+def test_64_bit_inputs_without_x64_are_refused(tmp_path):
+    # a subprocess: tests/conftest.py turns x64 on in this one, and no test changes it
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["PYTHONPATH"] = os.getcwd()
+    script = tmp_path / "no_x64.py"
+    script.write_text(_NO_X64)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_errors_before_anything_is_written():
@@ -143,10 +200,13 @@ def test_errors_before_anything_is_written():
     with pytest.raises(jw.ConfigError, match=r"fn could not be traced on blocks of shapes "
                        r"\[\(2, 2\)\]: TypeError"):  # fmt: skip
         map_blocks(lambda x: x + "s", A, out=never)
-    with pytest.raises(jw.MemoryBudgetError, match=r"pass a smaller block_shape"):
+    with pytest.raises(jw.MemoryBudgetError, match=r"smallest plan .* needs .* but "
+                       r"memory_budget is 100 bytes"):  # fmt: skip
         map_blocks(double, A, out=never, memory_budget=100)
-    with pytest.raises(jw.ShapeMismatchError, match="is also input #0"):
+    with pytest.raises(jw.OutputConflictError, match=r"out \(memory://e-a-\d+\) is input #0"):
         map_blocks(double, A, out=A)
+    with pytest.raises(jw.ConfigError, match="block_shape=.* must be two positive ints"):
+        map_blocks(double, A, out=never, block_shape=(0, 2))
     bad = jw.BigMatrix.create(mem("e-bad"), (6, 5), (2, 2), "float64")
     with pytest.raises(jw.ShapeMismatchError, match=r"must have shape \(6, 4\)"):
         map_blocks(double, A, out=bad)

@@ -18,6 +18,11 @@ corner         1 x 1                 ``P(None, None)`` (each device computes it)
 
 Tiles at the grid's edge may hold fewer blocks than devices; the spare devices compute
 ``fn`` on zero blocks and their results are dropped.
+
+The operation is :class:`MapBlocks` on the pipeline (``engine.run``): the output's block
+shape is an existing ``out``'s (its blocks are what ``fn`` maps), else ``block_shape``,
+else the inputs'. A user function cannot be identified, so a stored result is never
+reused: every call computes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,109 +41,29 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import StorageConfig, format_bytes
-from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
-from jaxwren.engine.runner import execute
-from jaxwren.errors import ConfigError, MemoryBudgetError, ShapeMismatchError
-from jaxwren.linalg.common import operand, prepare_out
-from jaxwren.sharding.mesh import COLS, ROWS, check_mesh, default_sharding
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import check_representable
+from jaxwren.engine.plan import Plan, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import ConfigError, ShapeMismatchError
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.block_grid import (
+    BlockClass,
+    block_classes,
+    check_align,
+    default_block,
+    grid_tiles,
+    out_shape,
+    tile_bytes,
+    tile_read,
+    tile_specs,
+)
+from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
 
-__all__ = ["map_blocks"]
-
-ALL = (ROWS, COLS)
-_LABELS = frozenset("ij.")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Class:
-    """Blocks of one shape, taken ``count`` at a time along each axis of the tile."""
-
-    name: str
-    rows: range  # block-row indices of the class
-    cols: range  # block-column indices
-    block: tuple[int, int]  # (bh, bw): the blocks' true shape
-    count: tuple[int, int]  # blocks per tile along rows, cols
-    axes: tuple[Any, Any]  # mesh axis (or axes, or None) along rows, cols
-
-
-def _classes(shape: tuple[int, int], block: tuple[int, int], mesh: Mesh) -> list[_Class]:
-    (m, n), (bm, bn) = shape, block
-    fi, fj = m // bm, n // bn  # full block rows / cols
-    rm, rn = m - fi * bm, n - fj * bn
-    r, c, nd = mesh.shape[ROWS], mesh.shape[COLS], mesh.size
-    out = [
-        _Class("interior", range(fi), range(fj), (bm, bn), (r, c), (ROWS, COLS)),
-        _Class("right", range(fi), range(fj, fj + 1), (bm, rn), (nd, 1), (ALL, None)),
-        _Class("bottom", range(fi, fi + 1), range(fj), (rm, bn), (1, nd), (None, ALL)),
-        _Class("corner", range(fi, fi + 1), range(fj, fj + 1), (rm, rn), (1, 1), (None, None)),
-    ]
-    return [k for k in out if len(k.rows) and len(k.cols) and min(k.block) > 0]
-
-
-def _check_align(align: Any, inputs: Sequence[Any]) -> tuple[str, ...]:
-    if align is None:
-        return ("ij",) * len(inputs)
-    given = align
-    align = (align,) * len(inputs) if isinstance(align, str) else tuple(align)
-    ok = len(align) == len(inputs) and all(
-        isinstance(a, str) and len(a) == 2 and set(a) <= _LABELS and a.count("i") < 2
-        and a.count("j") < 2 for a in align
-    )  # fmt: skip
-    if not ok:
-        raise ConfigError(
-            f"map_blocks: align must give one 2-letter string per input ({len(inputs)}) "
-            "made of 'i' (this axis follows the output's block rows), 'j' (its block "
-            f"columns) and '.' (passed whole), e.g. ('ij', 'i.', 'j.'); got {given!r}."
-        )
-    return align
-
-
-def _out_shape(inputs: Sequence[Any], align: Sequence[str]) -> tuple[int, int]:
-    """The output extent along rows ('i') and columns ('j'), agreed by every input."""
-    extent: dict[str, set[int]] = {"i": set(), "j": set()}
-    for x, a in zip(inputs, align, strict=True):
-        for label, size in zip(a, x.shape, strict=True):
-            if label != ".":
-                extent[label].add(size)
-    for label, what in (("i", "rows"), ("j", "columns")):
-        if len(extent[label]) != 1:
-            shapes = [tuple(x.shape) for x in inputs]
-            raise ShapeMismatchError(
-                f"map_blocks: the inputs (shapes {shapes}, align {tuple(align)}) must agree "
-                f"on one output extent along {what} ('{label}'), got "
-                f"{sorted(extent[label]) or 'none'}; give every input the output's shape, "
-                "or align at least one axis of some input with each output axis."
-            )
-    return extent["i"].pop(), extent["j"].pop()
-
-
-def _default_block(inputs: Sequence[Any], align: Sequence[str],
-                   shape: tuple[int, int]) -> tuple[int, int]:  # fmt: skip
-    found: dict[str, int] = {}
-    for x, a in zip(inputs, align, strict=True):
-        for ax, label in enumerate(a):
-            if isinstance(x, BigMatrix) and label != "." and label not in found:
-                found[label] = x.block_shape[ax]
-    return min(found.get("i", 1024), shape[0]), min(found.get("j", 1024), shape[1])
-
-
-def _tile_axis(label: str, cls: _Class, extent: int) -> tuple[int, Any]:
-    """(tile extent, mesh axis) of an input axis aligned by ``label`` in class ``cls``."""
-    if label == ".":
-        return extent, None
-    ax = "ij".index(label)
-    return cls.count[ax] * cls.block[ax], cls.axes[ax]
-
-
-def _specs(cls: _Class, inputs: Sequence[Any], align: Sequence[str]) -> list[tuple]:
-    """Per input: (tile shape, PartitionSpec)."""
-    out = []
-    for x, a in zip(inputs, align, strict=True):
-        t = [_tile_axis(label, cls, size) for label, size in zip(a, x.shape, strict=True)]
-        out.append(((t[0][0], t[1][0]), P(t[0][1], t[1][1])))
-    return out
+__all__ = ["MapBlocks", "map_blocks"]
 
 
 def _wants_block_idx(fn: Callable) -> bool:
@@ -149,11 +73,11 @@ def _wants_block_idx(fn: Callable) -> bool:
         return False
 
 
-def _block_of(fn: Callable, cls: _Class, inputs: Sequence[Any], align: Sequence[str],
+def _block_of(fn: Callable, cls: BlockClass, inputs: Sequence[Any], align: Sequence[str],
               dtypes: Sequence[Any]) -> jax.ShapeDtypeStruct:  # fmt: skip
     """What ``fn`` returns for one block of ``cls`` (traced abstractly, nothing runs)."""
     args = []
-    for (shape, _), a in zip(_specs(cls, inputs, align), align, strict=True):
+    for (shape, _), a in zip(tile_specs(cls, inputs, align), align, strict=True):
         per = tuple(e if lab == "." else cls.block["ij".index(lab)]
                     for e, lab in zip(shape, a, strict=True))  # fmt: skip
         args.append(jax.ShapeDtypeStruct(per, dtypes[len(args)]))
@@ -176,7 +100,7 @@ def _block_of(fn: Callable, cls: _Class, inputs: Sequence[Any], align: Sequence[
 
 
 @functools.lru_cache(maxsize=64)  # bounded: keyed by user functions
-def _kernel(fn: Callable, cls: _Class, mesh: Mesh, in_specs: tuple, wants_idx: bool,
+def _kernel(fn: Callable, cls: BlockClass, mesh: Mesh, in_specs: tuple, wants_idx: bool,
             dtype: Any) -> Callable:  # fmt: skip
     """One compiled step per class: each device applies fn to its own block."""
 
@@ -200,56 +124,131 @@ def _kernel(fn: Callable, cls: _Class, mesh: Mesh, in_specs: tuple, wants_idx: b
     return step
 
 
-def _tile_bytes(shape: tuple[int, int], spec: P, mesh: Mesh, itemsize: int) -> int:
-    """Bytes of a tile on the devices: replicated along mesh axes its spec does not use."""
-    used = [a for p in spec if p is not None for a in (p if isinstance(p, tuple) else (p,))]
-    shards = math.prod(mesh.shape[a] for a in used)
-    return math.prod(shape) * itemsize * (mesh.size // shards)
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """What ``check`` found: the alignment, input dtypes, output shape and the block
+    shape of an output that does not exist yet (explicit or from the inputs)."""
+
+    align: tuple[str, ...]
+    dtypes: tuple[np.dtype, ...]
+    shape: tuple[int, int]
+    block: tuple[int, int]
 
 
-def _plan(fn: Callable, inputs: Sequence[Any], align: Sequence[str], dtypes: Sequence[Any],
-          classes: list[_Class], block: tuple[int, int], target: Any, mesh: Mesh,
-          out_dtype: np.dtype, prefetch: int,
-          returned: int) -> tuple[Plan, list[tuple[int, ...]]]:  # fmt: skip
-    """Steps over every tile of every class; also each step's (r0, c0, rows, cols)."""
-    steps, places, worst = [], [], 0
+def _projected(classes: Sequence[BlockClass], inputs: Sequence[Any], data: _Data, mesh: Mesh,
+               out_dtype: np.dtype, returned: int, prefetch: int) -> int:  # fmt: skip
+    """Peak bytes: the worst class's tiles in flight (on the devices and staged on the
+    host), its output tile and the one being written, plus a returned result."""
+    worst = 0
     for cls in classes:
-        specs = _specs(cls, inputs, align)
-        kern = _kernel(fn, cls, mesh, tuple(p for _, p in specs), _wants_block_idx(fn),
-                       out_dtype)  # fmt: skip
-        out_shape = (cls.count[0] * cls.block[0], cls.count[1] * cls.block[1])
-        dev = sum(_tile_bytes(s, p, mesh, np.dtype(t).itemsize)
-                  for (s, p), t in zip(specs, dtypes, strict=True))  # fmt: skip
-        host = sum(
-            math.prod(s) * np.dtype(t).itemsize for (s, _), t in zip(specs, dtypes, strict=True)
-        )
-        outb = _tile_bytes(out_shape, P(*cls.axes), mesh, out_dtype.itemsize)
+        specs = tile_specs(cls, inputs, data.align)
+        dev = sum(tile_bytes(s, p, mesh, t.itemsize)
+                  for (s, p), t in zip(specs, data.dtypes, strict=True))  # fmt: skip
+        host = sum(math.prod(s) * t.itemsize for (s, _), t in zip(specs, data.dtypes, strict=True))
+        out_tile = (cls.count[0] * cls.block[0], cls.count[1] * cls.block[1])
+        outb = tile_bytes(out_tile, P(*cls.axes), mesh, out_dtype.itemsize)
         worst = max(worst, (prefetch + 1) * (dev + outb) + prefetch * host + 2 * outb)
-        for bi0, bj0 in itertools.product(cls.rows[:: cls.count[0]], cls.cols[:: cls.count[1]]):
-            nb = (min(cls.count[0], cls.rows.stop - bi0), min(cls.count[1], cls.cols.stop - bj0))
-            origin = (bi0 * block[0], bj0 * block[1])  # full blocks come first
-            size = (nb[0] * cls.block[0], nb[1] * cls.block[1])
-            reads = tuple(_read(x, a, cls, origin, nb, s, p, t, mesh) for x, a, (s, p), t
-                          in zip(inputs, align, specs, dtypes, strict=True))  # fmt: skip
-            kernel = functools.partial(kern, origin=(np.int32(bi0), np.int32(bj0)))
-            steps.append(Step(reads, kernel, (Write(target, origin, size),),
-                              label=f"{cls.name} block ({bi0}, {bj0})"))  # fmt: skip
-            places.append((*origin, *size))
-    projected = worst + returned
-    return Plan("map_blocks", steps, None, projected, projected,
-                f"{len(steps)} tiles in {len(classes)} block shape(s)"), places  # fmt: skip
+    return worst + returned
 
 
-def _read(x: Any, a: str, cls: _Class, origin: tuple[int, int], nb: tuple[int, int],
-          shape: tuple[int, int], spec: P, dtype: Any, mesh: Mesh) -> Read:  # fmt: skip
-    region = []
-    for label, size in zip(a, x.shape, strict=True):
-        if label == ".":
-            region += [0, size]
-        else:
-            ax = "ij".index(label)
-            region += [origin[ax], origin[ax] + nb[ax] * cls.block[ax]]
-    return Read(x, tuple(region), shape, NamedSharding(mesh, spec), dtype)  # type: ignore[arg-type]
+class MapBlocks(Op):
+    """``out[I, J] = fn(*aligned input blocks, block_idx=(I, J))``, one block per device.
+
+    Args:
+      fn: the block function (see :func:`map_blocks`).
+      n_inputs: how many input matrices ``run`` gets.
+      align: per-input alignment strings (None: ``'ij'`` for every input).
+      block_shape: the output's block shape (None: an existing out's, else the inputs').
+    """
+
+    name = "map_blocks"
+
+    def __init__(self, fn: Callable[..., Any], n_inputs: int, *, align: Any = None,
+                 block_shape: tuple[int, int] | None = None) -> None:  # fmt: skip
+        self.fn = fn
+        self.align = align
+        self.block_shape = block_shape
+        self.operand_names = tuple(f"input #{i}" for i in range(n_inputs))
+
+    def check(self, operands: Sequence[Any], mesh: Mesh) -> Problem:
+        if not operands:
+            raise ConfigError("map_blocks: pass at least one input matrix after fn.")
+        align = check_align(self.align, operands)
+        shape = out_shape(operands, align)
+        dtypes = tuple(np.dtype(x.dtype) for x in operands)
+        for i, dt in enumerate(dtypes):
+            check_representable(dt, where=f"map_blocks(input #{i})")
+        block = self.block_shape or default_block(operands, align, shape)
+        data = _Data(align, dtypes, shape, (min(block[0], shape[0]), min(block[1], shape[1])))
+        first = block_classes(shape, data.block, mesh)[0]
+        out_dtype = np.dtype(_block_of(self.fn, first, operands, align, dtypes).dtype)
+        check_dtype(out_dtype, where="map_blocks(fn's result)")
+        out = Output("out", shape, out_dtype, data.block)
+        return Problem(tuple(operands), (out,), None, mesh, data)  # params None: never reused
+
+    def _block(self, problem: Problem, stored: tuple[int, int] | None) -> tuple[int, int]:
+        """The output's block shape: a stored output's (an existing one's own), which an
+        explicit ``block_shape`` must agree with."""
+        data: _Data = problem.data
+        if stored is None:
+            return data.block
+        if self.block_shape is not None and tuple(stored) != data.block:
+            raise ShapeMismatchError(
+                f"map_blocks: block_shape={tuple(self.block_shape)} differs from the block "
+                f"shape {tuple(stored)} of out, whose blocks fn maps; leave block_shape out "
+                "to map out's blocks, or pass a new out URL."
+            )
+        return tuple(stored)  # type: ignore[return-value]
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        """One tiling: the output's blocks, one per device (fn is traced on every block
+        shape here, so a wrong result shape is refused before anything is written)."""
+        data: _Data = problem.data
+        (out,), stored = problem.outputs, targets["out"]
+        block = self._block(problem, stored)
+        classes = block_classes(data.shape, block, problem.mesh)
+        for cls in classes:
+            _block_of(self.fn, cls, problem.sources, data.align, data.dtypes)
+        returned = 0 if stored is not None else 2 * math.prod(data.shape) * out.dtype.itemsize
+        proj = functools.partial(_projected, classes, problem.sources, data, problem.mesh,
+                                 out.dtype, returned)  # fmt: skip
+        return [Candidate(block, proj, 0, True)]
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        """A step per tile of every class; each writes its blocks (or returns them)."""
+        data: _Data = problem.data
+        mesh, out_dtype, target = problem.mesh, problem.outputs[0].dtype, targets["out"]
+        classes = block_classes(data.shape, tiling, mesh)
+        wants_idx, kernels, steps = _wants_block_idx(self.fn), {}, []
+        for cls, (bi0, bj0), nb, origin, size in grid_tiles(classes, tiling):
+            specs = tile_specs(cls, problem.sources, data.align)
+            if cls not in kernels:
+                in_specs = tuple(p for _, p in specs)
+                kernels[cls] = _kernel(self.fn, cls, mesh, in_specs, wants_idx, out_dtype)
+            reads = tuple(tile_read(x, a, cls, origin, nb, s, p, t, mesh) for x, a, (s, p), t
+                          in zip(problem.sources, data.align, specs, data.dtypes,
+                                 strict=True))  # fmt: skip
+            rec = resume.key(f"{tiling[0]}x{tiling[1]}-{bi0}-{bj0}")
+            kernel = functools.partial(kernels[cls], origin=(np.int32(bi0), np.int32(bj0)))
+            steps.append(Step(reads, kernel, (Write(target, origin, size, record=rec),),
+                              label=f"{cls.name} block ({bi0}, {bj0})",
+                              skip=resume.done(rec)))  # fmt: skip
+        proj = _projected(classes, problem.sources, data, mesh, out_dtype, 0, prefetch)
+        tiles = f"{len(steps)} tiles of {tiling} blocks in {len(classes)} block shape(s)"
+        return Plan("map_blocks", steps, None, proj, proj, tiles)
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        """The stored out, or the returned tiles assembled (sharded ``default_sharding``)."""
+        if targets["out"] is not None:
+            return targets["out"]
+        data: _Data = problem.data
+        (out,) = problem.outputs
+        result = np.empty(data.shape, out.dtype)
+        tiles = grid_tiles(block_classes(data.shape, data.block, problem.mesh), data.block)
+        for tile, (*_, (r0, c0), (h, w)) in zip(returned, tiles, strict=True):
+            result[r0 : r0 + h, c0 : c0 + w] = to_host(tile)[:h, :w]
+        return jax.device_put(result, default_sharding(data.shape, problem.mesh))
 
 
 def map_blocks(
@@ -286,7 +285,9 @@ def map_blocks(
         parameter it gets the block index as a pair of traced int32 scalars.
       *inputs: BigMatrix, jax.Array or numpy arrays (2-D, non-empty).
       out: None to return a jax.Array (sharded as ``default_sharding``); a URL or
-        BigMatrix to store the result (an existing one must match shape and dtype).
+        BigMatrix to store the result (an existing one must match shape and dtype, and
+        its blocks are the blocks ``fn`` maps). A user function cannot be identified, so
+        a stored result is always recomputed, never reused.
       align: per-input alignment strings (one string: the same for all); default ``'ij'``.
       block_shape: the output's block shape (default: an existing ``out``'s, else the
         block of the first BigMatrix input along each aligned axis, else 1024).
@@ -297,46 +298,19 @@ def map_blocks(
       The result: a jax.Array or the BigMatrix ``out``.
 
     Raises:
-      ConfigError: bad ``align``, no inputs, or ``fn`` cannot be traced on the blocks.
+      ConfigError: bad ``align`` or ``block_shape``, no inputs, or ``fn`` cannot be
+        traced on the blocks.
       ShapeMismatchError: inputs that do not agree on the output extent, ``fn`` returning
-        another shape, ``out`` of the wrong shape/dtype or aliasing an input.
+        another shape, ``out`` of the wrong shape/dtype, ``block_shape`` differing from an
+        existing ``out``'s.
+      OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
+      DTypeMismatchError: 64-bit inputs while JAX runs 32-bit.
       MemoryBudgetError: the tiles do not fit ``memory_budget`` (try a smaller
         ``block_shape``). Every check runs before anything is written.
     """
     if not inputs:
         raise ConfigError("map_blocks: pass at least one input matrix after fn.")
-    srcs = [operand(x, name=f"input #{i}", where="map_blocks") for i, x in enumerate(inputs)]
-    align = _check_align(align, srcs)
-    shape = _out_shape(srcs, align)
-    if isinstance(out, BigMatrix):
-        block_shape = out.block_shape
-    block = tuple(block_shape) if block_shape is not None else _default_block(srcs, align, shape)
-    mesh = check_mesh(mesh, where="map_blocks")
-    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
-    dtypes = [np.dtype(x.dtype) for x in srcs]
-    classes = _classes(shape, block, mesh)  # type: ignore[arg-type]
-    out_dtype = np.dtype(_block_of(fn, classes[0], srcs, align, dtypes).dtype)
-    for cls in classes[1:]:
-        _block_of(fn, cls, srcs, align, dtypes)
-    target = prepare_out(out, shape=shape, dtype=out_dtype, block_shape=block,  # type: ignore[arg-type]
-                         inputs=srcs, where="map_blocks", storage=storage)  # fmt: skip
-    returned = 2 * math.prod(shape) * out_dtype.itemsize if target.returned else 0
-    plan, places = _plan(fn, srcs, align, dtypes, classes, block, None, mesh, out_dtype,  # type: ignore[arg-type]
-                         prefetch, returned)  # fmt: skip
-    if plan.projected_bytes > budget:
-        raise MemoryBudgetError(
-            f"map_blocks: tiles of {block} blocks need {format_bytes(plan.projected_bytes)} "
-            f"but memory_budget is {format_bytes(budget)}; pass a smaller block_shape"
-            f"{' or store the result with out=URL' if target.returned else ''}."
-        )
-    matrix = target.materialize()
-    if matrix is not None:  # the same plan, writing to the store
-        plan, _ = _plan(fn, srcs, align, dtypes, classes, block, matrix, mesh, out_dtype,  # type: ignore[arg-type]
-                        prefetch, returned)  # fmt: skip
-    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    if matrix is not None:
-        return matrix
-    result = np.empty(shape, out_dtype)
-    for tile, (r0, c0, h, w) in zip(outs, places, strict=True):
-        result[r0 : r0 + h, c0 : c0 + w] = to_host(tile)[:h, :w]
-    return jax.device_put(result, default_sharding(shape, mesh))
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
+                   prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    op = MapBlocks(fn, len(inputs), align=align, block_shape=spec.block_shape)
+    return run(op, inputs, out, spec).value
