@@ -215,3 +215,12 @@ def test_errors_before_anything_is_written():
     with pytest.raises(jw.MatrixNotFoundError):
         jw.BigMatrix.open(never)  # nothing was created
     assert bad.block_idxs_exist == set()
+
+
+def test_explicit_mesh_result_is_on_the_callers_mesh():
+    mesh = jax.make_mesh((2, 4), ("rows", "cols"))  # Explicit axes
+    a = rand((24, 16), seed=10)
+    got = map_blocks(mix, a, a, block_shape=(5, 3), mesh=mesh)
+    assert got.sharding.mesh == mesh
+    ref = numpy_map(lambda x, y, ij: x * 2 - y + 100 * ij[0] + ij[1], a.shape, (5, 3), a, a)
+    np.testing.assert_allclose(np.asarray(got), ref, **tolerance("float64"))
