@@ -1,10 +1,11 @@
 """Blocked algorithms, one per module, all planned and run by jaxwren.engine."""
 
 from jaxwren.linalg.cholesky import cholesky
-from jaxwren.linalg.distances import argmin, pairwise_sq_distances
+from jaxwren.linalg.distances import pairwise_sq_distances
 from jaxwren.linalg.map_blocks import map_blocks
 from jaxwren.linalg.matmul import matmul
 from jaxwren.linalg.neighbors import nearest_neighbors
+from jaxwren.linalg.reduce import argmin
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
 
 __all__ = [

@@ -1,26 +1,20 @@
 """Fused k-nearest-neighbour search: distance tiles reduced to a running top-k on the devices.
 
-One plan on the engine: for each query tile Q_I (carried on the devices while it is in
-use) the data tiles X_J stream through (prefetched), and every step folds the squared
-distances ``||q||^2 - 2 q . x + ||x||^2`` of Q_I x X_J into a running top-k carried in the
-step state. The distance matrix is never materialised: inside a step each device works on
-chunks of at most a few MiB. The tiling comes from one search over a cost model (GEMM
-efficiency of the chunks, IO, steps) within the budget: a small problem is a plan with
-one step; a large one that fits keeps all queries in one tile and still cuts the data
-into a few tiles, so that reading overlaps computing.
+:class:`NearestNeighbors` is an Op on the pipeline: for each query tile Q_I (carried on
+the devices while it is in use) the data tiles X_J stream through (prefetched), and every
+step folds the squared distances of Q_I x X_J into a running top-k carried in the step
+state (the kernels: :mod:`jaxwren.linalg.neighbors_kernel`). The distance matrix is never
+materialised: inside a step each device works on chunks of at most a few MiB. The
+candidate tilings come with a cost model (GEMM efficiency of the chunks, IO, steps): a
+small problem is a plan with one step; a large one that fits keeps all queries in one
+tile and still cuts the data into a few tiles, so that reading overlaps computing.
 
 Layout: query tiles are split by rows over all devices, ``P(('rows', 'cols'), None)``,
-and the top-k of a query lives on the device that owns it, so no merge across devices is
-ever needed and no compiled kernel holds a collective (devices never wait on each other;
-XLA:CPU's in-process collectives could deadlock with many launches in flight). Data tiles
-are either broadcast (``P(None, None)``: every device gets the whole tile) or, when the
-budget cannot hold a copy per device, split by rows like the queries and passed around
-the ring of devices by runtime device-to-device copies — no operand is replicated. On
-CPU devices (which share host memory) the moved shards are views of the same buffers
-and all hops run in one launch; elsewhere each hop is a launch. The tiling search picks
-the faster layout that fits.
-
-Ties go to the lowest index: candidates are merged by (distance, index).
+so no merge across devices is ever needed. Data tiles are either broadcast (every device
+gets the whole tile) or, when the budget cannot hold a copy per device, split by rows
+like the queries and passed around the ring of devices — no operand is replicated. The
+tiling choice picks the faster layout that fits. With ``out``, the results are stored at
+``OUT/indices`` and ``OUT/sq_distances`` with a record per query tile (resumable).
 """
 
 from __future__ import annotations
@@ -28,44 +22,30 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
-from jaxwren.engine.runner import execute
-from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
-from jaxwren.linalg.common import (
-    is_complete,
-    mark_complete,
-    prepare_out,
-    record_prefix,
-    tile_candidates,
-)
-from jaxwren.linalg.distances import (
-    ALL,
-    HIGHEST,
-    budget_error,
-    compute_dtype,
-    granule,
-    non_finite_error,
-    row_operands,
-    search_tiling,
-)
-from jaxwren.sharding import multihost
-from jaxwren.sharding.mesh import check_mesh, default_sharding
-from jaxwren.sharding.multihost import finished_records, to_host
-from jaxwren.sharding.tiles import shard_bounds
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import ConfigError, ShapeMismatchError
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.common import tile_candidates
+from jaxwren.linalg.distances import ALL, BIG, check_row_sets, granule, non_finite_error
+from jaxwren.linalg.neighbors_kernel import Config, on_cpu, step
+from jaxwren.sharding.mesh import default_sharding
+from jaxwren.sharding.multihost import to_host
+from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["nearest_neighbors", "choose_tiling", "search", "Tiling"]
+__all__ = ["NearestNeighbors", "Tiling", "nearest_neighbors"]
 
-BIG = np.iinfo(np.int32).max  # the index of "no neighbour yet"
 # (query rows, data rows) per device per chunk, at most: the chunk's distances are
 # the only intermediate, so its size is what the budget trades against tile sizes.
 _CHUNKS = tuple(itertools.product((2048, 1024, 512, 256, 128, 64), (1024, 512, 256, 128, 64)))
@@ -77,34 +57,26 @@ _FLOPS, _IO, _STEP, _RING = 1e11, 1e9, 2e-3, 1.05
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """A tiling of the search (see :func:`choose_tiling`)."""
+    """A tiling of the search."""
 
     tq: int  # query rows per tile (a multiple of devices x qc)
     tn: int  # data rows per tile (a multiple of the devices for the ring)
     qc: int  # query rows per device per chunk
     cw: int  # data rows per device per chunk
     ring: bool  # data tiles split over the devices and passed around (else broadcast)
-    projected: int
 
 
 @dataclasses.dataclass(frozen=True)
-class _Config:
-    """What the compiled kernels depend on besides tile shapes (hashable: a cache key)."""
+class _Sizes:
+    """What the memory and cost models depend on besides the tiling."""
 
-    mesh: Mesh
+    m: int  # queries
+    n: int  # data rows
+    d: int  # features
     k: int
-    exclude_self: bool
-    m: int
-    n: int
-    qc: int
-    cw: int
-    ring: bool
-    fused: bool  # the ring's hops in one launch (CPU devices: moved shards are free views)
-
-
-def _on_cpu(mesh: Mesh) -> bool:
-    """CPU devices share host memory: a shard moved to another device is a view."""
-    return all(d.platform == "cpu" for d in mesh.devices.flat)
+    s: int  # bytes per element of the compute dtype
+    nd: int  # devices
+    cpu: bool  # CPU devices (the ring's moved shards are views)
 
 
 def _chunk(rows: int, chunk: int) -> int:
@@ -112,275 +84,46 @@ def _chunk(rows: int, chunk: int) -> int:
     return -(-rows // -(-rows // chunk))
 
 
-def _options(q: Any, x: Any, nd: int) -> set[tuple[int, int, int, int, bool]]:
-    """(tq, tn, qc, cw, ring): query tiles padded to whole chunks on every device; data
-    tiles whole blocks (a multiple of the devices for the ring), the last chunk ragged."""
-    (m, _), n = q.shape, x.shape[0]
-    out = set()
-    cand_q = tile_candidates(m, granule(q, 0), nd)
+def _options(z: _Sizes, gq: int, gx: int) -> set[Tiling]:
+    """Query tiles padded to whole chunks on every device (rows in multiples of ``gq``);
+    data tiles whole blocks of ``gx`` rows (a multiple of the devices for the ring), the
+    last chunk ragged."""
+    out, nd = set(), z.nd
+    cand_q = tile_candidates(z.m, gq, nd)
     # the ring passes data shards between this process's devices only: one process alone
     rings = (True, False) if jax.process_count() == 1 else (False,)
     for (qc0, cw0), ring in itertools.product(_CHUNKS, rings):
-        cand_x = tile_candidates(n, granule(x, 0), nd if ring else 1)
+        cand_x = tile_candidates(z.n, gx, nd if ring else 1)
         for t1, t2 in itertools.product(cand_q, cand_x):
             qc = _chunk(t1 // nd, qc0)
             tq = nd * qc * -(-t1 // (nd * qc))
-            out.add((tq, t2, qc, _chunk(t2 // nd if ring else t2, cw0), ring))
+            out.add(Tiling(tq, t2, qc, _chunk(t2 // nd if ring else t2, cw0), ring))
     return out
 
 
-def choose_tiling(q: Any, x: Any, k: int, mesh: Mesh, budget: int, s: int,
-                  prefetch: int) -> Tiling:  # fmt: skip
-    """The tiling with the least modelled time (compute at the chunk's GEMM efficiency,
-    IO, steps) whose projected bytes fit ``budget``."""
-    (m, d), n, nd = q.shape, x.shape[0], mesh.size
-    cpu = _on_cpu(mesh)
-
-    def projected(o: tuple[int, int, int, int, bool]) -> int:
-        tq, tn, qc, cw, ring = o
-        queries = tq * d * s * (2 if tq < m else 1)  # carried; the next one placed
-        # in flight on the devices (one copy per device when broadcast), staged on the
-        # host, and the ring's copy in transit (none on CPU: a view)
-        copies = (prefetch + 1) * (1 if ring else nd) + prefetch + (ring and not cpu)
-        data = tn * d * s * copies
-        per_q, per_x = tq // nd, tn // nd if ring else tn
-        copies = (qc < per_q) * qc + (cw < per_x) * cw  # rows sliced out for a chunk
-        chunk = nd * (qc * cw * s * (2 if k > 1 else 1) + copies * d * s)
-        state = 3 * tq * k * (s + 4) + 2 * m * k * (s + 4) + 3 * (tq + tn) * s
-        return queries + data + chunk + state
-
-    def cost(o: tuple[int, int, int, int, bool]) -> float:
-        """Modelled seconds: compute, IO (its CPU work competes with compute on a CPU
-        host, so it is added), the first step's reads again (nothing overlaps them) and
-        a little per step."""
-        tq, tn, qc, cw, ring = o
-        gi, gj = -(-m // tq), -(-n // tn)
-        flops = 2.0 * gi * tq * gj * tn * d * (1 + 10 / qc + 10 / cw) * (_RING if ring else 1)
-        io = (m + n * gi) * d * s / _IO
-        return flops / _FLOPS + io + (tq + tn) * d * s / _IO + gi * gj * _STEP
-
-    best, smallest = search_tiling(_options(q, x, nd), projected, cost, budget)
-    if best is None:
-        raise budget_error("nearest_neighbors", f"queries {(m, d)} against data {(n, d)}",
-                           smallest, budget)  # fmt: skip
-    return Tiling(*best, projected(best))
+def _projected(z: _Sizes, t: Tiling, prefetch: int) -> int:
+    """Peak bytes: the carried query tile (and the next one), the data tiles in flight
+    (one copy per device when broadcast, staged on the host, the ring's copy in transit
+    except on CPU), the chunks' distances and slices, the top-k state."""
+    m, d, k, s, nd = z.m, z.d, z.k, z.s, z.nd
+    per_x = t.tn // nd if t.ring else t.tn
+    queries = t.tq * d * s * (2 if t.tq < m else 1)
+    copies = (prefetch + 1) * (1 if t.ring else nd) + prefetch + (t.ring and not z.cpu)
+    sliced = (t.qc < t.tq // nd) * t.qc + (t.cw < per_x) * t.cw  # rows sliced for a chunk
+    chunk = nd * (t.qc * t.cw * s * (2 if k > 1 else 1) + sliced * d * s)
+    state = 3 * t.tq * k * (s + 4) + 2 * m * k * (s + 4) + 3 * (t.tq + t.tn) * s
+    return queries + t.tn * d * s * copies + chunk + state
 
 
-# ------------------------------------------------------------------ kernels
-def _merge(best: tuple[jax.Array, jax.Array], dist: jax.Array, idx: jax.Array,
-           k: int) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """The k smallest by (distance, index) of ``best`` (sorted) and a chunk of distances
-    ``(rows, w)`` with global column indices ``idx``, all above those in ``best``."""
-    bd, bi = best
-    if k == 1:  # two vectorised reductions instead of a sort
-        mn = jnp.min(dist, axis=1)
-        ii = jnp.min(jnp.where(dist == mn[:, None], idx[None, :], BIG), axis=1)
-        better = mn < bd[:, 0]  # on a tie the carried one has the lower index
-        return jnp.where(better, mn, bd[:, 0])[:, None], jnp.where(better, ii, bi[:, 0])[:, None]
-    neg, pos = lax.top_k(-dist, min(k, dist.shape[1]))  # equal values: lower index first
-    cd = jnp.concatenate([bd, -neg], axis=1)
-    ci = jnp.concatenate([bi, idx[pos]], axis=1)
-    neg, pos = lax.top_k(-cd, k)  # best comes first: ties keep the index order
-    return -neg, jnp.take_along_axis(ci, pos, axis=1)
-
-
-def _merge_any(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array],
-               k: int) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """The k smallest by (distance, index) of two sorted candidate lists, in any order."""
-    cd, ci = (jnp.concatenate(pair, axis=1) for pair in zip(a, b, strict=True))
-    cd, ci = lax.sort((cd, ci), dimension=1, num_keys=2)
-    return cd[:, :k], ci[:, :k]
-
-
-def _local(cfg: _Config, q, qn, x, xn, best, qrow0, base):  # noqa: ANN001, ANN202
-    """One device: its queries against one data shard, chunk by chunk."""
-    qc, cw = cfg.qc, cfg.cw
-    nq, nc = q.shape[0] // qc, x.shape[0] // cw
-
-    def query_chunk(a, best):  # noqa: ANN001, ANN202
-        def rows_of(v):  # noqa: ANN001, ANN202
-            return v if nq == 1 else lax.dynamic_slice_in_dim(v, a * qc, qc)
-
-        qa, qna = rows_of(q), rows_of(qn)
-        part = tuple(rows_of(b) for b in best)
-        rows = qrow0 + a * qc + lax.iota(jnp.int32, qc)
-
-        def fold(part, xb, xnb, col0):  # noqa: ANN001, ANN202
-            cols = base + col0 + lax.iota(jnp.int32, xb.shape[0])
-            dot = jnp.einsum("ik,jk->ij", qa, xb, precision=HIGHEST)
-            dist = qna[:, None] + xnb[None, :] - 2 * dot
-            dist = jnp.where(dist > 0, dist, 0)  # clamp; also maps -0.0 to +0.0
-            if cfg.exclude_self:
-                dist = jnp.where(rows[:, None] == cols[None, :], jnp.inf, dist)
-            return _merge(part, dist, cols, cfg.k)
-
-        def data_chunk(b, part):  # noqa: ANN001, ANN202
-            xb, xnb = (lax.dynamic_slice_in_dim(v, b * cw, cw) for v in (x, xn))
-            return fold(part, xb, xnb, b * cw)
-
-        if nc == 1 and cw == x.shape[0]:  # one chunk: no slicing
-            part = fold(part, x, xn, 0)
-        else:
-            part = lax.fori_loop(0, nc, data_chunk, part)
-            if nc * cw < x.shape[0]:  # the ragged last chunk
-                part = fold(part, x[nc * cw :], xn[nc * cw :], nc * cw)
-        if nq == 1:
-            return part
-        return tuple(lax.dynamic_update_slice_in_dim(b, p, a * qc, 0)
-                     for b, p in zip(best, part, strict=True))  # fmt: skip
-
-    return lax.fori_loop(0, nq, query_chunk, best)
-
-
-def _first_bad(norms: jax.Array, rows: jax.Array, limit: Any) -> jax.Array:
-    """The first global row index below ``limit`` whose norm is not finite (or BIG)."""
-    return jnp.min(jnp.where(jnp.isfinite(norms) | (rows >= limit), BIG, rows))
-
-
-def _start(cfg: _Config, q, i0):  # noqa: ANN001, ANN202
-    """One device: its queries' norms, an empty top-k, and its first bad query row."""
-    rows = i0 + lax.axis_index(ALL) * q.shape[0] + lax.iota(jnp.int32, q.shape[0])
-    qn = jnp.sum(jnp.square(q), axis=1)
-    shape = (q.shape[0], cfg.k)
-    bad = jnp.stack([_first_bad(qn, rows, cfg.m), jnp.int32(BIG)])
-    return qn, jnp.full(shape, jnp.inf, q.dtype), jnp.full(shape, BIG, jnp.int32), bad
-
-
-def _update(cfg: _Config, q, qn, bd, bi, bad, *args):  # noqa: ANN001, ANN002, ANN202
-    """One device: fold its data rows into the top-k of its own queries — the whole tile
-    (broadcast), or ring shards: ``args = (*x_hops, shard, i0, j0)``, where hop h holds
-    shard ``shard - h`` (one hop per launch, or all of them when ``cfg.fused``), each
-    shard's top-k found afresh and merged by (distance, index). No collective: devices
-    never wait on each other."""
-    *xs, shard, i0, j0 = args
-    qrow0 = i0 + lax.axis_index(ALL) * q.shape[0]
-    best = (bd, bi)
-    fresh = tuple(lax.pcast(jnp.full(bd.shape, v, a.dtype), ALL, to="varying")
-                  for v, a in ((jnp.inf, bd), (BIG, bi)))  # fmt: skip
-    for h, x in enumerate(xs):
-        base = j0 + ((shard[0] - h) % cfg.mesh.size) * x.shape[0] if cfg.ring else j0
-        xn = jnp.sum(jnp.square(x), axis=1)
-        rows = base + lax.iota(jnp.int32, x.shape[0])
-        bad = bad.at[1].min(_first_bad(xn, rows, cfg.n))
-        xn = jnp.where(rows < cfg.n, xn, jnp.inf)  # padding rows: infinitely far
-        if not cfg.ring:  # data rows arrive in order: fold straight into the carried top-k
-            best = _local(cfg, q, qn, x, xn, best, qrow0, base)
-        else:
-            best = _merge_any(best, _local(cfg, q, qn, x, xn, fresh, qrow0, base), cfg.k)
-    return (*best, bad)
-
-
-@functools.lru_cache(maxsize=64)
-def _kernels(cfg: _Config) -> tuple[Any, Any]:
-    """``start(q, i0) -> (qn, state)``, ``update(q, qn, state, x, shard, i0, j0) -> state``:
-    state = (distances (tq, k), indices (tq, k), first bad [query, data] row per device),
-    all sharded by device, so that the kernels hold no collective."""
-    mesh = cfg.mesh
-    xs = P(ALL, None) if cfg.ring else P(None, None)  # data: split for the ring, else whole
-    rows, vec, rep = P(ALL, None), P(ALL), P()
-    st = (rows, rows, vec)
-
-    def sharded(fn, ins, outs, **kw):  # noqa: ANN001, ANN003, ANN202
-        mapped = jax.shard_map(functools.partial(fn, cfg), mesh=mesh, in_specs=ins,
-                               out_specs=outs)  # fmt: skip
-        named = functools.partial(jax.tree.map, lambda p: NamedSharding(mesh, p))
-        return jax.jit(mapped, in_shardings=named(ins), out_shardings=named(outs), **kw)
-
-    hops = cfg.mesh.size if cfg.fused else 1
-    start = sharded(_start, (rows, rep), (vec, *st))
-    update = sharded(_update, (rows, vec, *st, *(xs,) * hops, vec, rep, rep), st)
-    return start, update
-
-
-@functools.lru_cache(maxsize=64)
-def _shard_ids(cfg: _Config) -> list[jax.Array]:
-    """Per hop, which data shard each device holds (one hop when the data is broadcast)."""
-    nd = cfg.mesh.size
-    ids = [(np.arange(nd, dtype=np.int32) - hop) % nd for hop in range(nd if cfg.ring else 1)]
-    return [jax.device_put(i, NamedSharding(cfg.mesh, P(ALL))) for i in ids]
-
-
-def _rotations(x: jax.Array, hops: int) -> Iterator[jax.Array]:
-    """``x`` (split by rows over the devices), then with every shard moved on by one device
-    per hop: runtime device-to-device copies, no collective in any program. CPU devices
-    share host memory: there each device adopts the shard's buffer (no copy)."""
-    by_start = {shard_bounds(sh.index, x.shape)[0]: sh for sh in x.addressable_shards}
-    order = [by_start[r] for r in sorted(by_start)]
-    targets = [sh.device for sh in order]
-    data = [sh.data for sh in order]
-    if all(d.platform == "cpu" for d in targets):  # views taken before any kernel uses x
-        data = [np.asarray(a) for a in data]
-    devices = list(x.sharding.addressable_devices_indices_map(x.shape))
-    yield x
-    for hop in range(1, hops):
-        moved = dict(zip(targets, jax.device_put(data[-hop:] + data[:-hop], targets),
-                         strict=True))  # fmt: skip
-        yield jax.make_array_from_single_device_arrays(x.shape, x.sharding,
-                                                       [moved[d] for d in devices])  # fmt: skip
-
-
-def _step(cfg: _Config, first: bool, last: bool, i0: int, j0: int, stored: bool, carry: Any,
-          *tiles: jax.Array) -> tuple[Any, tuple]:  # fmt: skip
-    """Step.kernel: the query tile and its norms ride in the carry, not through jit; in
-    the ring the data tile visits every device (all hops in one launch on CPU devices,
-    where the moved shards are views of the same buffers, else one launch per hop)."""
-    start, update = _kernels(cfg)
-    i0_, j0_ = np.int32(i0), np.int32(j0)
-    if first:
-        q, x = tiles
-        qn, *state = start(q, i0_)
-    else:
-        (q, qn, state), (x,) = carry, tiles
-    hops = _shard_ids(cfg)
-    if cfg.fused:  # every hop in one launch
-        state = update(q, qn, *state, *_rotations(x, len(hops)), hops[0], i0_, j0_)
-    else:
-        for shard, xh in zip(hops, _rotations(x, len(hops)), strict=True):
-            state = update(q, qn, *state, xh, shard, i0_, j0_)
-    if not last:
-        return (q, qn, state), ()
-    dist, idx, bad = state
-    return (q, qn, state), ((idx, dist, bad) if stored else (dist, idx, bad))
-
-
-def plan_neighbors(
-    q: Any,
-    x: Any,
-    cfg: _Config,
-    tiling: Tiling,
-    dtype: np.dtype,
-    stored: tuple[Any, Any] | None = None,
-    record: str | None = None,
-) -> Plan:
-    """Steps: for each query tile, every data tile in order; the last one returns the
-    tile's (distances, indices, first bad rows), or writes distances and indices to
-    ``stored`` (then a ``record`` per query tile; recorded tiles are skipped: resume)."""
-    (m, d), n = q.shape, x.shape[0]
-    tq, tn = tiling.tq, tiling.tn
-    sq = NamedSharding(cfg.mesh, P(ALL, None))
-    sx = NamedSharding(cfg.mesh, P(ALL if cfg.ring else None, None))
-    gj = -(-n // tn)
-    keys = {i0: f"{record}-{tq}x{tn}-{i0}" for i0 in range(0, m, tq)} if record else {}
-    done = finished_records(stored[0].marks(), keys.values()) if stored and record else set()
-    steps = []
-    for i0 in range(0, m, tq):
-        if stored is None:
-            writes: tuple[Write, ...] = (Write(None),) * 3
-        else:  # indices first, then distances with the record: both stored before it
-            size = (min(tq, m - i0), cfg.k)
-            rec = keys.get(i0)
-            writes = (Write(stored[1], (i0, 0), size),
-                      Write(stored[0], (i0, 0), size, record=rec), Write(None))  # fmt: skip
-        for jj, j0 in enumerate(range(0, n, tn)):
-            first, last = jj == 0, jj == gj - 1
-            reads = (Read(q, (i0, i0 + tq, 0, d), (tq, d), sq, dtype),) if first else ()
-            reads += (Read(x, (j0, j0 + tn, 0, d), (tn, d), sx, dtype),)
-            kern = functools.partial(_step, cfg, first, last, i0, j0, stored is not None)
-            steps.append(Step(reads, kern, writes if last else (), skip=keys.get(i0) in done,
-                              label=f"queries [{i0}:] x data [{j0}:]"))  # fmt: skip
-    return Plan("nearest_neighbors", steps, None, tiling.projected, tiling.projected,
-                f"{-(-m // tq)}x{gj} tiles of {tq}x{tn} rows, device chunks of "
-                f"{tiling.qc}x{tiling.cw}, data {'ring' if cfg.ring else 'broadcast'}")  # fmt: skip
+def _cost(z: _Sizes, t: Tiling) -> float:
+    """Modelled seconds: compute at the chunks' GEMM efficiency, IO (its CPU work competes
+    with compute on a CPU host, so it is added), the first step's reads again (nothing
+    overlaps them) and a little per step."""
+    gi, gj = -(-z.m // t.tq), -(-z.n // t.tn)
+    eff = (1 + 10 / t.qc + 10 / t.cw) * (_RING if t.ring else 1)
+    flops = 2.0 * gi * t.tq * gj * t.tn * z.d * eff
+    io = (z.m + z.n * gi) * z.d * z.s / _IO
+    return flops / _FLOPS + io + (t.tq + t.tn) * z.d * z.s / _IO + gi * gj * _STEP
 
 
 def _check_k(k: Any, n: int, exclude_self: bool) -> int:
@@ -395,6 +138,96 @@ def _check_k(k: Any, n: int, exclude_self: bool) -> int:
     return int(k)
 
 
+class NearestNeighbors(Op):
+    """The k nearest data rows of each query row: a running top-k over data tiles.
+
+    Args:
+      k: neighbours per query.
+      exclude_self: leave-one-out (queries are the data).
+      tiling: a fixed :class:`Tiling` (None: the cheapest that fits the budget).
+      fused: the ring's hops in one launch (None: on CPU devices).
+    """
+
+    name = "nearest_neighbors"
+    operand_names = ("queries", "data")
+
+    def __init__(self, k: Any = 1, exclude_self: bool = False, *, tiling: Tiling | None = None,
+                 fused: bool | None = None) -> None:  # fmt: skip
+        self.k, self.exclude_self, self.tiling, self.fused = k, bool(exclude_self), tiling, fused
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        q, x = operands
+        check_row_sets(operands, self.operand_names, self.name)
+        if self.exclude_self and q.shape != x.shape:
+            raise ShapeMismatchError(
+                f"{self.name}: exclude_self=True needs queries to be the data (same rows), "
+                f"but queries have shape {tuple(q.shape)} and data {tuple(x.shape)}; pass "
+                "the data as both, or exclude_self=False."
+            )
+        k = _check_k(self.k, x.shape[0], self.exclude_self)
+        dtype = result_dtype(q.dtype, x.dtype, where=self.name, policy="float")
+        shape, block = (q.shape[0], k), (granule(q, 0, 1024), k)
+        outs = (Output("indices", shape, np.dtype(np.int32), block),
+                Output("sq_distances", shape, dtype, block))  # fmt: skip
+        return Problem((q, x), outs, (k, self.exclude_self), mesh)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        if self.tiling is not None:
+            return [Candidate(self.tiling, lambda _pf: 0)]
+        (q, x), mesh = problem.sources, problem.mesh
+        (m, d), (n, k) = q.shape, (x.shape[0], problem.outputs[0].shape[1])
+        z = _Sizes(m, n, d, k, problem.outputs[1].dtype.itemsize, mesh.size, on_cpu(mesh))
+        stored = targets["indices"]
+        gq = granule(q, 0, stored[0] if stored is not None else 512)
+        return [Candidate(t, functools.partial(_projected, z, t), _cost(z, t))
+                for t in _options(z, gq, granule(x, 0))]  # fmt: skip
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        """Steps: for each query tile, every data tile in order; the last stores (or
+        returns) the tile's indices and distances, and returns its first bad rows. A
+        stored tile is recorded (on its distances, written after its indices)."""
+        (q, x), mesh, t = problem.sources, problem.mesh, tiling
+        (m, d), n, k = q.shape, x.shape[0], problem.outputs[0].shape[1]
+        dtype = problem.outputs[1].dtype
+        fused = on_cpu(mesh) if self.fused is None else self.fused
+        cfg = Config(mesh, k, self.exclude_self, m, n, t.qc, t.cw, t.ring, t.ring and fused)
+        sq = NamedSharding(mesh, P(ALL, None))
+        sx = NamedSharding(mesh, P(ALL if t.ring else None, None))
+        gj, steps = -(-n // t.tn), []
+        for i0 in range(0, m, t.tq):
+            rec, size = resume.key(f"{t.tq}x{t.tn}-{i0}"), (min(t.tq, m - i0), k)
+            writes = (Write(targets["indices"], (i0, 0), size),
+                      Write(targets["sq_distances"], (i0, 0), size, record=rec),
+                      Write(None))  # fmt: skip
+            for jj, j0 in enumerate(range(0, n, t.tn)):
+                reads = (Read(q, (i0, i0 + t.tq, 0, d), (t.tq, d), sq, dtype),) if jj == 0 else ()
+                reads += (Read(x, (j0, j0 + t.tn, 0, d), (t.tn, d), sx, dtype),)
+                kern = functools.partial(step, cfg, jj == 0, jj == gj - 1, i0, j0)
+                steps.append(Step(reads, kern, writes if jj == gj - 1 else (),
+                                  skip=resume.done(rec),
+                                  label=f"queries [{i0}:] x data [{j0}:]"))  # fmt: skip
+        return Plan(self.name, steps, None, 0, 0,
+                    f"{-(-m // t.tq)}x{gj} tiles of {t.tq}x{t.tn} rows, device chunks of "
+                    f"{t.qc}x{t.cw}, data {'ring' if t.ring else 'broadcast'}")  # fmt: skip
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        """Raises NonFiniteError for the first NaN/Inf query or data row the search met
+        (stored tiles recorded earlier were checked by the run that stored them)."""
+        stored = targets["indices"] is not None
+        flags = returned if stored else returned[2::3]
+        if flags:
+            bad = np.concatenate([to_host(b) for b in flags]).reshape(-1, 2).min(axis=0)
+            for name, row in zip(self.operand_names, bad, strict=True):
+                if row < BIG:
+                    raise non_finite_error(self.name, name, int(row), problem.outputs[1].dtype)
+        if stored:
+            return targets["indices"], targets["sq_distances"]
+        m, k = problem.outputs[0].shape
+        sharding = default_sharding((m, k), problem.mesh)
+        return tuple(jax.device_put(jnp.concatenate(returned[i::3])[:m], sharding) for i in (0, 1))
+
+
 def nearest_neighbors(
     queries: Any,
     data: Any,
@@ -404,10 +237,10 @@ def nearest_neighbors(
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
     out: str | None = None,
-    storage: Any = None,
+    storage: StorageConfig | None = None,
     progress: bool | None = None,
     prefetch: int = 1,
-) -> tuple[Any, Any]:
+) -> tuple[jax.Array | BigMatrix, jax.Array | BigMatrix]:
     """The k nearest rows of ``data`` to each row of ``queries`` (squared Euclidean).
 
     Matches a brute-force search — ``np.argsort(D, axis=1, kind='stable')[:, :k]`` on
@@ -443,108 +276,29 @@ def nearest_neighbors(
         staging; None: from the devices' memory (40% of RAM on CPU).
       out: None to return device arrays; a URL prefix to store the results as BigMatrix
         objects ``OUT/indices`` (int32) and ``OUT/sq_distances``. With stored inputs every
-        query tile is recorded, a rerun after an interruption skips finished tiles, and a
-        result recorded complete for the same inputs is returned as it is.
+        query tile is recorded: a rerun after an interruption skips finished tiles, and a
+        result recorded complete for the same input data (any write to an input or an
+        output voids the records) is returned as it is.
       storage: StorageConfig for ``out``.
       progress: progress bar for multi-step runs (None: when stderr is a terminal).
       prefetch: steps of reads in flight ahead of the computing step.
 
     Returns:
       ``(indices, sq_distances)``: the two BigMatrix objects with ``out``, else jax.Arrays
-      ``(m, k)`` sharded over the mesh as far as it
-      divides them (``default_sharding``); indices int32, distances in the compute dtype
-      (jnp's result type of the inputs; float32 for 16-bit floats and integers).
+      ``(m, k)`` sharded over the mesh as far as it divides them (``default_sharding``);
+      indices int32, distances in the compute dtype (jnp's result type of the inputs;
+      float32 for 16-bit floats, jnp's default float for integers).
 
     Raises:
       ShapeMismatchError: empty or non-2-D inputs, feature dimensions that differ, or
         ``exclude_self`` with queries and data of different shapes.
       ConfigError: ``k`` not an integer in ``[1, n]`` (``[1, n - 1]`` with exclude_self).
       NonFiniteError: a query or data row holds NaN/Inf (found on the devices during the
-        search; raised before anything is returned — nothing is ever written).
+        search; raised before anything is returned, and outputs the call created are
+        removed again).
+      OutputConflictError: ``out`` holds other data, or aliases an input.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    where = "nearest_neighbors"
-    q, x = row_operands(queries, data, ("queries", "data"), where)
-    if exclude_self and q.shape != x.shape:
-        raise ShapeMismatchError(
-            f"{where}: exclude_self=True needs queries to be the data (same rows), but "
-            f"queries have shape {tuple(q.shape)} and data {tuple(x.shape)}; pass the "
-            "data as both, or exclude_self=False."
-        )
-    k = _check_k(k, x.shape[0], exclude_self)
-    dtype = compute_dtype(q.dtype, x.dtype, where=where)
-    mesh = check_mesh(mesh, where=where)
-    budget = resolve_budget(memory_budget, list(mesh.devices.flat))
-    tiling = choose_tiling(q, x, k, mesh, budget, dtype.itemsize, prefetch)
-    if out is None:
-        return search(q, x, k, bool(exclude_self), mesh, tiling, dtype, budget=budget,
-                      prefetch=prefetch, progress=progress)  # fmt: skip
-    return _search_stored(q, x, k, bool(exclude_self), mesh, tiling, dtype, out, storage,
-                          budget=budget, prefetch=prefetch, progress=progress)  # fmt: skip
-
-
-def _search_stored(
-    q: Any,
-    x: Any,
-    k: int,
-    exclude_self: bool,
-    mesh: Mesh,
-    tiling: Tiling,
-    dtype: np.dtype,
-    out: str,
-    storage: Any,
-    **run: Any,
-) -> tuple[Any, Any]:
-    """nearest_neighbors with its results stored under ``out`` (resumable)."""
-    m = q.shape[0]
-    targets = [prepare_out(f"{out}/{name}", shape=(m, k), dtype=np.dtype(dt), block_shape=None,
-                           inputs=(q, x), where="nearest_neighbors", storage=storage)
-               for name, dt in (("sq_distances", dtype), ("indices", np.int32))]  # fmt: skip
-    record = record_prefix(f"nn{k}{'x' if exclude_self else ''}", q, x)
-    if all(is_complete(t.matrix, record) for t in targets):
-        return targets[1].matrix, targets[0].matrix
-    dist_m, idx_m = (t.materialize() for t in targets)
-    fresh = [t.matrix is None for t in targets]
-    cfg = _Config(mesh, k, exclude_self, m, x.shape[0], tiling.qc, tiling.cw, tiling.ring,
-                  tiling.ring and _on_cpu(mesh))  # fmt: skip
-    plan = plan_neighbors(q, x, cfg, tiling, dtype, (dist_m, idx_m), record)
-    outs, _ = execute(plan, budget=run["budget"], prefetch=run["prefetch"],
-                      progress=run["progress"])  # fmt: skip
-    try:
-        _raise_bad_rows(outs, dtype)  # stored runs return only the flags
-    except NonFiniteError:
-        for matrix, new in zip((dist_m, idx_m), fresh, strict=True):
-            if new:  # created here: leave no trace
-                multihost.once(f"destroy {matrix.url}", matrix.destroy)
-        raise
-    mark_complete(dist_m, record)
-    mark_complete(idx_m, record)
-    return idx_m, dist_m
-
-
-def _raise_bad_rows(flags: list, dtype: np.dtype) -> None:
-    """Raises NonFiniteError for the first NaN/Inf query or data row the search met
-    (``flags``: each query tile's first bad (query, data) rows)."""
-    if not flags:  # every tile was already stored: checked by the run that stored it
-        return
-    bad = np.concatenate([to_host(b) for b in flags]).reshape(-1, 2).min(axis=0)
-    for name, row in zip(("queries", "data"), bad, strict=True):
-        if row < BIG:
-            raise non_finite_error("nearest_neighbors", name, int(row), dtype)
-
-
-def search(q: Any, x: Any, k: int, exclude_self: bool, mesh: Mesh, tiling: Tiling,
-           dtype: np.dtype, *, budget: int, prefetch: int = 1, progress: bool | None = None,
-           fused: bool | None = None) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """Runs the search with a given tiling on validated sources (see nearest_neighbors);
-    ``fused``: the ring's hops in one launch (default: on CPU devices)."""
-    (m, _), n = q.shape, x.shape[0]
-    fused = _on_cpu(mesh) if fused is None else fused
-    cfg = _Config(mesh, k, exclude_self, m, n, tiling.qc, tiling.cw, tiling.ring,
-                  tiling.ring and fused)  # fmt: skip
-    plan = plan_neighbors(q, x, cfg, tiling, dtype)
-    outs, _ = execute(plan, budget=budget, prefetch=prefetch, progress=progress)
-    _raise_bad_rows(outs[2::3], dtype)
-    sharding = default_sharding((m, k), mesh)
-    dist, idx = (jax.device_put(jnp.concatenate(outs[i::3])[:m], sharding) for i in (0, 1))
-    return idx, dist
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
+                   prefetch=prefetch)  # fmt: skip
+    return run(NearestNeighbors(k, exclude_self), (queries, data), out, spec).value
