@@ -1,23 +1,27 @@
 """pairwise_sq_distances, argmin and nearest_neighbors against a float64 numpy brute force:
 stores, ragged blocks, in-core and streamed plans (both data layouts), k = 1 and k > 1,
-leave-one-out, exact ties, the float32 near-tie rule, the two-step path against the fused
-one, one compile per tile shape, and every error message."""
+leave-one-out, exact ties, the float32 near-tie rule, 16-bit and integer inputs, the
+two-step path against the fused one, one compile per tile shape, stored results (resume,
+reuse, recomputation after the data changed), and every error message."""
 
 from __future__ import annotations
 
-import logging
-import re
+import itertools
 
 import jax
 import numpy as np
 import pytest
 
 import jaxwren as jw
-from jaxwren.linalg.distances import argmin, pairwise_sq_distances
-from jaxwren.linalg.neighbors import Tiling, nearest_neighbors, search
-from tests.helpers import mem, rand, skipped_steps, tolerance
+from jaxwren.config import RunSpec
+from jaxwren.engine.plan import resolve_budget
+from jaxwren.engine.run import choose, operand, run
+from jaxwren.linalg.distances import PairwiseSqDistances, pairwise_sq_distances
+from jaxwren.linalg.neighbors import NearestNeighbors, Tiling, nearest_neighbors
+from jaxwren.linalg.reduce import Argmin, argmin
+from tests.helpers import mem, rand, tolerance
 
-SMALL = 60_000  # bytes: streams the shapes below through many steps
+SMALL = 20_000  # bytes: streams the shapes below through many steps
 
 
 def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -34,20 +38,29 @@ def brute_knn(q: np.ndarray, x: np.ndarray, k: int, exclude_self: bool = False):
     return idx, np.take_along_axis(d, idx, 1)
 
 
-def plans(caplog) -> list[str]:
-    return [r.message for r in caplog.records if "steps (" in r.message]
+def chosen_tiling(op, operands, budget) -> Tiling:
+    """The tiling ``run`` picks for ``op`` with returned outputs."""
+    mesh = jw.default_mesh()
+    names = op.operand_names
+    sources = [operand(x, name=n, where="test") for x, n in zip(operands, names, strict=True)]
+    problem = op.check(sources, mesh)
+    cands = op.tilings(problem, {o.name: None for o in problem.outputs})
+    budget = resolve_budget(budget, list(mesh.devices.flat))
+    return choose("test", cands, budget, 1, returned=True)[0].tiling
 
 
 @pytest.mark.parametrize("budget", [None, SMALL], ids=["in-core", "streamed"])
-def test_stores_ragged_two_step_and_fused(store, budget, caplog):
+def test_stores_ragged_two_step_and_fused(store, budget):
     q, x = rand((37, 13), seed=1), rand((53, 13), seed=2)
     Q = jw.from_numpy(q, store.url("q"), (8, 5), storage=store.config)
     X = jw.from_numpy(x, store.url("x"), (10, 6), storage=store.config)
-    with caplog.at_level(logging.INFO, logger="jaxwren"):
-        D = pairwise_sq_distances(Q, X, store.url("d"), memory_budget=budget,
-                                  storage=store.config)  # fmt: skip
-        idx, vals = argmin(D, axis=1, memory_budget=budget)
-        nn_idx, nn_d = nearest_neighbors(Q, X, 1, memory_budget=budget)
+    spec = RunSpec(memory_budget=budget, storage=store.config)
+    runs = [run(PairwiseSqDistances(), (Q, X), store.url("d"), spec)]
+    D = runs[0].value
+    runs.append(run(Argmin(1), (D,), None, spec))
+    idx, vals = runs[1].value
+    runs.append(run(NearestNeighbors(1), (Q, X), None, spec))
+    nn_idx, nn_d = runs[2].value
     ref = sq_dists(q, x)
     assert isinstance(D, jw.BigMatrix) and D.shape == (37, 53) and D.block_shape == (8, 10)
     np.testing.assert_allclose(D.numpy(), ref, **tolerance("float64"))
@@ -55,24 +68,24 @@ def test_stores_ragged_two_step_and_fused(store, budget, caplog):
     np.testing.assert_allclose(np.asarray(vals), ref.min(axis=1), **tolerance("float64"))
     np.testing.assert_array_equal(np.asarray(nn_idx)[:, 0], np.asarray(idx))  # two-step = fused
     np.testing.assert_allclose(np.asarray(nn_d)[:, 0], np.asarray(vals), **tolerance("float64"))
-    steps = [int(re.search(r"(\d+) steps \(", m).group(1)) for m in plans(caplog)]
-    assert max(steps) > 1 if budget else max(steps) == 1, plans(caplog)
+    steps = [r.stats.steps_run for r in runs]
+    assert min(steps) > 1 if budget else max(steps) == 1, steps
 
 
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("budget", [None, 30_000], ids=["in-core", "streamed"])
-def test_knn_matches_brute_force(k, budget, caplog):
+def test_knn_matches_brute_force(k, budget):
     q, x = rand((45, 9), seed=3), rand((70, 9), seed=4)
     Q, X = jw.from_numpy(q, mem("kq"), (8, 9)), jw.from_numpy(x, mem("kx"), (16, 4))
-    with caplog.at_level(logging.INFO, logger="jaxwren"):
-        idx, dist = nearest_neighbors(Q, X, k, memory_budget=budget)
+    res = run(NearestNeighbors(k), (Q, X), None, RunSpec(memory_budget=budget))
+    idx, dist = res.value
     ref_idx, ref_d = brute_knn(q, x, k)
     assert idx.shape == dist.shape == (45, k) and idx.dtype == np.int32
     assert isinstance(idx, jax.Array) and dist.dtype == np.float64
     np.testing.assert_array_equal(np.asarray(idx), ref_idx)
     np.testing.assert_allclose(np.asarray(dist), ref_d, **tolerance("float64"))
-    (plan,) = plans(caplog)
-    assert ("1 steps" in plan and "broadcast" in plan) if budget is None else "ring" in plan
+    ring = chosen_tiling(NearestNeighbors(k), (Q, X), budget).ring
+    assert (res.stats.steps_run == 1 and not ring) if budget is None else ring
 
 
 @pytest.mark.parametrize("layout", ["ring", "ring-per-hop", "broadcast"])
@@ -86,11 +99,10 @@ def test_every_layout_and_tiling(layout, tiles, exclude_self):
     tq, tn, qc, cw = tiles
     ring = layout != "broadcast"
     tn = -(-tn // 8) * 8 if ring else tn
-    tiling = Tiling(tq, tn, qc, min(cw, tn // 8 if ring else tn), ring, 0)
-    mesh = jw.default_mesh()
+    tiling = Tiling(tq, tn, qc, min(cw, tn // 8 if ring else tn), ring)
     for k in (1, 3):
-        idx, dist = search(X, X, k, exclude_self, mesh, tiling, np.dtype("float64"),
-                           budget=1 << 30, fused=layout == "ring")  # fmt: skip
+        op = NearestNeighbors(k, exclude_self, tiling=tiling, fused=layout == "ring")
+        idx, dist = run(op, (X, X)).value
         ref_idx, ref_d = brute_knn(x, x, k, exclude_self)
         np.testing.assert_array_equal(np.asarray(idx), ref_idx)
         np.testing.assert_allclose(np.asarray(dist), ref_d, **tolerance("float64"))
@@ -215,27 +227,20 @@ def test_pairwise_feature_panels_and_returned_result():
 
 
 def test_each_tile_shape_compiles_once():
-    compiles = []
-
-    def listener(event, duration, **_):
-        if "backend_compile" in event:
-            compiles.append(event)
-
     q, x = rand((50, 8), seed=15), rand((90, 8), seed=16)
     Q, X = jw.from_numpy(q, mem("c-q"), (8, 8)), jw.from_numpy(x, mem("c-x"), (8, 8))
     X2 = jw.from_numpy(2 * x, mem("c-x2"), (8, 8))
-    nearest_neighbors(Q, X, 3, memory_budget=40_000)  # warm the shared small kernels
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        idx, _ = nearest_neighbors(Q, X, 2, memory_budget=40_000)
-        first = len(compiles)
-        idx2, _ = nearest_neighbors(Q, X2, 2, memory_budget=40_000)
-    finally:
-        jax.monitoring.clear_event_listeners()
-    np.testing.assert_array_equal(np.asarray(idx), brute_knn(q, x, 2)[0])
-    np.testing.assert_array_equal(np.asarray(idx2), brute_knn(q, 2 * x, 2)[0])
-    assert 1 <= first <= 6, first  # dozens of steps: start + update (+ result assembly)
-    assert len(compiles) == first  # the same tile shapes never compile again
+    spec = RunSpec(memory_budget=12_000)
+    run(NearestNeighbors(3), (Q, X), None, spec)  # warm the shared small kernels
+    first = run(NearestNeighbors(2), (Q, X), None, spec)
+    second = run(NearestNeighbors(2), (Q, X2), None, spec)
+    np.testing.assert_array_equal(np.asarray(first.value[0]), brute_knn(q, x, 2)[0])
+    np.testing.assert_array_equal(np.asarray(second.value[0]), brute_knn(q, 2 * x, 2)[0])
+    assert first.stats.steps_run > 10  # many steps ...
+    assert 1 <= first.stats.compiles <= 4, first.stats  # ... compile start and update once
+    assert second.stats.compiles == 0  # the same tile shapes never compile again
+    d = run(PairwiseSqDistances(), (Q, X), mem("c-d"), RunSpec(memory_budget=10_000))
+    assert d.stats.steps_run > 10 and d.stats.compiles <= 3, d.stats
 
 
 def test_errors_before_anything_is_written():
@@ -271,19 +276,20 @@ def test_errors_before_anything_is_written():
     never = mem("e-never")
     with pytest.raises(jw.NonFiniteError, match="y row 2 holds NaN or Inf"):
         pairwise_sq_distances(X, bad, never)
-    with pytest.raises(jw.MemoryBudgetError, match=r"smallest workable budget is [0-9.]+ KiB"):
-        pairwise_sq_distances(X, X, never, memory_budget=1000)
+    with pytest.raises(jw.MemoryBudgetError, match=r"smallest workable budget is \d+ bytes"):
+        pairwise_sq_distances(X, X, never, memory_budget=300)
     with pytest.raises(jw.MatrixNotFoundError):
         jw.BigMatrix.open(never)  # refused before out was created
-    with pytest.raises(jw.MemoryBudgetError, match=r"or store the result with out=URL"):
+    with pytest.raises(jw.MemoryBudgetError, match=r"storing the result with out=URL needs"):
         pairwise_sq_distances(X, X, memory_budget=1000)
-    with pytest.raises(jw.ShapeMismatchError, match="is also input #0"):
+    with pytest.raises(jw.OutputConflictError, match="is input #0"):
         pairwise_sq_distances(X, x, X)
-    with pytest.raises(jw.MemoryBudgetError, match=r"nearest_neighbors: queries \(6, 4\) "
-                       r"against data \(6, 4\) needs at least"):  # fmt: skip
+    with pytest.raises(jw.MemoryBudgetError, match=r"nearest_neighbors: the smallest plan"):
         nearest_neighbors(X, X, memory_budget=1000)
-    with pytest.raises(jw.MemoryBudgetError, match=r"argmin: a \(6, 4\) needs at least"):
+    with pytest.raises(jw.MemoryBudgetError, match=r"argmin: the smallest plan"):
         argmin(X, memory_budget=100)
+    with pytest.raises(jw.ConfigError, match=r"argmin: the result is returned .* without out"):
+        run(Argmin(0), (X,), mem("e-argmin"))
     with pytest.raises(jw.ConfigError, match=r"axis must be 0 .* or 1 .*, got 2"):
         argmin(X, axis=2)
     with pytest.raises(jw.ConfigError, match=r"axis must be 0 .* got None"):
@@ -297,42 +303,110 @@ def test_errors_before_anything_is_written():
         nearest_neighbors(np.array([["a"]]), np.array([["b"]]))
 
 
-def test_stored_results_and_resume(tmp_path, caplog):
-    import logging
-
-    import jaxwren as jw_
-
+def test_stored_results_resume_and_reuse(tmp_path):
     rng = np.random.default_rng(41)
     q, d = rng.standard_normal((90, 5)), rng.standard_normal((50, 5))
-    Q = jw_.from_numpy(q, str(tmp_path / "q"), (8, 5))
-    D = jw_.from_numpy(d, str(tmp_path / "d"), (8, 5))
-    full = ((q[:, None, :] - d[None, :, :]) ** 2).sum(-1)
-    ref_idx = np.argsort(full, axis=1, kind="stable")[:, :3]
-    out = str(tmp_path / "nn")
+    Q = jw.from_numpy(q, str(tmp_path / "q"), (8, 5))
+    D = jw.from_numpy(d, str(tmp_path / "d"), (8, 5))
+    ref_idx, ref_d = brute_knn(q, d, 3)
+    out, spec = str(tmp_path / "nn"), RunSpec(memory_budget=12_000)
     calls = {"n": 0}
-    orig = jw_.BigMatrix.mark
+    orig = jw.BigMatrix.mark
 
     def failing_mark(self, key):
         orig(self, key)
         calls["n"] += 1
         if calls["n"] == 1:
-            raise jw_.StorageError("simulated outage after the first query tile")
+            raise jw.StorageError("simulated outage after the first query tile")
 
-    jw_.BigMatrix.mark = failing_mark
+    jw.BigMatrix.mark = failing_mark
     try:
-        with pytest.raises(jw_.StorageError, match="simulated"):
-            jw_.nearest_neighbors(Q, D, k=3, out=out, memory_budget=12_000)
+        with pytest.raises(jw.StorageError, match="simulated"):
+            nearest_neighbors(Q, D, k=3, out=out, memory_budget=12_000)
     finally:
-        jw_.BigMatrix.mark = orig
-    with caplog.at_level(logging.INFO, logger="jaxwren"):
-        idx, dist = jw_.nearest_neighbors(Q, D, k=3, out=out, memory_budget=12_000)
-    assert isinstance(idx, jw_.BigMatrix) and idx.dtype == np.int32 and idx.shape == (90, 3)
+        jw.BigMatrix.mark = orig
+    done = run(NearestNeighbors(3), (Q, D), out, spec)
+    idx, dist = done.value
+    assert isinstance(idx, jw.BigMatrix) and idx.dtype == np.int32 and idx.shape == (90, 3)
+    assert idx.url.endswith("/nn/indices") and dist.url.endswith("/nn/sq_distances")
     np.testing.assert_array_equal(idx.numpy(), ref_idx)
-    np.testing.assert_allclose(dist.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-9)
-    assert skipped_steps(caplog) >= 1  # the recorded tile was skipped
+    np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-9)
+    assert done.stats.steps_skipped >= 1 and done.stats.steps_run > 0  # the recorded tile
+    again = run(NearestNeighbors(3), (Q, D), out, spec)  # complete: nothing runs
+    assert again.stats.steps_run == 0 and again.stats.bytes_read == 0
+    assert [m.url for m in again.value] == [idx.url, dist.url]
+    with pytest.raises(jw.ShapeMismatchError, match="must have shape"):
+        nearest_neighbors(Q, D, k=2, out=out)  # another k: the stored results do not fit
+    excl = run(NearestNeighbors(3, exclude_self=True), (Q, Q), str(tmp_path / "loo"), spec)
+    np.testing.assert_array_equal(excl.value[0].numpy(), brute_knn(q, q, 3, True)[0])
     bad = q.copy()
     bad[3, 1] = np.nan
-    with pytest.raises(jw_.NonFiniteError):
-        jw_.nearest_neighbors(bad, D, k=1, out=str(tmp_path / "nn-bad"))
-    with pytest.raises(jw_.MatrixNotFoundError):  # nothing left behind
-        jw_.BigMatrix.open(str(tmp_path / "nn-bad" / "indices"))
+    with pytest.raises(jw.NonFiniteError, match="queries row 3"):
+        nearest_neighbors(bad, D, k=1, out=str(tmp_path / "nn-bad"))
+    for name in ("indices", "sq_distances"):  # nothing left behind
+        with pytest.raises(jw.MatrixNotFoundError):
+            jw.BigMatrix.open(str(tmp_path / "nn-bad" / name))
+
+
+def test_stored_rerun_after_the_data_changed_recomputes(store):
+    q, x = rand((30, 4), seed=42), rand((40, 4), seed=43)
+    Q = jw.from_numpy(q, store.url("q"), (8, 4), storage=store.config)
+    X = jw.from_numpy(x, store.url("x"), (8, 4), storage=store.config)
+    out, spec = store.url("nn"), RunSpec(memory_budget=20_000, storage=store.config)
+    first = run(NearestNeighbors(2), (Q, X), out, spec)
+    np.testing.assert_array_equal(first.value[0].numpy(), brute_knn(q, x, 2)[0])
+    assert run(NearestNeighbors(2), (Q, X), out, spec).stats.steps_run == 0  # reused
+    x[8:16] = q[:8] + 1e-3  # the first queries' nearest rows are now 8..15
+    X.put_block(x[8:16], 1, 0)
+    second = run(NearestNeighbors(2), (Q, X), out, spec)
+    assert second.stats.steps_run > 0 and second.stats.steps_skipped == 0
+    idx, dist = (m.numpy() for m in second.value)
+    ref_idx, ref_d = brute_knn(q, x, 2)
+    np.testing.assert_array_equal(idx, ref_idx)
+    assert np.all(idx[:8, 0] == np.arange(8, 16))  # not the stale result
+    np.testing.assert_allclose(dist, ref_d, **tolerance("float64"))
+    d_out = store.url("d")
+    D = pairwise_sq_distances(Q, X, d_out, storage=store.config)
+    np.testing.assert_allclose(D.numpy(), sq_dists(q, x), **tolerance("float64"))
+    x[0] = 5.0
+    X.put_block(x[0:8], 0, 0)
+    D = pairwise_sq_distances(Q, X, d_out, storage=store.config)
+    np.testing.assert_allclose(D.numpy(), sq_dists(q, x), **tolerance("float64"))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("budget", [None, 4_000], ids=["in-core", "streamed"])
+def test_argmin_16_bit_floats(dtype, budget):
+    a = rand((23, 17), seed=44).astype(dtype)
+    a[4, :] = a[9, :] = -8  # ties along both axes, exact in 16 bits
+    up = a.astype(np.float32)
+    A = jw.from_numpy(a, mem("a16"), (8, 8))
+    for axis, src in itertools.product((0, 1), (a, A)):
+        res = run(Argmin(axis), (src,), None, RunSpec(memory_budget=budget))
+        idx, vals = res.value
+        assert vals.dtype == a.dtype and idx.dtype == np.int32
+        np.testing.assert_array_equal(np.asarray(idx), up.argmin(axis=axis))
+        np.testing.assert_array_equal(np.asarray(vals).astype(np.float32), up.min(axis=axis))
+        assert res.stats.steps_run > 1 if budget and src is A else res.stats.steps_run == 1
+    i, v = argmin(a, axis=1)  # the public function
+    np.testing.assert_array_equal(np.asarray(i), up.argmin(axis=1))
+    a[2, 3] = np.nan
+    with pytest.raises(jw.NonFiniteError, match=r"first in column 3"):
+        argmin(jw.from_numpy(a, mem("a16"), (8, 8)), axis=0, memory_budget=budget)
+
+
+def test_integer_inputs_compute_in_the_default_float():
+    rng = np.random.default_rng(45)
+    x, y = rng.integers(-9, 9, (21, 5)).astype(np.int32), rng.integers(-9, 9, (13, 5))
+    for xx, yy, want in [(x, y, np.float64), (x, y.astype(np.float32), np.float32),
+                         (x.astype(np.int8), y.astype(np.uint8), np.float64)]:  # fmt: skip
+        d = pairwise_sq_distances(xx, yy)
+        assert d.dtype == want
+        np.testing.assert_array_equal(np.asarray(d), sq_dists(xx, yy))  # small ints: exact
+        idx, dist = nearest_neighbors(xx, yy, 2)
+        assert dist.dtype == want
+        np.testing.assert_array_equal(np.asarray(dist), brute_knn(xx, yy, 2)[1])
+    X = jw.from_numpy(x, mem("int-x"), (8, 5))
+    D = pairwise_sq_distances(X, y, mem("int-d"), memory_budget=6_000)
+    assert D.dtype == np.float64
+    np.testing.assert_array_equal(D.numpy(), sq_dists(x, y))
