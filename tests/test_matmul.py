@@ -85,7 +85,7 @@ def test_each_tile_shape_compiles_once():
     a, b = rand((50, 44), seed=13), rand((44, 41), seed=14)
     A = jw.from_numpy(a, mem("once-a"), (8, 8))
     B = jw.from_numpy(b, mem("once-b"), (8, 8))
-    spec = RunSpec(memory_budget=TINY)
+    spec = RunSpec(memory_budget=20_000)
     first = run(Matmul(), (A, B), mem("once-c"), spec)
     np.testing.assert_allclose(first.value.numpy(), a @ b, **tolerance("float64"))
     B2 = jw.from_numpy(2 * b, mem("once-b2"), (8, 8))

@@ -72,18 +72,17 @@ def resolve_outputs(
             f"{where}: out names a prefix for the results ({', '.join(o.name for o in outputs)}); "
             "pass a URL, not a BigMatrix."
         )
-    stored_inputs = [x for x in inputs if isinstance(x, BigMatrix)]
     slots = []
     for o in outputs:
         if prefix_out:
             url: Any = f"{parse_url(out).url}/{o.name}"
         else:
             url = out
-        slots.append(_slot(where, o, url, stored_inputs, storage, block_shape))
+        slots.append(_slot(where, o, url, inputs, storage, block_shape))
     return slots
 
 
-def _slot(where: str, o: Output, out: Any, inputs: Sequence[BigMatrix],
+def _slot(where: str, o: Output, out: Any, inputs: Sequence[Any],
           storage: StorageConfig | None, block_shape: Any) -> Slot:  # fmt: skip
     loc = out.location if isinstance(out, BigMatrix) else parse_url(out)
     config = out.storage if isinstance(out, BigMatrix) else resolve_storage(storage)
@@ -104,9 +103,11 @@ def _slot(where: str, o: Output, out: Any, inputs: Sequence[BigMatrix],
     return Slot(o, loc.url, matrix, False, matrix.block_shape)
 
 
-def _check_not_aliased(where: str, loc: Location, inputs: Sequence[BigMatrix]) -> None:
+def _check_not_aliased(where: str, loc: Location, inputs: Sequence[Any]) -> None:
     scheme, path = place_key(loc)
     for i, x in enumerate(inputs):
+        if not isinstance(x, BigMatrix):
+            continue
         s2, p2 = place_key(x.location)
         if s2 != scheme:
             continue
