@@ -165,6 +165,9 @@ class _FrozenDict(dict):
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted((k, repr(v)) for k, v in self.items())))
 
+    def __reduce__(self) -> tuple:  # unpickling must not go through __setitem__
+        return (_FrozenDict, (dict(self),))
+
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("StorageConfig.credentials is read-only")
 
@@ -198,8 +201,10 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         parse_bytes(self.memory_budget, what="memory_budget")
-        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or (
-            self.prefetch < 0
+        if (
+            isinstance(self.prefetch, bool)
+            or not isinstance(self.prefetch, int)
+            or (self.prefetch < 0)
         ):
             raise ConfigError(f"prefetch={self.prefetch!r} must be an int >= 0.")
         if self.progress is not None and not isinstance(self.progress, bool):

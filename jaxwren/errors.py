@@ -16,6 +16,7 @@ __all__ = [
     "CredentialsError",
     "DTypeMismatchError",
     "JaxwrenError",
+    "MatrixChangedError",
     "MatrixExistsError",
     "MatrixNotFoundError",
     "MemoryBudgetError",
@@ -87,3 +88,8 @@ class CredentialsError(StorageError, PermissionError):
 
 class OutputConflictError(JaxwrenError, ValueError):
     """``out`` is, contains or lies inside an input or another stored matrix."""
+
+
+class MatrixChangedError(StorageError):
+    """A BigMatrix handle's stored header changed (the matrix was recreated) since it
+    was opened."""

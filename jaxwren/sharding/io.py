@@ -103,6 +103,8 @@ def load(
             f"{matrix.shape} of {matrix!r}; pass (r0, r1, c0, c1) with r0 < r1 <= rows."
         )
     check_representable(matrix.dtype, where=f"load({matrix!r})")
+    if hasattr(matrix, "check_fresh"):
+        matrix.check_fresh()  # the header it was opened with is still the stored one
     shape = (r1 - r0, c1 - c0)
     if sharding is None:
         sharding = default_sharding(shape)
@@ -193,6 +195,8 @@ def _target(
             raise DTypeMismatchError(
                 f"save: array dtype {x.dtype} differs from {url!r}; convert with x.astype()."
             )
+        url.check_fresh()
+        multihost.once(f"generation {url.url}", url.new_generation)  # its old contents: void
         return url
     if block_shape is None:
         raise ShapeMismatchError("save: block_shape is required when saving to a URL.")

@@ -19,6 +19,8 @@ from jaxwren.config import StorageConfig
 from jaxwren.errors import (
     BucketNotFoundError,
     CredentialsError,
+    JaxwrenError,
+    MatrixChangedError,
     MatrixExistsError,
     MatrixNotFoundError,
     StorageError,
@@ -63,6 +65,11 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile, or "
             "StorageConfig(credentials=...)."
         )
+    if "is incompatible with existing metadata" in msg:
+        return MatrixChangedError(
+            f"{op}: the stored matrix at {where} was recreated (shape, dtype or layout "
+            "changed) after this handle was opened; reopen it with jw.BigMatrix.open(url)."
+        )
     if msg.startswith("ALREADY_EXISTS"):
         return MatrixExistsError(
             f"{op}: a matrix already exists at {where}; pass overwrite=True to replace it "
@@ -88,7 +95,7 @@ def translate_errors(op: str, loc: Location) -> Iterator[None]:
     """Context manager turning TensorStore ValueErrors into typed StorageErrors."""
     try:
         yield
-    except StorageError:
+    except JaxwrenError:  # already typed (e.g. a parent_fn block of the wrong shape)
         raise
     except ValueError as exc:
         raise translate(exc, op, loc) from None

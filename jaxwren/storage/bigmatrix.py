@@ -7,7 +7,9 @@ blocks are ragged (returned at their true size), ``T`` is a lazy transposed view
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +17,17 @@ import numpy as np
 import tensorstore as ts
 
 from jaxwren.config import StorageConfig
-from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchError
+from jaxwren.errors import (
+    BlockIndexError,
+    DTypeMismatchError,
+    MatrixChangedError,
+    MatrixNotFoundError,
+    ShapeMismatchError,
+)
 from jaxwren.storage import backend
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.urls import Location, parse_url
+from jaxwren.storage.window import Futures
 
 if TYPE_CHECKING:
     import jax
@@ -36,6 +45,7 @@ ParentFn = Callable[["BigMatrix", int, int], np.ndarray]
 
 _SUPPORTED_KINDS = "fiub"
 _MARKS, _MARKS_END = "jaxwren/done/", "jaxwren/done0"
+_GENERATION = "jaxwren/generation"
 _EXTRA_DTYPES = ("bfloat16",)
 
 
@@ -100,6 +110,7 @@ class BigMatrix:
         *,
         parent_fn: ParentFn | None = None,
         transposed: bool = False,
+        metadata: dict | None = None,
     ) -> None:
         self._base = array
         self._loc = loc
@@ -108,6 +119,7 @@ class BigMatrix:
         self._transposed = transposed
         self._view = array.T if transposed else array
         self.parent_fn = parent_fn
+        self._metadata = _metadata(array) if metadata is None else metadata
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -134,7 +146,9 @@ class BigMatrix:
         dt = check_dtype(dtype, where="BigMatrix.create")
         loc, config = parse_url(url), resolve_storage(storage)
         array = backend.create_array(loc, config, shape, block_shape, dt, overwrite=overwrite)
-        return cls(array, loc, config, block_shape, parent_fn=parent_fn)
+        matrix = cls(array, loc, config, block_shape, parent_fn=parent_fn)
+        matrix.new_generation()
+        return matrix
 
     @classmethod
     def open(
@@ -220,7 +234,13 @@ class BigMatrix:
             self._base_block,
             parent_fn=self.parent_fn,
             transposed=not self._transposed,
+            metadata=self._metadata,
         )
+
+    def __reduce__(self) -> tuple:
+        """Pickles as a reopen by URL (a ``memory://`` matrix stays the same matrix in
+        this process: it is reopened in the shared TensorStore context)."""
+        return (_reopen, (self.url, self._config, self._transposed, self.parent_fn))
 
     def __repr__(self) -> str:
         t = ".T" if self._transposed else ""
@@ -278,11 +298,14 @@ class BigMatrix:
         else read as zeros (the fill value).
         """
         r0, r1, c0, c1 = self.block_bounds(i, j)
-        if self.parent_fn is not None and not self.block_exists(i, j):
-            return self._from_parent(i, j)
-        return self.read_region(r0, r1, c0, c1)
+        self.check_fresh()
+        return self._read(r0, r1, c0, c1)
 
     def _from_parent(self, i: int, j: int) -> np.ndarray:
+        """Block ``(i, j)`` of this view made by ``parent_fn`` (called with the stored,
+        untransposed matrix and its block indices; a transposed view transposes it)."""
+        if self._transposed:
+            return self.T._from_parent(j, i).T
         r0, r1, c0, c1 = self.block_bounds(i, j)
         block = np.asarray(self.parent_fn(self, i, j))  # type: ignore[misc]
         self._check_block(block, (r1 - r0, c1 - c0), f"parent_fn(A, {i}, {j})")
@@ -316,11 +339,13 @@ class BigMatrix:
         """Deletes block ``(i, j)``: it reads as zeros (or via ``parent_fn``) again."""
         self._check_block_idx(i, j)
         key = self._chunk_key(i, j)
+        self.new_generation()
         with translate_errors("BigMatrix.delete_block", self._loc):
             self._base.kvstore.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
 
     def free(self) -> None:
         """Deletes every block (and completion record) and keeps the header."""
+        self.new_generation()
         with translate_errors("BigMatrix.free", self._loc):
             self._base.kvstore.delete_range(ts.KvStore.KeyRange("c/", "c0")).result()
         self.clear_marks()
@@ -333,6 +358,44 @@ class BigMatrix:
         """Deletes the matrix entirely: blocks, records and header (the URL is free again)."""
         with translate_errors("BigMatrix.destroy", self._loc):
             self._base.kvstore.delete_range(ts.KvStore.KeyRange()).result()
+
+    # ------------------------------------------------------------------- generations
+    def generation(self) -> str | None:
+        """The matrix's generation token: replaced by every jaxwren write to it (create,
+        put_block, write_region, delete_block, free, save, being a run's out). None for
+        arrays no jaxwren call has written (e.g. written by zarr-python)."""
+        with translate_errors("BigMatrix.generation", self._loc):
+            got = self._base.kvstore.read(_GENERATION).result()
+        return got.value.decode() if got.state == "value" else None
+
+    def new_generation(self) -> str:
+        """Writes and returns a fresh generation token: results and completion records
+        derived from the matrix's earlier contents no longer match it."""
+        token = uuid.uuid4().hex
+        with translate_errors("BigMatrix.new_generation", self._loc):
+            self._base.kvstore.write(_GENERATION, token.encode()).result()
+        return token
+
+    def check_fresh(self) -> None:
+        """Raises when the stored header changed since this handle was opened (the
+        matrix was recreated with another shape, dtype or layout) or was deleted.
+
+        Raises:
+          MatrixChangedError: reopen the matrix with ``jw.BigMatrix.open(url)``.
+          MatrixNotFoundError: the matrix was deleted.
+        """
+        with translate_errors("BigMatrix.check_fresh", self._loc):
+            got = self._base.kvstore.read("zarr.json").result()
+        if got.state != "value":
+            raise MatrixNotFoundError(
+                f"{self!r}: the matrix was deleted after this handle was opened; "
+                "create it again (jw.BigMatrix.create / jw.from_numpy)."
+            )
+        if json.loads(got.value) != self._metadata:
+            raise MatrixChangedError(
+                f"{self!r}: the stored matrix was recreated (shape, dtype or layout changed) "
+                f"after this handle was opened; reopen it with jw.BigMatrix.open({self.url!r})."
+            )
 
     # -------------------------------------------------------------- completion records
     def mark(self, key: str) -> None:
@@ -369,41 +432,50 @@ class BigMatrix:
         """Starts reading rows ``r0:r1``, cols ``c0:c1``; returns a TensorStore future."""
         return self._region(r0, r1, c0, c1).read()
 
-    def read_region_into_async(
-        self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
-    ) -> ts.WriteFutures:
+    def read_region_into_async(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> Any:
         """Starts reading rows ``r0:r1``, cols ``c0:c1`` into ``out`` (the region's shape,
         the matrix dtype; a view is fine). Reading into a buffer the caller owns (see
-        :func:`aligned_empty`) saves the copy that ``jax.device_put`` would make."""
-        return ts.array(out, copy=False, write=True).write(self._region(r0, r1, c0, c1))
+        :func:`aligned_empty`) saves the copy that ``jax.device_put`` would make.
+
+        This is the one read path: blocks never written come from ``parent_fn`` when one
+        is set (found with one LIST per call), else read as zeros."""
+        fut = ts.array(out, copy=False, write=True).write(self._region(r0, r1, c0, c1))
+        if self.parent_fn is None:
+            return fut
+        return _ParentFill(fut, self, (r0, r1, c0, c1), out)
 
     def read_region(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Reads rows ``r0:r1``, cols ``c0:c1`` as a numpy array."""
+        """Reads rows ``r0:r1``, cols ``c0:c1`` as a numpy array (checking first that the
+        stored header did not change under this handle)."""
+        self.check_fresh()
+        return self._read(r0, r1, c0, c1)
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         out = aligned_empty((r1 - r0, c1 - c0), self.dtype)
         with translate_errors("BigMatrix.read", self._loc):
             self.read_region_into_async(r0, r1, c0, c1, out).result()
         return out
 
     def write_region_async(self, r0: int, c0: int, data: np.ndarray) -> ts.WriteFutures:
-        """Starts writing ``data`` at ``(r0, c0)``; wait on ``.commit`` for durability."""
+        """Starts writing ``data`` at ``(r0, c0)``; wait on ``.commit`` for durability.
+
+        The low-level write: it does not replace the generation token (the engine and
+        bulk writers replace it once per run or call; user-facing writes use
+        :meth:`write_region` / :meth:`put_block`)."""
         r1, c1 = r0 + data.shape[0], c0 + data.shape[1]
         return self._region(r0, r1, c0, c1).write(np.asarray(data, dtype=self.dtype))
 
     def write_region(self, r0: int, c0: int, data: np.ndarray) -> None:
-        """Writes ``data`` at ``(r0, c0)`` and waits until it is stored."""
+        """Writes ``data`` at ``(r0, c0)`` and waits until it is stored (a new generation:
+        results computed from the old contents no longer match)."""
+        self.new_generation()
         with translate_errors("BigMatrix.write", self._loc):
             self.write_region_async(r0, c0, data).result()
 
     def numpy(self) -> np.ndarray:
         """Reads the whole matrix into memory (missing blocks via ``parent_fn`` if set)."""
         m, n = self.shape
-        out = self.read_region(0, m, 0, n)
-        if self.parent_fn is not None:
-            missing = set(self.block_idxs) - self.block_idxs_exist
-            for i, j in sorted(missing):
-                r0, r1, c0, c1 = self.block_bounds(i, j)
-                out[r0:r1, c0:c1] = self._from_parent(i, j)
-        return out
+        return self.read_region(0, m, 0, n)
 
     def iter_blocks(self) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
         """Yields ``((i, j), block)`` for every block in row-major order."""
@@ -422,3 +494,44 @@ class BigMatrix:
         from jaxwren.sharding.io import load  # delegate: storage stays below sharding
 
         return load(self, sharding)
+
+
+def _metadata(array: ts.TensorStore) -> dict:
+    """The stored zarr.json of ``array`` as the handle saw it when opened."""
+    got = array.kvstore.read("zarr.json").result()
+    return json.loads(got.value) if got.state == "value" else {}
+
+
+def _reopen(url: str, config: StorageConfig, transposed: bool, parent_fn: Any) -> BigMatrix:
+    matrix = BigMatrix.open(url, storage=config, parent_fn=parent_fn)
+    return matrix.T if transposed else matrix
+
+
+class _ParentFill(Futures):
+    """A region read whose never-written blocks are then filled from ``parent_fn``."""
+
+    def __init__(self, fut: Any, matrix: BigMatrix, region: tuple[int, int, int, int],
+                 out: np.ndarray) -> None:  # fmt: skip
+        super().__init__([fut])
+        self._matrix, self._region, self._out = matrix, region, out
+        self._missing = _missing_blocks(matrix, region)
+
+    def result(self) -> None:
+        super().result()
+        r0, r1, c0, c1 = self._region
+        for i, j in self._missing:
+            b0, b1, d0, d1 = self._matrix.block_bounds(i, j)
+            a0, a1, e0, e1 = max(b0, r0), min(b1, r1), max(d0, c0), min(d1, c1)
+            block = self._matrix._from_parent(i, j)
+            self._out[a0 - r0 : a1 - r0, e0 - c0 : e1 - c0] = block[a0 - b0 : a1 - b0,
+                                                                     e0 - d0 : e1 - d0]  # fmt: skip
+        self._missing = []
+
+
+def _missing_blocks(matrix: BigMatrix, region: tuple[int, int, int, int]) -> list:
+    r0, r1, c0, c1 = region
+    if r1 <= r0 or c1 <= c0:
+        return []
+    (br, bc), stored = matrix.block_shape, matrix.block_idxs_exist
+    rows, cols = range(r0 // br, -(-r1 // br)), range(c0 // bc, -(-c1 // bc))
+    return [(i, j) for i in rows for j in cols if (i, j) not in stored]
