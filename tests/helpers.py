@@ -55,9 +55,3 @@ def run_until_killed(tmp_path, call: str, after_marks: int) -> None:
     proc = subprocess.run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=os.getcwd()),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 17, proc.stderr[-2000:]
-
-
-def skipped_steps(caplog) -> int:
-    """Steps the last logged run skipped as already stored (from the runner's log line)."""
-    msg = [r.getMessage() for r in caplog.records if "already stored" in r.getMessage()][-1]
-    return int(msg.split("(")[1].split(" already")[0])

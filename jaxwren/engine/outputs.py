@@ -87,9 +87,8 @@ def _slot(where: str, o: Output, out: Any, inputs: Sequence[Any],
     loc = out.location if isinstance(out, BigMatrix) else parse_url(out)
     config = out.storage if isinstance(out, BigMatrix) else resolve_storage(storage)
     _check_not_aliased(where, loc, inputs)
-    matrix = out if isinstance(out, BigMatrix) else _open_existing(out, config)
+    matrix = out if isinstance(out, BigMatrix) else _open_existing(where, out, loc, config)
     if matrix is None:
-        _check_free_place(where, loc, config)
         bs = block_shape or o.block_shape or (1024, 1024)
         bs = (min(bs[0], o.shape[0]), min(bs[1], o.shape[1]))
         return Slot(o, loc.url, None, False, bs)
@@ -121,12 +120,14 @@ def _check_not_aliased(where: str, loc: Location, inputs: Sequence[Any]) -> None
             )
 
 
-def _open_existing(url: Any, config: StorageConfig) -> BigMatrix | None:
-    """The matrix at ``url`` or None; every process decides on the same state."""
+def _open_existing(where: str, url: Any, loc: Location, config: StorageConfig) -> BigMatrix | None:
+    """The matrix at ``url``, or None when its place is free (else refused); every
+    process looks between two barriers, so all decide on the same state."""
     multihost.sync(f"look {url}")
     try:
         return BigMatrix.open(url, storage=config)
     except MatrixNotFoundError:
+        _check_free_place(where, loc, config)
         return None
     finally:
         multihost.sync(f"looked {url}")

@@ -74,7 +74,7 @@ def choose(where: str, cands: Sequence[Candidate], budget: int, prefetch: int,
     stored_min = min((c.projected(0) for c in cands), default=None)
     hint = ""
     if returned and stored_min is not None and (smallest is None or stored_min < smallest):
-        hint = f" (storing the result with out=URL needs only {format_bytes(stored_min)})"
+        hint = f"; or pass out=URL to store the result, which needs {format_bytes(stored_min)}"
     need = format_bytes(smallest) if smallest is not None else "more than any tiling offers"
     raise MemoryBudgetError(
         f"{where}: the smallest plan (smallest tiles, no prefetch) needs {need} but "
@@ -112,6 +112,7 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
                             returned=not all(s.stored for s in slots))  # fmt: skip
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
+    multihost.sync(f"{where} decided")  # every process has looked before anything changes
     if state == COMPLETE:  # this very computation is stored already
         stats = RunStats()
         return Outcome(on_mesh(op.finish(problem, [], _targets(slots)), user_mesh), stats)

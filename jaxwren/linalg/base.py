@@ -16,6 +16,8 @@ from typing import Any
 
 from jaxwren.engine.plan import Plan
 from jaxwren.engine.problem import Candidate, Problem, Resume, Targets
+from jaxwren.linalg.common import trim
+from jaxwren.sharding.mesh import default_sharding
 
 __all__ = ["Op"]
 
@@ -43,7 +45,9 @@ class Op(abc.ABC):
     @abc.abstractmethod
     def tilings(self, problem: Problem, targets: Targets) -> Sequence[Candidate]:
         """Candidate tilings. ``targets`` maps each output to its stored block shape
-        (a tuple) or None (returned on the devices)."""
+        (a tuple) or None (returned on the devices). This is the last place an operation
+        may refuse its inputs: after it, ``run`` starts writing (an existing ``out`` is
+        emptied before ``plan``)."""
 
     @abc.abstractmethod
     def plan(
@@ -55,7 +59,10 @@ class Op(abc.ABC):
 
     def finish(self, problem: Problem, returned: list[Any], targets: Targets) -> Any:
         """The public result from the returned device arrays (in step order) and the
-        stored targets. Default: the single output, stored or returned."""
+        stored targets. Default: the single output, stored, or returned trimmed to its
+        shape and sharded ``default_sharding`` over the mesh."""
         (out,) = problem.outputs
         stored = targets.get(out.name)
-        return stored if stored is not None else returned[0]
+        if stored is not None:
+            return stored
+        return trim(returned[0], out.shape, default_sharding(out.shape, problem.mesh))

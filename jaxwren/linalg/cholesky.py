@@ -34,10 +34,10 @@ from jaxwren.engine.run import run
 from jaxwren.errors import NonFiniteError, NotPositiveDefiniteError, ShapeMismatchError
 from jaxwren.linalg import cholesky_kernel as ck
 from jaxwren.linalg.base import Op
-from jaxwren.linalg.common import pad_identity, round_up, trim
+from jaxwren.linalg.common import pad_identity, round_up
 from jaxwren.linalg.matmul import gemm_projected_bytes
 from jaxwren.sharding.lower import LowerTriangle
-from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
+from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -261,11 +261,9 @@ class Cholesky(Op):
         n, dtype, mesh = problem.outputs[0].shape[0], problem.outputs[0].dtype, problem.mesh
         incore = _incore_bytes(n, dtype.itemsize, mesh)
         cands = [Candidate(None, lambda _pf: incore, (0, 0), True)]
-        if targets["L"] is None:
-            return cands
         a = problem.data
-        granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1,
-                           targets["L"][0])  # fmt: skip
+        out_block = targets["L"] or problem.outputs[0].block_shape or (min(n, 1024),)
+        granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1, out_block[0])
         unit = math.lcm(granule, math.lcm(mesh.shape[ROWS], mesh.shape[COLS]))
         for t in range(unit, round_up(n, unit) + unit, unit):
             proj = functools.partial(_tile_bytes, t, dtype.itemsize, mesh)
@@ -280,12 +278,6 @@ class Cholesky(Op):
         if tiling is None:
             return _incore_plan(setup)[0]
         return _outofcore_plan(setup, tiling, prefetch)[0]
-
-    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
-        if targets["L"] is not None:
-            return targets["L"]
-        n = problem.outputs[0].shape[0]
-        return trim(returned[0], (n, n), default_sharding((n, n), problem.mesh))
 
 
 def cholesky(

@@ -35,9 +35,9 @@ from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.base import Op
-from jaxwren.linalg.common import round_up, tile_candidates, trim
+from jaxwren.linalg.common import round_up, tile_candidates
 from jaxwren.linalg.matmul import gemm_projected_bytes
-from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
+from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.multihost import to_host
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -248,12 +248,6 @@ class PairwiseSqDistances(Op):
             f"{-(-m // tm)}x{-(-n // tn)} output tiles of {tm}x{tn}, {gk} feature panels of {tk}"
         )
         return Plan(self.name, steps, None, 0, 0, tiles)
-
-    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
-        if targets["D"] is not None:
-            return targets["D"]
-        shape = problem.outputs[0].shape
-        return trim(returned[0], shape, default_sharding(shape, problem.mesh))
 
 
 def pairwise_sq_distances(

@@ -29,8 +29,8 @@ from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import ShapeMismatchError
 from jaxwren.linalg.base import Op
-from jaxwren.linalg.common import tile_candidates, trim
-from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
+from jaxwren.linalg.common import tile_candidates
+from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -145,12 +145,6 @@ class Matmul(Op):
                                   label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]"))  # fmt: skip
         tiles = f"{-(-m // tm)}x{-(-n // tn)} output tiles of {tm}x{tn}, {gk} K panels of {tk}"
         return Plan("matmul", steps, None, 0, 0, tiles)
-
-    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
-        shape = problem.outputs[0].shape
-        if targets["C"] is not None:
-            return targets["C"]
-        return trim(returned[0], shape, default_sharding(shape, problem.mesh))
 
 
 def matmul(

@@ -28,8 +28,8 @@ from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import operand, run
 from jaxwren.errors import NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.base import Op
-from jaxwren.linalg.common import pad_identity, round_up, trim
-from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
+from jaxwren.linalg.common import pad_identity, round_up
+from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.tiles import ArraySource
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -200,12 +200,6 @@ class SolveTriangular(Op):
         t, k_pad = tiling
         return _plan(m, b, self.lower != self.trans, t, k_pad, problem.mesh,
                      problem.outputs[0].dtype, targets["X"])  # fmt: skip
-
-    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
-        if targets["X"] is not None:
-            return targets["X"]
-        shape = problem.outputs[0].shape
-        return trim(returned[0], shape, default_sharding(shape, problem.mesh))
 
 
 def solve_triangular(

@@ -157,8 +157,25 @@ def create_array(
 def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
     """Opens an existing zarr v3 array from its stored metadata alone."""
     probe_bucket(loc, config, "BigMatrix.open")
+    try:
+        with translate_errors("BigMatrix.open", loc):
+            return ts.open(_base_spec(loc, config), open=True, context=shared_context()).result()
+    except MatrixNotFoundError:
+        _refuse_zarr_v2(loc, config)
+        raise
+
+
+def _refuse_zarr_v2(loc: Location, config: StorageConfig) -> None:
+    """A zarr v2 array (``.zarray``) gets a message that says so, not "no matrix"."""
     with translate_errors("BigMatrix.open", loc):
-        return ts.open(_base_spec(loc, config), open=True, context=shared_context()).result()
+        kv = ts.KvStore.open(kvstore_spec(loc, config), context=shared_context()).result()
+        found = kv.read(".zarray").result().state == "value"
+    if found:
+        raise MatrixNotFoundError(
+            f"BigMatrix.open: {loc.url} holds a zarr v2 array (.zarray); jaxwren reads zarr "
+            "v3. Convert it, e.g. with zarr-python: zarr.create_array(new_path, "
+            "data=zarr.open_array(old_path)[:], zarr_format=3), then open that."
+        )
 
 
 def stored_block_shape(array: ts.TensorStore) -> tuple[int, ...]:
@@ -167,4 +184,5 @@ def stored_block_shape(array: ts.TensorStore) -> tuple[int, ...]:
     header = attrs.get(HEADER_KEY)
     if header and "block_shape" in header:
         return tuple(int(b) for b in header["block_shape"])
-    return tuple(int(c) for c in array.chunk_layout.read_chunk.shape)
+    # a block is the unit stored under one key: the shard of a sharded array
+    return tuple(int(c) for c in array.chunk_layout.write_chunk.shape)

@@ -26,6 +26,7 @@ from jaxwren.errors import (
 )
 from jaxwren.storage import backend
 from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.chunkkeys import ChunkKeys
 from jaxwren.storage.urls import Location, parse_url
 from jaxwren.storage.window import Futures
 
@@ -268,7 +269,11 @@ class BigMatrix:
 
     def _chunk_key(self, i: int, j: int) -> str:
         bi, bj = (j, i) if self._transposed else (i, j)
-        return f"c/{bi}/{bj}"
+        return self._keys.key(bi, bj)
+
+    @property
+    def _keys(self) -> ChunkKeys:
+        return ChunkKeys.from_metadata(self._metadata)
 
     def block_exists(self, i: int, j: int) -> bool:
         """Whether block ``(i, j)`` has been written (its chunk object exists)."""
@@ -282,14 +287,8 @@ class BigMatrix:
     def block_idxs_exist(self) -> set[tuple[int, int]]:
         """Indices of the blocks that have been written (one LIST of the store)."""
         with translate_errors("BigMatrix.block_idxs_exist", self._loc):
-            keys = self._base.kvstore.list(ts.KvStore.KeyRange("c/", "c0")).result()
-        out = set()
-        for key in keys:
-            parts = key.decode().split("/")
-            if len(parts) == 3:
-                i, j = int(parts[1]), int(parts[2])
-                out.add((j, i) if self._transposed else (i, j))
-        return out
+            stored = self._keys.existing(self._base.kvstore)
+        return {(j, i) if self._transposed else (i, j) for i, j in stored}
 
     def get_block(self, i: int, j: int) -> np.ndarray:
         """Reads block ``(i, j)`` at its true (possibly ragged) size.
@@ -347,7 +346,7 @@ class BigMatrix:
         """Deletes every block (and completion record) and keeps the header."""
         self.new_generation()
         with translate_errors("BigMatrix.free", self._loc):
-            self._base.kvstore.delete_range(ts.KvStore.KeyRange("c/", "c0")).result()
+            self._keys.delete_all(self._base.kvstore)
         self.clear_marks()
 
     def base_region(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
@@ -355,9 +354,13 @@ class BigMatrix:
         return (c0, c1, r0, r1) if self._transposed else (r0, r1, c0, c1)
 
     def destroy(self) -> None:
-        """Deletes the matrix entirely: blocks, records and header (the URL is free again)."""
+        """Deletes the matrix entirely — its chunks, its ``jaxwren/`` records and its
+        header, nothing else under the same prefix (the URL is free again)."""
+        kv = self._base.kvstore
         with translate_errors("BigMatrix.destroy", self._loc):
-            self._base.kvstore.delete_range(ts.KvStore.KeyRange()).result()
+            self._keys.delete_all(kv)
+            kv.delete_range(ts.KvStore.KeyRange("jaxwren/", "jaxwren0")).result()
+            kv.delete_range(ts.KvStore.KeyRange("zarr.json", "zarr.json\0")).result()
 
     # ------------------------------------------------------------------- generations
     def generation(self) -> str | None:
