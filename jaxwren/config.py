@@ -86,12 +86,16 @@ class StorageConfig:
       s3_region: region used in request signatures. None: ``AWS_REGION``, then
         ``AWS_DEFAULT_REGION`` (with a custom endpoint and no region, ``us-east-1``).
       s3_host_header: optional Host header override (only with an endpoint).
-      credentials: a TensorStore ``aws_credentials`` type (``"default"``,
+      credentials: a TensorStore ``aws_credentials`` type (``"default"``: with
+        ``AWS_ACCESS_KEY_ID`` in the environment (and no ``AWS_PROFILE``) it resolves to
+        ``"environment"``, which the default chain would pick anyway, without probing
+        ``~/.aws`` files;
         ``"environment"``, ``"anonymous"``, ``"profile"``, ``"imds"``, ``"ecs"``) or a full
         ``aws_credentials`` JSON object such as ``{"type": "profile", "profile": "minio"}``.
       s3_request_concurrency: at most this many concurrent S3 requests.
-      s3_max_retries: attempts on transient S3 errors (TensorStore retries with
-        exponential backoff between ``s3_retry_initial_delay`` and ``s3_retry_max_delay``).
+      s3_max_retries: attempts on transient S3 and GCS errors (TensorStore retries with
+        exponential backoff between ``s3_retry_initial_delay`` and ``s3_retry_max_delay``);
+        with the defaults an unreachable store fails within about 30 s.
       s3_retry_initial_delay: first backoff delay, a TensorStore duration (``"0.1s"``).
       s3_retry_max_delay: longest backoff delay.
       file_io_concurrency: at most this many concurrent local-file operations.
@@ -149,7 +153,18 @@ class StorageConfig:
         region = self.s3_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
         if region is None and endpoint is not None:
             region = "us-east-1"
-        return dataclasses.replace(self, s3_endpoint=endpoint, s3_region=region or None)
+        credentials = self.credentials
+        if (
+            credentials == "default"
+            and environ.get("AWS_ACCESS_KEY_ID")
+            and not environ.get("AWS_PROFILE")
+        ):
+            # the default chain would first probe ~/.aws files and log an error line per
+            # missing file on every request; keys in the environment win in that chain anyway
+            credentials = "environment"
+        return dataclasses.replace(
+            self, s3_endpoint=endpoint, s3_region=region or None, credentials=credentials
+        )
 
     def __repr__(self) -> str:  # never print credential objects' contents
         cred = self.credentials if isinstance(self.credentials, str) else "<aws_credentials>"

@@ -112,8 +112,14 @@ def kvstore_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
             "file_io_concurrency": {"limit": config.file_io_concurrency},
             "file_io_sync": config.file_sync,
         }
-    if loc.scheme == "gs":
-        return {"driver": "gcs", "bucket": loc.bucket, "path": loc.path}
+    retries = {
+        "max_retries": config.s3_max_retries,
+        "initial_delay": config.s3_retry_initial_delay,
+        "max_delay": config.s3_retry_max_delay,
+    }
+    if loc.scheme == "gs":  # bounded like S3: an unreachable store fails in seconds
+        return {"driver": "gcs", "bucket": loc.bucket, "path": loc.path,
+                "gcs_request_retries": retries}  # fmt: skip
     spec: dict[str, Any] = {
         "driver": "s3",
         "bucket": loc.bucket,
@@ -124,11 +130,7 @@ def kvstore_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
             else dict(config.credentials)
         ),
         "s3_request_concurrency": {"limit": config.s3_request_concurrency},
-        "s3_request_retries": {
-            "max_retries": config.s3_max_retries,
-            "initial_delay": config.s3_retry_initial_delay,
-            "max_delay": config.s3_retry_max_delay,
-        },
+        "s3_request_retries": retries,
     }
     if config.s3_endpoint:
         spec["endpoint"] = config.s3_endpoint
