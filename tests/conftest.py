@@ -109,3 +109,14 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         return Store(kind, str(tmp_path_factory.mktemp("store")), None)
     config = request.getfixturevalue("s3_config")
     return Store(kind, f"s3://{BUCKET}/t", config)
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Readable test ids: shapes as ``8x8``, keyword sets as ``k=v``, types by name."""
+    if isinstance(val, tuple) and val and all(isinstance(v, int) for v in val):
+        return "x".join(str(v) for v in val)
+    if isinstance(val, dict):
+        return ",".join(f"{k}={v!r}" for k, v in val.items())
+    if isinstance(val, type):
+        return val.__name__
+    return None

@@ -55,3 +55,16 @@ def run_until_killed(tmp_path, call: str, after_marks: int) -> None:
     proc = subprocess.run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=os.getcwd()),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 17, proc.stderr[-2000:]
+
+
+def run_python(code: str, *, drop: tuple[str, ...] = (), **env: str):
+    """Runs ``code`` in a fresh interpreter (this repo importable), with the test
+    environment less ``drop`` plus ``env``; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in drop}
+    full.update(env, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip

@@ -4,10 +4,6 @@ existing out's block shape, one compile per block shape (RunStats), and every er
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +14,7 @@ from jaxwren.config import RunSpec
 from jaxwren.engine.run import run
 from jaxwren.linalg.distances import pairwise_sq_distances
 from jaxwren.linalg.map_blocks import MapBlocks, map_blocks
-from tests.helpers import mem, rand, tolerance
+from tests.helpers import mem, rand, run_python, tolerance
 
 
 def numpy_map(fn, shape, block, *arrays):
@@ -168,14 +164,9 @@ print("refused")
 """
 
 
-def test_64_bit_inputs_without_x64_are_refused(tmp_path):
+def test_64_bit_inputs_without_x64_are_refused():
     # a subprocess: tests/conftest.py turns x64 on in this one, and no test changes it
-    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-    env["PYTHONPATH"] = os.getcwd()
-    script = tmp_path / "no_x64.py"
-    script.write_text(_NO_X64)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = run_python(_NO_X64, drop=("JAX_ENABLE_X64",))
     assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-3000:]
 
 

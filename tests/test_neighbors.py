@@ -280,7 +280,9 @@ def test_errors_before_anything_is_written():
         pairwise_sq_distances(X, X, never, memory_budget=300)
     with pytest.raises(jw.MatrixNotFoundError):
         jw.BigMatrix.open(never)  # refused before out was created
-    with pytest.raises(jw.MemoryBudgetError, match=r"or pass out=URL to store the result, which needs"):
+    with pytest.raises(
+        jw.MemoryBudgetError, match=r"or pass out=URL to store the result, which needs"
+    ):
         pairwise_sq_distances(X, X, memory_budget=1000)
     with pytest.raises(jw.OutputConflictError, match="is input #0"):
         pairwise_sq_distances(X, x, X)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxwren as jw
 from jaxwren.sharding import fit_spec
-from tests.helpers import mem, rand
+from tests.helpers import mem, rand, run_python
 
 
 def mesh_1d():
@@ -175,12 +171,7 @@ print("refused")
 """
 
 
-def test_64_bit_data_without_x64_is_refused_like_the_algorithms(tmp_path):
+def test_64_bit_data_without_x64_is_refused_like_the_algorithms():
     # a subprocess: tests/conftest.py turns x64 on in this one, and no test changes it
-    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-    env["PYTHONPATH"] = os.getcwd()
-    script = tmp_path / "no_x64.py"
-    script.write_text(_NO_X64)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = run_python(_NO_X64, drop=("JAX_ENABLE_X64",))
     assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-3000:]

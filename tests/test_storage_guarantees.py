@@ -3,12 +3,9 @@ refused, parent_fn honoured by every read, pickling."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -16,7 +13,7 @@ import pytest
 
 import jaxwren as jw
 from tests.conftest import BUCKET
-from tests.helpers import rand
+from tests.helpers import rand, run_python
 
 X = np.arange(5 * 7, dtype="float64").reshape(5, 7)
 
@@ -93,16 +90,6 @@ def test_storage_config_with_dict_credentials_pickles():
     assert back == cfg and dict(back.credentials) == {"type": "profile", "profile": "minio"}
 
 
-_SUBPROCESS_ENV_KEEP = ("PATH", "HOME", "PYTHONPATH", "JAX_PLATFORMS")
-
-
-def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k in _SUBPROCESS_ENV_KEEP}
-    base["PYTHONPATH"] = os.getcwd()
-    return subprocess.run([sys.executable, "-c", code], env={**base, **env},
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
-
-
 def test_unreachable_gcs_fails_in_bounded_time():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +102,7 @@ def test_unreachable_gcs_fails_in_bounded_time():
         "except jw.StorageError as e:\n"
         "    print('StorageError', round(time.time() - t, 1))\n"
     )
-    proc = _run_python(code, TENSORSTORE_GCS_HTTP_URL=f"http://127.0.0.1:{port}",
+    proc = run_python(code, TENSORSTORE_GCS_HTTP_URL=f"http://127.0.0.1:{port}",
                        GOOGLE_APPLICATION_CREDENTIALS="/nonexistent")  # fmt: skip
     assert "StorageError" in proc.stdout, proc.stderr[-2000:]
     assert float(proc.stdout.split()[-1]) < 30
@@ -127,7 +114,7 @@ def test_s3_with_environment_credentials_logs_no_errors(s3_endpoint):
         f"m = jw.from_numpy(np.ones((4, 4)), 's3://{BUCKET}/quiet', (2, 2), overwrite=True)\n"
         f"print(jw.BigMatrix.open('s3://{BUCKET}/quiet').numpy().sum())\n"
     )
-    proc = _run_python(code, AWS_ENDPOINT_URL_S3=s3_endpoint, AWS_ACCESS_KEY_ID="testing-key-id",
+    proc = run_python(code, drop=("AWS_PROFILE",), AWS_ENDPOINT_URL_S3=s3_endpoint, AWS_ACCESS_KEY_ID="testing-key-id",
                        AWS_SECRET_ACCESS_KEY="testing-secret-key", HOME="/nonexistent-home")  # fmt: skip
     assert proc.stdout.strip() == "16.0", proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if re.match(r"[EF]\d{4} ", ln)]
