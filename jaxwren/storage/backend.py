@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,9 +26,21 @@ from jaxwren.errors import (
     MatrixNotFoundError,
     StorageError,
 )
+from jaxwren.storage.chunkkeys import ChunkKeys
+from jaxwren.storage.records import RECORDS_RANGE
 from jaxwren.storage.urls import Location, kvstore_spec
 
-__all__ = ["HEADER_KEY", "shared_context", "translate_errors", "create_array", "open_array"]
+__all__ = [
+    "HEADER_KEY",
+    "create_array",
+    "delete_matrix",
+    "layout",
+    "open_array",
+    "parse_json",
+    "read_json_async",
+    "shared_context",
+    "translate_errors",
+]
 
 HEADER_KEY = "jaxwren"
 FORMAT_VERSION = 1
@@ -80,12 +93,18 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
             "jw.BigMatrix.create / jw.from_numpy, or fix the URL."
         )
+    if re.search(r"Metadata at .* does not exist", msg):
+        return MatrixNotFoundError(
+            f"{op}: the matrix at {where} was deleted after this handle was opened; "
+            "create it again (jw.BigMatrix.create / jw.from_numpy)."
+        )
     hint = ""
     if "retry attempts failed" in msg or "CURL error" in msg or msg.startswith("UNAVAILABLE"):
         hint = (
             " The store did not answer within TensorStore's retries (StorageConfig "
-            "s3_max_retries / s3_retry_initial_delay / s3_retry_max_delay); check the "
-            "endpoint, then rerun: stored results resume where they stopped."
+            "s3_max_retries / s3_retry_initial_delay / s3_retry_max_delay, used for s3:// "
+            "and gs://); check the endpoint, then rerun: stored results resume where they "
+            "stopped."
         )
     return StorageError(f"{op} on {where} failed: {msg}.{hint}")
 
@@ -134,7 +153,11 @@ def create_array(
     *,
     overwrite: bool,
 ) -> ts.TensorStore:
-    """Creates the zarr v3 array (chunk = block) with jaxwren's header in its attributes."""
+    """Creates the zarr v3 array (chunk = block) with jaxwren's header in its attributes.
+
+    ``overwrite`` deletes the array stored there first: exactly its keys (see
+    :func:`delete_matrix`), never other objects under the same prefix.
+    """
     probe_bucket(loc, config, "BigMatrix.create")
     metadata = {
         "shape": list(shape),
@@ -146,12 +169,10 @@ def create_array(
     }
     spec = dict(_base_spec(loc, config), metadata=metadata)
     with translate_errors("BigMatrix.create", loc):
-        return ts.open(
-            spec,
-            create=True,
-            delete_existing=overwrite,
-            context=shared_context(),
-        ).result()
+        if overwrite:
+            kv = ts.KvStore.open(kvstore_spec(loc, config), context=shared_context()).result()
+            delete_matrix(kv, loc, "BigMatrix.create")
+        return ts.open(spec, create=True, context=shared_context()).result()
 
 
 def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
@@ -173,8 +194,9 @@ def _refuse_zarr_v2(loc: Location, config: StorageConfig) -> None:
     if found:
         raise MatrixNotFoundError(
             f"BigMatrix.open: {loc.url} holds a zarr v2 array (.zarray); jaxwren reads zarr "
-            "v3. Convert it, e.g. with zarr-python: zarr.create_array(new_path, "
-            "data=zarr.open_array(old_path)[:], zarr_format=3), then open that."
+            "v3. Convert it with zarr-python, e.g. old = zarr.open_array(old_path); "
+            "zarr.create_array(new_path, data=old[:], chunks=old.chunks, zarr_format=3), "
+            "then open new_path."
         )
 
 
@@ -186,3 +208,53 @@ def stored_block_shape(array: ts.TensorStore) -> tuple[int, ...]:
         return tuple(int(b) for b in header["block_shape"])
     # a block is the unit stored under one key: the shard of a sharded array
     return tuple(int(c) for c in array.chunk_layout.write_chunk.shape)
+
+
+# ------------------------------------------------------------------ the stored header
+def read_json_async(kv: ts.KvStore, key: str = "zarr.json") -> ts.Future:
+    """Starts reading a JSON document (the array's header by default)."""
+    return kv.read(key)
+
+
+def parse_json(got: ts.KvStore.ReadResult) -> dict | None:
+    """The document of a finished :func:`read_json_async`, or None when it is absent."""
+    return json.loads(got.value) if got.state == "value" else None
+
+
+def layout(metadata: dict) -> dict:
+    """What decides how a handle maps bytes to elements: zarr.json less user attributes
+    (jaxwren's header counts; zarr-python users may add attributes freely) and dimension
+    names, in a normal form (zarr-python rewrites the document when attributes change:
+    explicit default separator, empty storage transformers)."""
+    keys = ChunkKeys.from_metadata(metadata)
+    skip = ("attributes", "chunk_key_encoding", "dimension_names")
+    out = {k: v for k, v in metadata.items() if k not in skip and v not in ([], None)}
+    out["chunk_key_encoding"] = [keys.name, keys.separator]
+    out[HEADER_KEY] = (metadata.get("attributes") or {}).get(HEADER_KEY)
+    return out
+
+
+def delete_matrix(kv: ts.KvStore, loc: Location, op: str) -> None:
+    """Deletes exactly the keys of the array stored in ``kv``: its chunks (named by its
+    stored chunk key encoding, and any in the default ``c/`` namespace, which a new array
+    there would read as its own), jaxwren's ``jaxwren/`` records, and last its header
+    (``zarr.json``, or a zarr v2 array's ``.zarray``/``.zattrs``). Other objects under
+    the same prefix (nested matrices, files) are kept. Nothing stored: nothing to do.
+
+    Raises:
+      MatrixExistsError: ``zarr.json`` there describes a zarr group, not an array.
+    """
+    v3, v2 = (parse_json(f.result()) for f in (read_json_async(kv), read_json_async(kv, ".zarray")))
+    if v3 is not None and v3.get("node_type", "array") != "array":
+        raise MatrixExistsError(
+            f"{op}: {loc.url} holds a zarr {v3.get('node_type')}, not an array; jaxwren "
+            "deletes arrays only. Choose another URL, or delete the group yourself."
+        )
+    kinds = [ChunkKeys()]
+    kinds += [ChunkKeys.from_metadata(v3)] if v3 is not None else []
+    kinds += [ChunkKeys.from_v2(v2)] if v2 is not None else []
+    for keys in dict.fromkeys(kinds):
+        keys.delete_all(kv)
+    kv.delete_range(RECORDS_RANGE).result()
+    for key in (".zattrs", ".zarray", "zarr.json") if v2 is not None else ("zarr.json",):
+        kv.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()

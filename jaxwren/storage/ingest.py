@@ -10,7 +10,8 @@ import numpy as np
 from jaxwren.config import StorageConfig
 from jaxwren.errors import ShapeMismatchError
 from jaxwren.storage.backend import translate_errors
-from jaxwren.storage.bigmatrix import BigMatrix, check_shape
+from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.validate import check_shape
 from jaxwren.storage.window import Window
 
 __all__ = ["from_numpy", "write_blocks"]
@@ -51,17 +52,37 @@ def from_numpy(
     matrix = BigMatrix.create(
         url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
     )
-    write_blocks(matrix, x, n_jobs=n_jobs)
+    _write_blocks(matrix, x, max_inflight_bytes=1 << 30, n_jobs=n_jobs)  # create: new token
     return matrix
 
 
 def write_blocks(
     matrix: BigMatrix, x: np.ndarray, *, max_inflight_bytes: int = 1 << 30, n_jobs: int = 16
 ) -> None:
-    """Writes ``x`` block by block with bounded concurrency (numpywren's shard_matrix).
+    """Writes ``x`` (the matrix's shape) into an existing matrix block by block with bounded
+    concurrency (numpywren's shard_matrix): at most ``n_jobs`` block writes and
+    ``max_inflight_bytes`` in flight at once.
 
-    At most ``n_jobs`` block writes and ``max_inflight_bytes`` are in flight at once.
+    Like every user-facing write it first checks the handle and replaces the matrix's
+    generation token, once (:meth:`BigMatrix.begin_write`).
+
+    Raises:
+      ShapeMismatchError: ``x`` does not have the matrix's shape (nothing is written).
+      MatrixChangedError: the handle is stale (nothing is written).
     """
+    x = np.asarray(x)
+    if x.shape != matrix.shape:
+        raise ShapeMismatchError(
+            f"write_blocks: array shape {x.shape} differs from {matrix!r}; pass an array of "
+            "the matrix's shape (or create a matching matrix with jw.from_numpy)."
+        )
+    matrix.begin_write()
+    _write_blocks(matrix, x, max_inflight_bytes=max_inflight_bytes, n_jobs=n_jobs)
+
+
+def _write_blocks(
+    matrix: BigMatrix, x: np.ndarray, *, max_inflight_bytes: int, n_jobs: int
+) -> None:
     with translate_errors("from_numpy", matrix.location), Window(max_inflight_bytes, n_jobs) as w:
         for i, j in matrix.block_idxs:
             r0, r1, c0, c1 = matrix.block_bounds(i, j)

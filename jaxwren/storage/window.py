@@ -87,14 +87,17 @@ class Window:
 
 
 class Futures:
-    """Many TensorStore futures (or none: already finished) awaited as one."""
+    """Many TensorStore futures (or none: already finished) awaited as one; ``result()``
+    returns ``value`` once they all finished."""
 
-    def __init__(self, futures: list[Any] | None = None) -> None:
+    def __init__(self, futures: list[Any] | None = None, value: Any = None) -> None:
         self._futures = futures or []
+        self._value = value
 
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
 
-    def result(self) -> None:
+    def result(self) -> Any:
         for f in self._futures:
             f.result()
+        return self._value

@@ -1,0 +1,59 @@
+"""jaxwren's own keys beside a matrix's chunks: its generation token and completion records.
+
+Everything lives under ``jaxwren/`` inside the matrix's prefix (zarr ignores it):
+
+* ``jaxwren/generation``: a random token (uuid4 hex) replaced by every jaxwren write to
+  the matrix. A result derived from the matrix records the token it read; a different
+  token means the data may have changed. Absent for arrays no jaxwren call has written.
+* ``jaxwren/done/KEY``: completion records of a computation writing the matrix (written
+  after the data they vouch for, so an interrupted run resumes without trusting
+  half-written output).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import tensorstore as ts
+
+__all__ = [
+    "GENERATION_KEY",
+    "GENERATION_RANGE",
+    "RECORDS_RANGE",
+    "clear_marks",
+    "list_marks",
+    "read_generation",
+    "write_generation_async",
+    "write_mark",
+]
+
+GENERATION_KEY = "jaxwren/generation"
+GENERATION_RANGE = ts.KvStore.KeyRange(GENERATION_KEY, GENERATION_KEY + "\0")
+RECORDS_RANGE = ts.KvStore.KeyRange("jaxwren/", "jaxwren0")  # every jaxwren/ key
+_MARKS_PREFIX = "jaxwren/done/"
+_MARKS = ts.KvStore.KeyRange(_MARKS_PREFIX, "jaxwren/done0")
+
+
+def read_generation(kv: ts.KvStore) -> str | None:
+    """The stored generation token, or None when there is none."""
+    got = kv.read(GENERATION_KEY).result()
+    return got.value.decode() if got.state == "value" else None
+
+
+def write_generation_async(kv: ts.KvStore) -> tuple[str, ts.Future]:
+    """Starts writing a fresh token; returns it and the write's future."""
+    token = uuid.uuid4().hex
+    return token, kv.write(GENERATION_KEY, token.encode())
+
+
+def write_mark(kv: ts.KvStore, key: str) -> None:
+    kv.write(_MARKS_PREFIX + key, b"1").result()
+
+
+def list_marks(kv: ts.KvStore) -> set[str]:
+    """The completion records present (one LIST)."""
+    return {k.decode()[len(_MARKS_PREFIX) :] for k in kv.list(_MARKS).result()}
+
+
+def clear_marks(kv: ts.KvStore) -> None:
+    kv.delete_range(_MARKS).result()
