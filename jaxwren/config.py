@@ -6,8 +6,10 @@ public entry points call once; everything below them receives a resolved config.
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,12 +88,15 @@ class StorageConfig:
       s3_region: region used in request signatures. None: ``AWS_REGION``, then
         ``AWS_DEFAULT_REGION`` (with a custom endpoint and no region, ``us-east-1``).
       s3_host_header: optional Host header override (only with an endpoint).
-      credentials: a TensorStore ``aws_credentials`` type (``"default"``: with
-        ``AWS_ACCESS_KEY_ID`` in the environment (and no ``AWS_PROFILE``) it resolves to
-        ``"environment"``, which the default chain would pick anyway, without probing
-        ``~/.aws`` files;
-        ``"environment"``, ``"anonymous"``, ``"profile"``, ``"imds"``, ``"ecs"``) or a full
-        ``aws_credentials`` JSON object such as ``{"type": "profile", "profile": "minio"}``.
+      credentials: a TensorStore ``aws_credentials`` type (``"default"``, ``"environment"``,
+        ``"anonymous"``, ``"profile"``, ``"imds"``, ``"ecs"``) or a full ``aws_credentials``
+        JSON object such as ``{"type": "profile", "profile": "minio"}``. ``"default"`` is
+        resolved the AWS SDK's way by :meth:`resolve`: keys in the environment
+        (``AWS_ACCESS_KEY_ID``) -> ``"environment"``; else a shared credentials file
+        (``AWS_SHARED_CREDENTIALS_FILE`` or ``~/.aws/credentials``) -> that file's
+        ``AWS_PROFILE`` (or ``default``) profile; else ``AWS_PROFILE`` alone -> the default
+        chain with that profile; else TensorStore's default chain (which probes files,
+        ECS and IMDS and logs an error line for each source that fails).
       s3_request_concurrency: at most this many concurrent S3 requests.
       s3_max_retries: attempts on transient S3 and GCS errors (TensorStore retries with
         exponential backoff between ``s3_retry_initial_delay`` and ``s3_retry_max_delay``);
@@ -154,14 +159,8 @@ class StorageConfig:
         if region is None and endpoint is not None:
             region = "us-east-1"
         credentials = self.credentials
-        if (
-            credentials == "default"
-            and environ.get("AWS_ACCESS_KEY_ID")
-            and not environ.get("AWS_PROFILE")
-        ):
-            # the default chain would first probe ~/.aws files and log an error line per
-            # missing file on every request; keys in the environment win in that chain anyway
-            credentials = "environment"
+        if credentials == "default":
+            credentials = _default_credentials(environ)
         return dataclasses.replace(
             self, s3_endpoint=endpoint, s3_region=region or None, credentials=credentials
         )
@@ -172,6 +171,41 @@ class StorageConfig:
             f"StorageConfig(s3_endpoint={self.s3_endpoint!r}, s3_region={self.s3_region!r}, "
             f"credentials={cred!r})"
         )
+
+
+def _default_credentials(environ: Mapping[str, str]) -> str | dict[str, str]:
+    """``credentials="default"`` resolved in the AWS SDK's order to the one source that
+    applies. TensorStore's own default chain probes every source in turn (logging an
+    error line per source that fails, on every store opened) and, in TensorStore 0.1.x,
+    reads ``~/.aws`` profiles only when given both files' paths explicitly."""
+    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        return "environment"
+    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE")
+    if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):  # comes before profiles in the chain
+        return {"type": "default", "profile": profile} if profile else "default"
+    aws_dir = os.path.join(
+        environ.get("HOME") or environ.get("USERPROFILE") or "/nonexistent", ".aws"
+    )
+    cred_file = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(aws_dir, "credentials")
+    config_file = environ.get("AWS_CONFIG_FILE") or os.path.join(aws_dir, "config")
+    config_file = config_file if os.path.isfile(config_file) else os.devnull
+    name = profile or "default"
+    if _profile_in(cred_file, name):
+        cred_file = os.path.abspath(cred_file)
+        return {"type": "profile", "profile": name, "credentials_file": cred_file,
+                "config_file": config_file}  # fmt: skip
+    if profile:
+        return {"type": "default", "profile": profile}
+    return "default"
+
+
+def _profile_in(credentials_file: str, profile: str) -> bool:
+    """Whether a shared credentials file exists and has a ``[profile]`` section."""
+    parser = configparser.RawConfigParser()
+    try:
+        return bool(parser.read(credentials_file)) and parser.has_section(profile)
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return False
 
 
 class _FrozenDict(dict):
