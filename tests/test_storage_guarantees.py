@@ -3,6 +3,7 @@ refused, parent_fn honoured by every read, pickling."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import socket
@@ -116,6 +117,210 @@ def test_s3_with_environment_credentials_logs_no_errors(s3_endpoint):
     )
     proc = run_python(code, drop=("AWS_PROFILE",), AWS_ENDPOINT_URL_S3=s3_endpoint, AWS_ACCESS_KEY_ID="testing-key-id",
                        AWS_SECRET_ACCESS_KEY="testing-secret-key", HOME="/nonexistent-home")  # fmt: skip
+    assert proc.stdout.strip() == "16.0", proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if re.match(r"[EF]\d{4} ", ln)]
+    assert errors == []
+
+
+# ------------------------------------------------------------------- parent_fn, one path
+def test_parent_fn_is_honoured_by_the_one_read_path(store):
+    calls = []
+
+    def parent(a, i, j):
+        calls.append((a.transposed, i, j))
+        return _parent(a, i, j)
+
+    p = jw.BigMatrix.create(store.url("pf1"), X.shape, (2, 3), "float64", storage=store.config,
+                            parent_fn=parent)  # fmt: skip
+    p.put_block(X[0:2, 6:7], 0, 2)
+    want = X + 100.0
+    want[0:2, 6:7] = X[0:2, 6:7]
+    out = np.full((3, 5), np.nan)
+    fut = p.read_region_into_async(1, 4, 2, 7, out)
+    assert hasattr(fut, "done")
+    fut.result()
+    np.testing.assert_array_equal(out, want[1:4, 2:7])
+    np.testing.assert_array_equal(p.read_region_async(0, 5, 0, 7).result(), want)
+    np.testing.assert_array_equal(np.asarray(jw.load(p)), want)
+    for i, j in p.block_idxs:
+        np.testing.assert_array_equal(p.T.get_block(j, i), p.get_block(i, j).T)
+    assert all(not transposed for transposed, _, _ in calls)  # always the stored matrix
+    assert (2, 0) in {(i, j) for _, i, j in calls}  # .T block (0, 2) is parent block (2, 0)
+    p.put_block(np.zeros((1, 3)), 2, 1)  # written between reads: seen (nothing cached)
+    want[4:5, 3:6] = 0
+    np.testing.assert_array_equal(p.numpy(), want)
+    np.testing.assert_array_equal(p.T.read_region(0, 7, 0, 5), want.T)
+
+
+def test_lower_triangle_reads_parent_blocks(store):
+    from jaxwren.sharding.lower import LowerTriangle
+
+    s = np.arange(25.0).reshape(5, 5)
+    p = jw.BigMatrix.create(store.url("pfl"), (5, 5), (2, 2), "float64", storage=store.config,
+                            parent_fn=lambda a, i, j: s[2 * i : 2 * i + 2, 2 * j : 2 * j + 2])  # fmt: skip
+    out = np.full((5, 5), np.nan)
+    LowerTriangle(p).read_region_into_async(0, 5, 0, 5, out).result()
+    want = s.copy()
+    want[0:2, 2:] = want[2:4, 4:] = 0  # blocks above the diagonal are not read
+    np.testing.assert_array_equal(out, want)
+
+
+# ------------------------------------------------------------------------- generations
+def test_write_blocks_and_begin_write_replace_the_generation(store):
+    from jaxwren.storage.ingest import write_blocks
+
+    m = jw.from_numpy(X, store.url("wb"), (2, 3), storage=store.config)
+    g0 = m.generation()
+    write_blocks(m, X * 2)
+    g1 = m.generation()
+    assert g1 not in (None, g0)
+    np.testing.assert_array_equal(m.numpy(), X * 2)
+    assert m.begin_write() == m.generation() != g1
+    g2 = m.generation()
+    m.mark("tile-0"), m.marks(), m.read_region(0, 1, 0, 1), m.block_exists(0, 0)  # noqa: B018
+    list(m.iter_row_batches(5))
+    assert m.generation() == g2  # records and reads leave it alone
+    assert len(m.new_generation()) == 32 and m.generation() != g2
+    with pytest.raises(jw.ShapeMismatchError, match=r"array shape \(2, 2\) differs"):
+        write_blocks(m, np.ones((2, 2)))
+
+
+def test_free_deletes_blocks_and_records_and_destroy_everything(store):
+    m = jw.from_numpy(X, store.url("fr"), (2, 3), storage=store.config)
+    m.mark("a")
+    m.free()
+    assert m.marks() == set() and m.block_idxs_exist == set() and m.generation() is not None
+    m.destroy()
+    assert m.generation() is None
+    with pytest.raises(jw.MatrixNotFoundError, match="no matrix at"):
+        jw.BigMatrix.open(m.url, storage=store.config)
+
+
+# ----------------------------------------------------------------------- stale handles
+_RECREATE = (
+    "import sys, numpy as np, jaxwren as jw\n"
+    "url, shape, dtype = sys.argv[1], eval(sys.argv[2]), sys.argv[3]\n"
+    "jw.from_numpy(np.full(shape, 7, dtype), url, (2, 3), overwrite=True)\n"
+)
+
+
+def _recreate_elsewhere(url, shape, dtype):
+    """Recreates the matrix in another process (no shared TensorStore cache)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _RECREATE, url, repr(shape), dtype], check=True,
+                   timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((5, 7), "int64"), ((6, 7), "float64")])
+def test_handle_of_a_matrix_recreated_by_another_process_raises(tmp_path, shape, dtype):
+    url = str(tmp_path / "stale")
+    old = jw.from_numpy(X, url, (2, 3))
+    old.numpy()
+    _recreate_elsewhere(url, shape, dtype)
+    reads = (old.numpy, lambda: old.get_block(0, 0), lambda: old.read_region(0, 1, 0, 1),
+             old.to_jax, old.check_fresh, lambda: old.put_block(np.zeros((2, 3)), 0, 0),
+             lambda: old.delete_block(0, 0), old.free)  # fmt: skip
+    for call in reads:
+        with pytest.raises(jw.MatrixChangedError, match=r"reopen it with jw\.BigMatrix\.open"):
+            call()
+    new = jw.BigMatrix.open(url)
+    np.testing.assert_array_equal(new.numpy(), np.full(shape, 7, dtype))  # nothing written
+
+
+def test_same_layout_recreated_or_attributes_changed_is_still_fresh(tmp_path):
+    import zarr
+
+    url = str(tmp_path / "same")
+    old = jw.from_numpy(X, url, (2, 3))
+    _recreate_elsewhere(url, X.shape, "float64")
+    zarr.open_array(url).attrs["note"] = "a user attribute"
+    old.check_fresh()
+    np.testing.assert_array_equal(old.numpy(), np.full(X.shape, 7.0))  # the new data
+
+
+def test_handle_of_a_deleted_matrix_raises(store):
+    m = jw.from_numpy(X, store.url("del"), (2, 3), storage=store.config)
+    old = jw.BigMatrix.open(m.url, storage=store.config)
+    m.destroy()
+    for call in (old.check_fresh, old.numpy, lambda: old.put_block(np.ones((2, 3)), 0, 0)):
+        with pytest.raises(jw.MatrixNotFoundError, match="was deleted.*create it again"):
+            call()
+    assert old.generation() is None  # the refused write left nothing behind
+
+
+# ---------------------------------------------------------------------------- pickling
+def test_pickle_keeps_parent_fn_config_and_memory_data():
+    url = "memory://pickled-parent"
+    p = jw.BigMatrix.create(url, X.shape, (2, 3), "float64", parent_fn=_parent, overwrite=True)
+    p.put_block(np.zeros((2, 3)), 0, 0)
+    for handle in (p, p.T):
+        back = pickle.loads(pickle.dumps(handle))
+        assert back.parent_fn is _parent and back.storage == handle.storage
+        np.testing.assert_array_equal(back.numpy(), handle.numpy())
+    assert pickle.loads(pickle.dumps(p)).numpy()[0, 0] == 0  # the same memory store
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"s3_endpoint": "http://127.0.0.1:9000", "s3_region": "r", "s3_max_retries": 3},
+     {"credentials": {"type": "profile", "profile": "p", "credentials_file": "/x"}}],
+)  # fmt: skip
+def test_storage_config_pickles_equal(kwargs):
+    cfg = jw.StorageConfig(**kwargs)
+    back = pickle.loads(pickle.dumps(cfg))
+    assert back == cfg and hash(back) == hash(cfg)
+    with pytest.raises(TypeError, match="read-only"):
+        jw.StorageConfig(credentials={"type": "anonymous"}).credentials["type"] = "x"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- stores, credentials
+def test_unreachable_s3_fails_in_bounded_time():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = jw.StorageConfig(s3_endpoint=f"http://127.0.0.1:{port}", credentials="anonymous",
+                           s3_max_retries=2, s3_retry_initial_delay="0.05s")  # fmt: skip
+    for call in (lambda: jw.BigMatrix.open(f"s3://{BUCKET}/x", storage=cfg),
+                 lambda: jw.BigMatrix.create(f"s3://{BUCKET}/x", (2, 2), (1, 1), storage=cfg)):  # fmt: skip
+        with pytest.raises(jw.StorageError, match="did not answer within TensorStore's retries"):
+            call()
+
+
+def test_default_credentials_resolve_to_the_one_source(tmp_path):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text("[default]\naws_access_key_id = a\n[minio]\nx = y\n")
+    keys = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    home = {"HOME": str(tmp_path)}
+
+    def resolved(env):
+        c = jw.StorageConfig().resolve(env).credentials
+        return c if isinstance(c, str) else dict(c)
+
+    assert resolved({**keys, **home, "AWS_PROFILE": "minio"}) == "environment"
+    assert resolved(home) == {"type": "profile", "profile": "default", "config_file": os.devnull,
+                              "credentials_file": str(aws / "credentials")}  # fmt: skip
+    assert resolved({**home, "AWS_PROFILE": "minio"})["profile"] == "minio"
+    assert resolved({**home, "AWS_PROFILE": "sso"}) == {"type": "default", "profile": "sso"}
+    assert resolved({"HOME": str(tmp_path / "none")}) == "default"
+    assert jw.StorageConfig(credentials="anonymous").resolve(keys).credentials == "anonymous"
+
+
+def test_s3_with_a_profile_logs_no_errors(s3_endpoint, tmp_path):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        "[minio]\naws_access_key_id = testing-key-id\naws_secret_access_key = testing-secret-key\n"
+    )
+    code = (
+        "import numpy as np, jaxwren as jw\n"
+        f"m = jw.from_numpy(np.ones((4, 4)), 's3://{BUCKET}/quiet-p', (2, 2), overwrite=True)\n"
+        f"print(jw.BigMatrix.open('s3://{BUCKET}/quiet-p').numpy().sum())\n"
+    )
+    proc = run_python(code, drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+                      AWS_ENDPOINT_URL_S3=s3_endpoint, AWS_PROFILE="minio", HOME=str(tmp_path))  # fmt: skip
     assert proc.stdout.strip() == "16.0", proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if re.match(r"[EF]\d{4} ", ln)]
     assert errors == []
