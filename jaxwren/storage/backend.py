@@ -36,9 +36,11 @@ __all__ = [
     "delete_matrix",
     "layout",
     "open_array",
+    "open_kvstore",
     "parse_json",
     "read_json_async",
     "shared_context",
+    "store_spec",
     "translate_errors",
 ]
 
@@ -54,6 +56,38 @@ _CRED_WORDS = re.compile(
 def shared_context() -> ts.Context:
     """The one TensorStore context of this process (created on first use, not on import)."""
     return ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+
+
+_RESOURCES = ("file_io_concurrency", "file_io_sync", "s3_request_concurrency",
+              "s3_request_retries", "gcs_request_retries", "aws_credentials")  # fmt: skip
+
+
+@functools.cache
+def _context_for(resources: str) -> ts.Context:
+    return ts.Context(json.loads(resources), parent=shared_context())
+
+
+def store_spec(loc: Location, config: StorageConfig) -> tuple[dict[str, Any], ts.Context]:
+    """The kvstore spec of ``loc`` and the context to open it in.
+
+    The spec's context resources (IO limits, retries, credentials) move into one context
+    per distinct set of them, a child of :func:`shared_context`: every handle on a store
+    then shares TensorStore's driver and caches (a handle sees a header rewritten in this
+    process) and one set of IO limits. Resources written inline in a spec would make a
+    new driver, cache and limit for every open.
+    """
+    spec = kvstore_spec(loc, config)
+    resources = {k: spec.pop(k) for k in _RESOURCES if k in spec}
+    return spec, _context_for(json.dumps(resources, sort_keys=True))
+
+
+def open_kvstore(loc: Location, config: StorageConfig, *, path: str | None = None) -> ts.KvStore:
+    """The kvstore at ``loc`` (or at ``path`` in the same bucket), opened as in
+    :func:`store_spec`."""
+    spec, context = store_spec(loc, config)
+    return ts.KvStore.open(
+        spec if path is None else dict(spec, path=path), context=context
+    ).result()
 
 
 def _clean(msg: str) -> str:
@@ -93,11 +127,6 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
             "jw.BigMatrix.create / jw.from_numpy, or fix the URL."
         )
-    if re.search(r"Metadata at .* does not exist", msg):
-        return MatrixNotFoundError(
-            f"{op}: the matrix at {where} was deleted after this handle was opened; "
-            "create it again (jw.BigMatrix.create / jw.from_numpy)."
-        )
     hint = ""
     if "retry attempts failed" in msg or "CURL error" in msg or msg.startswith("UNAVAILABLE"):
         hint = (
@@ -128,20 +157,16 @@ def probe_bucket(loc: Location, config: StorageConfig, op: str) -> None:
     """
     if loc.scheme not in ("s3", "gs"):
         return
-    spec = dict(kvstore_spec(loc, config), path="")
     with translate_errors(op, loc):
-        kv = ts.KvStore.open(spec, context=shared_context()).result()
+        kv = open_kvstore(loc, config, path="")
         kv.list(ts.KvStore.KeyRange(loc.path, loc.path + "zarr.json\0")).result()
 
 
-def _base_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
+def _array_spec(loc: Location, config: StorageConfig) -> tuple[dict[str, Any], ts.Context]:
+    kv, context = store_spec(loc, config)
     # Blocks equal to the fill value are still stored: a written block always exists
     # (parent_fn and resumable algorithms rely on it).
-    return {
-        "driver": "zarr3",
-        "kvstore": kvstore_spec(loc, config),
-        "store_data_equal_to_fill_value": True,
-    }
+    return {"driver": "zarr3", "kvstore": kv, "store_data_equal_to_fill_value": True}, context
 
 
 def create_array(
@@ -167,12 +192,11 @@ def create_array(
         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
         "attributes": {HEADER_KEY: {"format": FORMAT_VERSION, "block_shape": list(block_shape)}},
     }
-    spec = dict(_base_spec(loc, config), metadata=metadata)
+    spec, context = _array_spec(loc, config)
     with translate_errors("BigMatrix.create", loc):
         if overwrite:
-            kv = ts.KvStore.open(kvstore_spec(loc, config), context=shared_context()).result()
-            delete_matrix(kv, loc, "BigMatrix.create")
-        return ts.open(spec, create=True, context=shared_context()).result()
+            delete_matrix(open_kvstore(loc, config), loc, "BigMatrix.create")
+        return ts.open(dict(spec, metadata=metadata), create=True, context=context).result()
 
 
 def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
@@ -180,7 +204,8 @@ def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
     probe_bucket(loc, config, "BigMatrix.open")
     try:
         with translate_errors("BigMatrix.open", loc):
-            return ts.open(_base_spec(loc, config), open=True, context=shared_context()).result()
+            spec, context = _array_spec(loc, config)
+            return ts.open(spec, open=True, context=context).result()
     except MatrixNotFoundError:
         _refuse_zarr_v2(loc, config)
         raise
@@ -189,8 +214,7 @@ def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
 def _refuse_zarr_v2(loc: Location, config: StorageConfig) -> None:
     """A zarr v2 array (``.zarray``) gets a message that says so, not "no matrix"."""
     with translate_errors("BigMatrix.open", loc):
-        kv = ts.KvStore.open(kvstore_spec(loc, config), context=shared_context()).result()
-        found = kv.read(".zarray").result().state == "value"
+        found = open_kvstore(loc, config).read(".zarray").result().state == "value"
     if found:
         raise MatrixNotFoundError(
             f"BigMatrix.open: {loc.url} holds a zarr v2 array (.zarray); jaxwren reads zarr "

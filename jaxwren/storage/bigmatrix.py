@@ -388,9 +388,11 @@ class BigMatrix(StoredState):
 
     def iter_row_batches(self, batch_rows: int, **kwargs: Any) -> Iterator[jax.Array]:
         """Streams row batches as sharded jax.Arrays with reads in flight ahead (see
-        :func:`jaxwren.sharding.batches.iter_row_batches` for the options)."""
+        :func:`jaxwren.sharding.batches.iter_row_batches` for the options); checks the
+        handle's freshness once, here."""
         from jaxwren.sharding.batches import iter_row_batches  # delegate, as to_jax
 
+        self.check_fresh()
         return iter_row_batches(self, batch_rows, **kwargs)
 
     def to_jax(self, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
