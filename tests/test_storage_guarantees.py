@@ -221,6 +221,7 @@ def test_handle_of_a_matrix_recreated_by_another_process_raises(tmp_path, shape,
     _recreate_elsewhere(url, shape, dtype)
     reads = (old.numpy, lambda: old.get_block(0, 0), lambda: old.read_region(0, 1, 0, 1),
              old.to_jax, old.check_fresh, lambda: old.put_block(np.zeros((2, 3)), 0, 0),
+             lambda: old.iter_row_batches(5),
              lambda: old.delete_block(0, 0), old.free)  # fmt: skip
     for call in reads:
         with pytest.raises(jw.MatrixChangedError, match=r"reopen it with jw\.BigMatrix\.open"):
@@ -324,3 +325,18 @@ def test_s3_with_a_profile_logs_no_errors(s3_endpoint, tmp_path):
     assert proc.stdout.strip() == "16.0", proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if re.match(r"[EF]\d{4} ", ln)]
     assert errors == []
+
+
+def test_low_level_read_of_a_recreated_matrix_is_typed(store):
+    """The engine's reads skip the per-call check (it checks once per run); in this
+    process TensorStore itself notices the new header, and the error is typed."""
+    from jaxwren.storage.backend import translate_errors
+
+    url = store.url("stale-ll")
+    old = jw.from_numpy(X, url, (2, 3), storage=store.config)
+    jw.BigMatrix.create(url, (5, 7), (2, 3), "int32", storage=store.config, overwrite=True)
+    with (
+        pytest.raises(jw.MatrixChangedError, match="reopen it with jw.BigMatrix.open"),
+        translate_errors("load", old.location),
+    ):
+        old.read_region_into_async(0, 2, 0, 3, np.empty((2, 3))).result()
