@@ -20,9 +20,9 @@ from jaxwren.config import StorageConfig
 from jaxwren.engine.problem import Output
 from jaxwren.errors import MatrixNotFoundError, OutputConflictError, ShapeMismatchError
 from jaxwren.sharding import multihost
-from jaxwren.storage.backend import shared_context, translate_errors
+from jaxwren.storage.backend import open_kvstore, translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix, resolve_storage
-from jaxwren.storage.urls import Location, kvstore_spec, parse_url
+from jaxwren.storage.urls import Location, parse_url
 
 __all__ = ["Slot", "resolve_outputs", "materialize", "discard", "place_key"]
 
@@ -134,8 +134,7 @@ def _open_existing(where: str, url: Any, loc: Location, config: StorageConfig) -
 
 
 def _kvstore(loc: Location, config: StorageConfig, path: str) -> ts.KvStore:
-    spec = dict(kvstore_spec(loc, config), path=path)
-    return ts.KvStore.open(spec, context=shared_context()).result()
+    return open_kvstore(loc, config, path=path)  # the store's one driver and context
 
 
 def _check_free_place(where: str, loc: Location, config: StorageConfig) -> None:
