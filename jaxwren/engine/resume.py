@@ -59,11 +59,10 @@ def resume_state(name: str, ident: str | None, slots: Sequence[Slot]) -> tuple[R
     if ident is None or not stored or any(s.matrix is None for s in stored):
         return Resume(), "fresh"
     prefix = _prefix(name, ident, stored)
-    marks: set[str] = set()
-    for s in stored:
-        marks |= s.matrix.marks()
-    if all(f"{prefix}-{COMPLETE}" in s.matrix.marks() for s in stored):
+    per_output = [s.matrix.marks() for s in stored]  # one LIST per output
+    if all(f"{prefix}-{COMPLETE}" in m for m in per_output):
         return Resume(prefix), COMPLETE
+    marks = set().union(*per_output)
     mine = {m.split(".p")[0] for m in marks if m.startswith(prefix + "-")}
     if not mine:
         return Resume(), "fresh"

@@ -28,7 +28,7 @@ from jaxwren.engine.resume import COMPLETE, fresh_resume, identity, resume_state
 from jaxwren.engine.runner import RunStats, execute
 from jaxwren.errors import JaxwrenError, MemoryBudgetError, ShapeMismatchError, StorageError
 from jaxwren.sharding import multihost
-from jaxwren.sharding.mesh import auto_mesh, on_mesh
+from jaxwren.sharding.mesh import check_mesh, on_mesh
 from jaxwren.sharding.tiles import as_source
 from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
 
@@ -99,7 +99,7 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
     spec = spec or RunSpec()
     where = op.name
     user_mesh = spec.mesh
-    mesh = auto_mesh(user_mesh, where=where)
+    mesh = check_mesh(user_mesh, where=where)
     sources = [operand(x, name=n, where=where) for x, n in zip(operands, op.operand_names,
                                                                 strict=True)]  # fmt: skip
     problem: Problem = op.check(sources, mesh)

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["ROWS", "COLS", "auto_mesh", "check_mesh", "default_mesh", "default_sharding",
+__all__ = ["ROWS", "COLS", "check_mesh", "default_mesh", "default_sharding",
            "fit_spec", "on_mesh"]  # fmt: skip
 
 ROWS, COLS = "rows", "cols"
@@ -54,9 +54,6 @@ def check_mesh(mesh: Mesh | None, *, where: str) -> Mesh:
     if all(t == AxisType.Auto for t in mesh.axis_types):
         return mesh
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 2)
-
-
-auto_mesh = check_mesh
 
 
 def on_mesh(value: Any, mesh: Mesh | None) -> Any:
