@@ -1,5 +1,6 @@
 """jaxwren: dense linear algebra on matrices in object storage, on a JAX device mesh."""
 
+from jaxwren.compile_cache import enable_compilation_cache
 from jaxwren.config import StorageConfig
 from jaxwren.errors import (
     BlockIndexError,
@@ -58,6 +59,7 @@ __all__ = [
     "cho_logdet",
     "cho_solve",
     "cholesky",
+    "enable_compilation_cache",
     "default_mesh",
     "default_sharding",
     "from_numpy",

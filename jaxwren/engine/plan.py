@@ -49,6 +49,8 @@ class Write:
     origin: tuple[int, int] = (0, 0)
     size: tuple[int, int] | None = None
     record: str | None = None
+    lower: bool = False  # strictly upper part zero and target emptied by the run: the
+    # target's blocks wholly above the diagonal are not written (absent reads as zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Step:
     """One unit of work: ``carry, outputs = kernel(carry, *tiles)``.
 
     Kernels may donate the carry but never a tile: on CPU devices the replicas of a tile
-    share one host buffer.
+    share one host buffer. An output that is only stored may be a host (numpy) array: it
+    is written as one region (whole chunks, no copy to devices).
 
     Attributes:
       reads: the tiles to load (prefetched while earlier steps compute).

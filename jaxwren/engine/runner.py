@@ -93,8 +93,9 @@ class _Writer:
         self._stats = stats
         self._behind = behind  # False: each tile is stored before the next step runs
 
-    def submit(self, out: jax.Array, write: Write) -> None:
-        out.copy_to_host_async()
+    def submit(self, out: jax.Array | np.ndarray, write: Write) -> None:
+        if isinstance(out, jax.Array):
+            out.copy_to_host_async()
         self._queue.append((out, write))
         while len(self._queue) > (1 if self._behind else 0):
             self._flush(*self._queue.popleft())
@@ -113,7 +114,9 @@ class _Writer:
         r0, c0 = write.origin
         target = write.target
         pieces = []
-        for shard in out.addressable_shards:
+        if isinstance(out, np.ndarray):  # a host result: whole chunks, one write per row
+            pieces.extend(_host_pieces(out[:h, :w], write))
+        for shard in [] if isinstance(out, np.ndarray) else out.addressable_shards:
             if shard.replica_id != 0:
                 continue
             a0, a1, b0, b1 = shard_bounds(shard.index, out.shape)
@@ -154,6 +157,23 @@ class _Writer:
         while self._queue:
             self._flush(*self._queue.popleft())
         self._window.drain()
+
+
+def _host_pieces(out: np.ndarray, write: Write) -> list[tuple[int, int, np.ndarray]]:
+    """A host result as write pieces: all of it, or with ``write.lower`` (and a target
+    without parent_fn, whose absent blocks read as zeros) one piece per block row of the
+    target, up to the block holding the diagonal."""
+    target = write.target
+    if (not write.lower or write.origin != (0, 0) or getattr(target, "parent_fn", None) is not None
+            or getattr(target, "transposed", False)):  # fmt: skip
+        return [(0, 0, out)]
+    br, bc = target.block_shape
+    pieces = []
+    for r0 in range(0, out.shape[0], br):
+        r1 = min(r0 + br, out.shape[0])
+        c1 = min(-(-r1 // bc) * bc, out.shape[1])
+        pieces.append((r0, 0, out[r0:r1, :c1]))
+    return pieces
 
 
 def _progress(total: int, label: str, enabled: bool | None) -> Any:

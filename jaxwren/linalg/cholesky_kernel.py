@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK = 256  # n = 4096 f64, 8 CPU devices: 0.52 s (b=128: 0.57 s, b=512: 0.64 s)
-_GROUPS = 8  # row groups per trailing update (more: fewer wasted flops, more GEMMs)
+_PHASES = 2  # static panel windows (more: smaller collectives, ~0.35 s compile each)
 _HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators
 _LEAF = 32  # diagonal blocks are factored in leaf panels of at most this many columns
 _DTYPES = (np.dtype("float32"), np.dtype("float64"))
@@ -165,172 +165,127 @@ def _factor_block(blk: jax.Array, k: int, g: _Grid) -> jax.Array:
     return jnp.concatenate(_chol_inv(blk))
 
 
-def _varying_zeros(shape: tuple[int, int], dtype: Any) -> jax.Array:
+def _varying_zeros(shape: tuple[int, ...], dtype: Any) -> jax.Array:
     """Zeros typed as varying over the mesh, like the other branch of a ``lax.cond``."""
     return lax.pcast(jnp.zeros(shape, dtype), (ROWS, COLS), to="varying")
 
 
-def _diag_factor(a: jax.Array, k: int, me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
-    """``(L[k, k], L[k, k]^-1)`` on every device: only the owner of block ``(k, k)``
-    factors it (``lax.cond``), a psum shares the result."""
+def _phases(g: _Grid) -> list[tuple[int, int]]:
+    """``_PHASES`` (at most ``nb``) ranges of block columns ``[k0, k1)`` of equal length."""
+    p = min(g.nb, _PHASES)
+    bounds = [g.nb * i // p for i in range(p + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _trailing_update(a: jax.Array, pr: jax.Array, pc: jax.Array, k: jax.Array, me: tuple,
+                     lr0: int, lc0: int, g: _Grid) -> jax.Array:  # fmt: skip
+    """``A[i, j] -= L[i, k] L[j, k]^T`` for exactly this device's blocks with
+    ``k < j <= i``: a loop over its local block rows, and in each over the block columns
+    up to the diagonal, one ``b x b x b`` GEMM each (in place; no flops above the
+    diagonal, and one small loop body whatever the size)."""
     b, (ri, ci) = g.b, me
-    r0, c0 = (k // g.r) * b, (k // g.c) * b
 
-    def factor(a: jax.Array) -> jax.Array:
-        return _factor_block(a[r0 : r0 + b, c0 : c0 + b], k, g)
+    def row(lr: jax.Array, a: jax.Array) -> jax.Array:  # local block row: global ri + lr R
+        lhs = lax.dynamic_slice_in_dim(pr, (lr - lr0) * b, b)
+        m1 = jnp.minimum(g.nbc, (ri + lr * g.r - ci) // g.c + 1)
 
-    own = (ri == k % g.r) & (ci == k % g.c)
-    both = lax.cond(own, factor, lambda a: _varying_zeros((2 * b, b), a.dtype), a)
-    both = lax.psum(both, (ROWS, COLS))
-    return both[:b], both[b:]
+        def col(m: jax.Array, a: jax.Array) -> jax.Array:
+            rhs = lax.dynamic_slice_in_dim(pc, (m - lc0) * b, b)
+            old = lax.dynamic_slice(a, (lr * b, m * b), (b, b))
+            return lax.dynamic_update_slice(a, old - _dot(lhs, rhs, trans_y=True), (lr * b, m * b))
+
+        return lax.fori_loop(jnp.maximum((k - ci) // g.c + 1, lc0), m1, col, a)
+
+    return lax.fori_loop(jnp.maximum((k - ri) // g.r + 1, lr0), g.nbr, row, a)
 
 
-def _panel_rows(a: jax.Array, linv: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
-    """``L[i, k] = A[i, k] L[k, k]^-T`` for this device's local block rows from
-    ``sr = (k + 1) // R`` on, ``((nbr - sr) * b, b)``, computed by mesh column ``k % C`` and
-    psum-ed over ``cols``; zero for rows with global block ``<= k`` and for padding."""
+def _step(k: jax.Array, a: jax.Array, me: tuple, lr0: int, lc0: int, g: _Grid) -> jax.Array:
+    """Block column ``k`` (traced): factor ``A[k, k]``, solve the panel, update the
+    trailing window of the phase, store the finished column. Static shapes only: the
+    window starts at the phase's first column, rows/columns finished since are zero in
+    the panels, so their updates subtract zeros."""
     b, (ri, ci) = g.b, me
-    sr, kc = (k + 1) // g.r, k // g.c
-    blk = ri + (sr + jnp.arange(g.nbr - sr)) * g.r  # global block of each local block row
-    row = (blk[:, None] * b + jnp.arange(b)).ravel()
-    col = k * b + jnp.arange(b)
-    keep = (jnp.repeat(blk > k, b) & (row < g.n))[:, None] & (col < g.n)[None, :]
+    kr, kc = k // g.r, k // g.c
+    own_r, own_c = ri == k % g.r, ci == k % g.c
+    rows_w = (g.nbr - lr0) * b
 
-    def solve(a: jax.Array) -> jax.Array:
-        x = jnp.where(keep, a[sr * b :, kc * b : (kc + 1) * b], 0)
-        return _dot(x, linv, trans_y=True)
+    # 1. L[k, k] and its inverse on the owner; the inverse shared down its mesh column
+    def factor(blk: jax.Array) -> jax.Array:
+        return _factor_block(blk, k, g)
 
-    shape = ((g.nbr - sr) * b, b)
-    pr = lax.cond(ci == k % g.c, solve, lambda a: _varying_zeros(shape, a.dtype), a)
-    return lax.psum(pr, COLS)
+    blk = lax.dynamic_slice(a, (kr * b, kc * b), (b, b))  # outside the conds: `a` as a
+    # cond operand would be copied every step
+    both = lax.cond(own_r & own_c, factor, lambda x: _varying_zeros((2 * b, b), x.dtype), blk)
+    linv = lax.psum(both[b:], ROWS)
 
+    # 2. panel rows L[i, k] = A[i, k] L[k, k]^-T on mesh column k % C, then on every device
+    blk_r = ri + (lr0 + jnp.arange(g.nbr - lr0)) * g.r  # global block of each window row
+    row = (blk_r[:, None] * b + jnp.arange(b)).ravel()
+    keep = (jnp.repeat(blk_r > k, b) & (row < g.n))[:, None] & (k * b + jnp.arange(b) < g.n)
 
-def _panel_cols(pr: jax.Array, k: int, me: tuple, g: _Grid) -> jax.Array:
-    """``L[j, k]`` for this device's local block columns from ``sc = (k + 1) // C`` on,
-    ``((nbc - sc) * b, b)``: each device of a mesh column contributes the blocks its panel
-    rows ``pr`` hold (``j % R == ri``), a psum over ``rows`` completes them (half the bytes
-    of an all_gather of ``pr`` on a 2 x 4 mesh, measured 3x cheaper)."""
-    b, (ri, ci) = g.b, me
-    sr, sc = (k + 1) // g.r, (k + 1) // g.c
-    blocks = pr.reshape(g.nbr - sr, b, b)
-    j = ci + (sc + jnp.arange(g.nbc - sc)) * g.c  # global block of each local block column
-    idx = jnp.clip(j // g.r - sr, 0, g.nbr - sr - 1)
+    def solve(x: jax.Array) -> jax.Array:  # masked after the GEMM too: a NaN factor stays
+        return jnp.where(keep, _dot(jnp.where(keep, x, 0), linv, trans_y=True), 0)  # in
+
+    x = lax.dynamic_slice(a, (lr0 * b, kc * b), (rows_w, b))  # its own rows
+    pr = lax.cond(own_c, solve, lambda x: _varying_zeros((rows_w, b), x.dtype), x)
+    pr = lax.psum(pr, COLS)
+
+    # 3. panel columns L[j, k] for the window's columns: from the devices holding row j
+    j = ci + (lc0 + jnp.arange(g.nbc - lc0)) * g.c
+    idx = jnp.clip(j // g.r - lr0, 0, g.nbr - lr0 - 1)
     mine = (j % g.r == ri) & (j > k)
-    pc = jnp.where(mine[:, None, None], jnp.take(blocks, idx, axis=0), 0)
-    return lax.psum(pc, ROWS).reshape(-1, b)
+    pc = jnp.where(mine[:, None, None], jnp.take(pr.reshape(-1, b, b), idx, axis=0), 0)
+    pc = lax.psum(pc, ROWS).reshape(-1, b)
+
+    # 4. trailing update A[i, j] -= L[i, k] L[j, k]^T over this device's blocks k < j <= i
+    a = _trailing_update(a, pr, pc, k, me, lr0, lc0, g)
+
+    # 5. column k: the panel below the diagonal, L[k, k] on it (owners only)
+    old = lax.dynamic_slice(a, (lr0 * b, kc * b), (rows_w, b))
+    new = jnp.where(jnp.repeat(blk_r > k, b)[:, None], pr, old)
+    at = jnp.clip(kr - lr0, 0, g.nbr - lr0 - 1) * b
+    diag = lax.dynamic_slice(new, (at, 0), (b, b))
+    new = lax.dynamic_update_slice(new, jnp.where(own_r, both[:b], diag), (at, 0))
+    return lax.dynamic_update_slice(a, jnp.where(own_c, new, old), (lr0 * b, kc * b))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Patch:
-    """One row group of a trailing update: local block rows ``[r0, r1)`` and the union
-    ``[c0, c1)`` of the local block columns the devices update there; ``parts[t]`` is
-    the exact ``(l0, m0, m1)`` (rows ``[l0, r1)``, columns ``[m0, m1)``) of the devices
-    with ``table[ri * C + ci] == t``."""
-
-    r0: int
-    r1: int
-    c0: int
-    c1: int
-    parts: tuple[tuple[int, int, int], ...]
-    table: tuple[int, ...]
-
-
-def _exact_part(k: int, r0: int, r1: int, ri: int, ci: int, g: _Grid) -> tuple[int, int, int]:
-    """Rows ``[l0, r1)`` with global block ``> k``; columns ``[m0, m1)`` with global
-    block ``> k`` and ``<=`` the group's last row (blocks on/below the diagonal)."""
-    l0 = max(r0, (k - ri) // g.r + 1)
-    m0 = (k - ci) // g.c + 1
-    m1 = min(g.nbc, (ri + (r1 - 1) * g.r - ci) // g.c + 1)
-    return (l0, m0, m1) if l0 < r1 and m0 < m1 else (r1, m0, m0)
-
-
-def _patches(k: int, g: _Grid) -> list[_Patch]:
-    """The trailing update of step ``k``, cut in up to ``_GROUPS`` row groups, each with
-    its per-device exact block ranges: the GEMMs skip the upper triangle and the rows and
-    columns already finished, on every device (static shapes per ``lax.switch`` branch)."""
-    sr = (k + 1) // g.r
-    count = g.nbr - sr
-    bounds = [sr + (count * p) // min(_GROUPS, count) for p in range(min(_GROUPS, count) + 1)]
-    out = []
-    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
-        exact = [_exact_part(k, r0, r1, ri, ci, g) for ri in range(g.r) for ci in range(g.c)]
-        parts = tuple(dict.fromkeys(exact))
-        live = [p for p in parts if p[0] < r1]
-        if not live:
-            continue
-        c0, c1 = min(p[1] for p in live), max(p[2] for p in live)
-        table = tuple(parts.index(p) for p in exact)
-        out.append(_Patch(r0, r1, c0, c1, parts, table))
-    return out
-
-
-def _patch_update(part: tuple[int, int, int], p: _Patch, b: int) -> Any:
-    """The branch of one device class: its exact GEMM, zero padded to the patch."""
-    l0, m0, m1 = part
-
-    def update(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-        shape = ((p.r1 - p.r0) * b, (p.c1 - p.c0) * b)
-        if l0 >= p.r1:
-            return _varying_zeros(shape, lhs.dtype)
-        upd = _dot(lhs[(l0 - p.r0) * b :], rhs[(m0 - p.c0) * b : (m1 - p.c0) * b], trans_y=True)
-        pad = (((l0 - p.r0) * b, 0), ((m0 - p.c0) * b, (p.c1 - m1) * b))
-        return jnp.pad(upd, pad)
-
-    return update
-
-
-def _trailing_update(a: jax.Array, pr: jax.Array, pc: jax.Array, k: int, me: tuple,
-                     g: _Grid) -> jax.Array:  # fmt: skip
-    """``A[i, j] -= L[i, k] L[j, k]^T`` for the trailing blocks ``k < j <= i`` (and the
-    upper half of the diagonal blocks), patch by patch, in place. The GEMMs run in a
-    ``lax.switch`` (exact shapes per device class); their padded result is subtracted
-    outside it, where XLA updates ``a`` in place (a switch that takes ``a`` copies it)."""
-    b, sr, sc = g.b, (k + 1) // g.r, (k + 1) // g.c
-    device = me[0] * g.c + me[1]
-    for p in _patches(k, g):
-        lhs = pr[(p.r0 - sr) * b : (p.r1 - sr) * b]
-        rhs = pc[(p.c0 - sc) * b : (p.c1 - sc) * b]
-        branches = [_patch_update(part, p, b) for part in p.parts]
-        if len(branches) == 1:
-            upd = branches[0](lhs, rhs)
-        else:
-            upd = lax.switch(jnp.asarray(p.table, jnp.int32)[device], branches, lhs, rhs)
-        old = a[p.r0 * b : p.r1 * b, p.c0 * b : p.c1 * b]
-        a = lax.dynamic_update_slice(a, old - upd, (p.r0 * b, p.c0 * b))
-    return a
-
-
-def _write_column(a: jax.Array, lkk: jax.Array, pr: jax.Array | None, k: int, me: tuple,
-                  g: _Grid) -> jax.Array:  # fmt: skip
-    """Stores finished block column ``k`` on its mesh column (``lax.cond``: the others do
-    nothing): zeros above the diagonal, ``L[k, k]`` on it, the panel below."""
+def _global_index(me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
+    """Global (natural) row and column of each local row and column of this device."""
     b, (ri, ci) = g.b, me
-    sr, kr, kc = (k + 1) // g.r, k // g.r, k // g.c
-
-    def write(a: jax.Array) -> jax.Array:
-        if sr:  # local block rows < sr hold global blocks <= k: above the diagonal or on it
-            a = lax.dynamic_update_slice(a, jnp.zeros((sr * b, b), a.dtype), (0, kc * b))
-        if pr is not None:
-            a = lax.dynamic_update_slice(a, pr, (sr * b, kc * b))
-        diag = jnp.where(ri == k % g.r, lkk, a[kr * b : (kr + 1) * b, kc * b : (kc + 1) * b])
-        return lax.dynamic_update_slice(a, diag, (kr * b, kc * b))
-
-    return lax.cond(ci == k % g.c, write, lambda a: a, a)
+    lr, lc = jnp.arange(g.nbr * b), jnp.arange(g.nbc * b)
+    return (ri + (lr // b) * g.r) * b + lr % b, (ci + (lc // b) * g.c) * b + lc % b
 
 
-def _factor_local(a: jax.Array, g: _Grid) -> tuple[jax.Array, jax.Array]:
-    """The per-device program: all ``nb`` block-column steps, unrolled."""
+def _finite_lower(a: jax.Array, me: tuple, g: _Grid) -> jax.Array:
+    """Whether the lower triangle (inside ``n``) of the input is finite, on every device."""
+    gr, gc = _global_index(me, g)
+    valid = (gr[:, None] >= gc[None, :]) & (gr[:, None] < g.n)
+    bad = jnp.any(valid & ~jnp.isfinite(a)).astype(jnp.int32)
+    return lax.psum(bad, (ROWS, COLS)) == 0
+
+
+def _finish(a: jax.Array, me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
+    """Zeros above the diagonal; ``info``: the first block column whose diagonal is not
+    finite and positive (a failed factor poisons its own diagonal), else -1."""
+    b = g.b
+    gr, gc = _global_index(me, g)
+    a = jnp.where(gr[:, None] >= gc[None, :], a, 0)
+    on = (gr[:, None] == gc[None, :]) & (gr[:, None] < g.n)
+    bad = on & ~(jnp.isfinite(a) & (a > 0))
+    first = jnp.min(jnp.where(bad, gr[:, None] // b, g.nb))
+    first = lax.pmin(first, (ROWS, COLS))
+    return a, jnp.where(first < g.nb, first, -1).astype(jnp.int32)
+
+
+def _factor_local(a: jax.Array, g: _Grid) -> tuple[jax.Array, ...]:
+    """The per-device program: a few phases (static trailing windows), each a
+    ``fori_loop`` over its block columns, so the program size does not grow with ``nb``."""
     me = (lax.axis_index(ROWS), lax.axis_index(COLS))
-    info = jnp.int32(-1)
-    for k in range(g.nb):
-        lkk, linv = _diag_factor(a, k, me, g)
-        info = jnp.where((info < 0) & ~jnp.all(jnp.isfinite(lkk)), jnp.int32(k), info)
-        pr = None
-        if k < g.nb - 1:
-            pr = _panel_rows(a, linv, k, me, g)
-            a = _trailing_update(a, pr, _panel_cols(pr, k, me, g), k, me, g)
-        a = _write_column(a, lkk, pr, k, me, g)
-    return a, info
+    finite = _finite_lower(a, me, g)
+    for k0, k1 in _phases(g):
+        body = functools.partial(_step, me=me, lr0=k0 // g.r, lc0=k0 // g.c, g=g)
+        a = lax.fori_loop(k0, k1, body, a)
+    return (*_finish(a, me, g), finite)
 
 
 @functools.cache
@@ -342,11 +297,10 @@ def _factor_fn(n: int, n_pad: int, block: int, mesh: Mesh) -> Any:
         functools.partial(_factor_local, g=g),
         mesh=mesh,
         in_specs=P(ROWS, COLS),
-        out_specs=(P(ROWS, COLS), P()),
+        out_specs=(P(ROWS, COLS), P(), P()),
     )
-    return jax.jit(
-        body, in_shardings=spec, out_shardings=(spec, NamedSharding(mesh, P())), donate_argnums=0
-    )
+    rep = NamedSharding(mesh, P())
+    return jax.jit(body, in_shardings=spec, out_shardings=(spec, rep, rep), donate_argnums=0)
 
 
 def _check_call(shape: tuple, dtype: Any, block: int, n: int, mesh: Mesh, where: str) -> int:
@@ -369,7 +323,7 @@ def _check_call(shape: tuple, dtype: Any, block: int, n: int, mesh: Mesh, where:
 
 def cholesky_cyclic(
     a_cyc: jax.Array, *, block: int, n: int, mesh: Mesh | None = None
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Lower Cholesky factor of a padded SPD matrix in cyclic layout (``numpy.linalg.cholesky``).
 
     Only blocks on and below the diagonal are read (the upper part may hold anything).
@@ -384,10 +338,12 @@ def cholesky_cyclic(
       mesh: the ``('rows', 'cols')`` mesh (None: all devices).
 
     Returns:
-      ``(l_cyc, info)``: ``L`` in the same cyclic layout and sharding, strictly upper part
+      ``(l_cyc, info, finite)``: ``L`` in the same cyclic layout and sharding, strictly upper part
       zero (padding: identity); ``info`` an int32 scalar (replicated), ``-1`` on success,
       else the first block column whose diagonal factor failed (non-positive pivot, NaN or
-      Inf) — then ``l_cyc`` is garbage and the caller raises NotPositiveDefiniteError.
+      Inf) — then ``l_cyc`` is garbage and the caller raises NotPositiveDefiniteError;
+      ``finite`` a bool scalar: whether the input's lower triangle inside ``n`` was finite
+      (if not, ``info`` flags where the NaN/Inf first reached a diagonal block).
 
     Raises:
       ShapeMismatchError: ``a_cyc`` is not ``(n_pad, n_pad)``.

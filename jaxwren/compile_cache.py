@@ -1,0 +1,61 @@
+"""JAX's persistent compilation cache, set up for jaxwren's kernels.
+
+jaxwren's kernels compile once per geometry (matrix size, block, mesh, dtype), but a new
+process compiles them again: about a second for the Cholesky kernel on a small CPU. With
+the cache on, a second process with the same geometry loads the executables from disk and
+compiles nothing (``RunStats.compiles`` is 0).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+from jaxwren.errors import ConfigError
+
+__all__ = ["default_cache_dir", "enable_compilation_cache"]
+
+
+def default_cache_dir() -> Path:
+    """``$JAXWREN_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxwren/jax`` (``~/.cache/...``)."""
+    if os.environ.get("JAXWREN_CACHE_DIR"):
+        return Path(os.environ["JAXWREN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "jaxwren" / "jax"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turns on JAX's persistent compilation cache for this process (all jit compiles,
+    jaxwren's and yours).
+
+    Every compiled program is cached, however small or quick to compile (the thresholds
+    are set to zero: a second run of the same job then compiles nothing at all). Call it
+    before the first computation; calling it again with another path switches the cache.
+    The cache is trusted code: keep it in a directory only you can write to.
+
+    Args:
+      path: a local directory (created if missing); None: :func:`default_cache_dir`.
+
+    Returns:
+      The cache directory.
+
+    Raises:
+      ConfigError: the path exists and is not a directory, or cannot be created.
+    """
+    where = default_cache_dir() if path is None else Path(os.fspath(path)).expanduser()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"enable_compilation_cache: cannot use {str(where)!r} as the cache directory "
+            f"({e.strerror or e}); pass a writable directory, e.g. path='~/.cache/jaxwren'."
+        ) from e
+    jax.config.update("jax_compilation_cache_dir", str(where))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()  # re-initialised with this directory at the next compile
+    return where
