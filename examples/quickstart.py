@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxwren as jw
+from jaxwren.compile_cache import CompileCounter
 
 
 @contextlib.contextmanager
@@ -40,6 +41,14 @@ def step(name: str):
 
 def run(root: str, n: int, block: int) -> None:
     print(f"jaxwren quickstart: n={n}, block={block}, store={root}")
+    cache = jw.enable_compilation_cache()  # a second run loads every kernel from disk
+    with CompileCounter() as compiles:
+        _steps(root, n, block)
+    print(f"XLA compilations this run: {compiles.count} (persistent cache: {cache})")
+    print("done.")
+
+
+def _steps(root: str, n: int, block: int) -> None:
     print(f"  devices: {len(jax.devices())} x {jax.devices()[0].platform}")
     rng = np.random.default_rng(0)
     with step(f"create {n}x{n} float32 and write it (from_numpy)"):
@@ -86,7 +95,6 @@ def run(root: str, n: int, block: int) -> None:
     same = float(np.mean(np.asarray(idx)[:, 0] == d2.argmin(axis=1)))
     print(f"    equal to a float64 brute force for {100 * same:.1f} % of rows")
     check(same > 0.99, "nearest neighbours", 1 - same)
-    print("done.")
 
 
 def check(ok: bool, what: str, err: float) -> None:

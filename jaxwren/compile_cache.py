@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["default_cache_dir", "enable_compilation_cache"]
+__all__ = ["CompileCounter", "default_cache_dir", "enable_compilation_cache"]
 
 
 def default_cache_dir() -> Path:
@@ -59,3 +60,28 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
 
     compilation_cache.reset_cache()  # re-initialised with this directory at the next compile
     return where
+
+
+class CompileCounter:
+    """Counts XLA compilations while it is entered, programs loaded from the persistent
+    cache not included (jax.monitoring listeners, registered while entered only)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _listen(self, event: str, duration: float, **_: Any) -> None:
+        if "backend_compile" in event:  # fired around every compile, cache hits included
+            self.count += 1
+
+    def _hit(self, event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":  # loaded from the persistent cache
+            self.count -= 1
+
+    def __enter__(self) -> CompileCounter:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        jax.monitoring.register_event_listener(self._hit)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+        jax.monitoring.unregister_event_listener(self._hit)

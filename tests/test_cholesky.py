@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -144,10 +146,34 @@ def test_bad_input_errors():
     assert wrong.block_idxs_exist == set()
 
 
-def test_existing_out_with_stale_blocks_is_replaced():
+@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+def test_existing_out_with_stale_blocks_is_replaced(budget):
     a = spd(24, seed=6)
     out = jw.from_numpy(np.full((24, 24), 7.0), mem("stale"), (8, 8))
-    check_factor(jw.cholesky(a, out, memory_budget=OOC).numpy(), a)
+    got = jw.cholesky(a, out, memory_budget=budget).numpy()
+    check_factor(got, a)
+    assert not np.any(np.triu(got, 1))  # the stale 7s above the diagonal are gone too
+
+
+def test_in_core_store_skips_blocks_above_the_diagonal():
+    a = spd(40, seed=8)
+    L = jw.cholesky(a, mem("upper"), block_shape=(16, 16))
+    assert L.block_idxs_exist == {(i, j) for i in range(3) for j in range(i + 1)}
+    check_factor(L.numpy(), a)  # the absent blocks read as zeros
+
+
+def test_out_of_core_takes_several_k_tiles_per_step(caplog):
+    a = spd(96, seed=9)  # 16 KB: tiles of 8 with K panels of 8..32 fit, tiles of 16 do not
+    op, spec = Cholesky(), RunSpec(memory_budget=16_000)
+    with caplog.at_level("INFO", logger="jaxwren"):
+        got = run(op, (jw.from_numpy(a, mem("kpanels"), (8, 8)),), mem("kpanels-l"), spec)
+    check_factor(got.value.numpy(), a)
+    t, kw = map(int, re.search(r"tiles of (\d+), K panels of (\d+)", caplog.text).groups())
+    nt, kt = -(-96 // t), kw // t
+    assert kt > 1  # each GEMM step takes several K tiles: fewer steps than one per tile
+    gemms = sum((nt - j) * -(-j // kt) for j in range(nt))
+    assert got.stats.steps_run == gemms + nt * (nt + 1) // 2
+    assert gemms < sum((nt - j) * j for j in range(nt))
 
 
 def test_resume_after_kill(tmp_path):

@@ -178,3 +178,54 @@ def test_errors():
         ck.from_cyclic(jnp.zeros((48, 48)), 16, mesh)
     with pytest.raises(ConfigError, match="mesh must be a jax.sharding.Mesh with axes"):
         ck.to_cyclic(jnp.zeros((8, 8)), 4, jax.make_mesh((8,), ("x",)))
+
+
+def test_program_size_does_not_grow_with_block_columns():
+    """The kernel is a few fori_loops over block columns: 8 or 64 block columns compile
+    to (about) the same program, not one unrolled step per column."""
+    mesh = default_mesh()
+    sizes = {}
+    for nb in (24, 64):  # both past one phase
+        n = nb * 8
+        spec = jax.ShapeDtypeStruct(
+            (n, n), jnp.float64, sharding=NamedSharding(mesh, P("rows", "cols"))
+        )
+        text = ck._factor_fn(n, n, 8, mesh).lower(spec).as_text()
+        sizes[nb] = len(text)
+    assert sizes[64] < 1.2 * sizes[24], sizes
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (1, 8)])
+def test_cyclic_source_reads_what_to_cyclic_makes(shape):
+    from jaxwren.sharding.cyclic import CyclicSource
+    from jaxwren.sharding.tiles import ArraySource, start_tile
+
+    mesh, n, b = mesh_of(shape), 37, 4
+    x = np.random.default_rng(2).standard_normal((n, n))
+    src = CyclicSource(ArraySource(x), b, mesh)
+    n_pad = ck.padded_size(n, b, mesh)
+    assert src.shape == (n_pad, n_pad)
+    tile = start_tile(src, (0, n_pad, 0, n_pad), NamedSharding(mesh, P("rows", "cols"))).result()
+    np.testing.assert_array_equal(
+        np.asarray(tile), np.asarray(ck.to_cyclic(jnp.asarray(x), b, mesh))
+    )
+    part = np.empty((5, 7))  # any region, not only a device's shard
+    src.read_region_into_async(3, 8, 10, 17, part).result()
+    np.testing.assert_array_equal(
+        part, np.asarray(ck.to_cyclic(jnp.asarray(x), b, mesh))[3:8, 10:17]
+    )
+
+
+def test_natural_from_cyclic_ignores_a_buffer_of_another_dtype():
+    from jaxwren.sharding.cyclic import natural_from_cyclic
+
+    mesh, n, b = default_mesh(), 40, 4
+    x = np.random.default_rng(3).standard_normal((n, n))
+    x_cyc = ck.to_cyclic(jnp.asarray(x), b, mesh)
+    n_pad = x_cyc.shape[0]
+    wrong = np.zeros((n_pad, n_pad), np.float32)  # would silently truncate float64
+    for host in (False, True):
+        got = natural_from_cyclic(x_cyc, b, mesh, n, buffer=wrong, host=host)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(np.asarray(got), x)
+    assert not wrong.any()

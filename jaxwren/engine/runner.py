@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxwren.compile_cache import CompileCounter
 from jaxwren.engine.plan import Plan, Write
 from jaxwren.sharding import multihost
 from jaxwren.sharding.tiles import PendingTile, shard_bounds, start_tile
@@ -46,25 +47,6 @@ class RunStats:
             f"bytes_read={self.bytes_read}, bytes_written={self.bytes_written}, "
             f"compiles={self.compiles}, prefetch={self.prefetch}, seconds={self.seconds:.3f})"
         )
-
-
-class _CompileCounter:
-    """Counts XLA backend compilations while it is entered (a jax.monitoring listener,
-    registered for the run only: no global state)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def _listen(self, event: str, duration: float, **_: Any) -> None:
-        if "backend_compile" in event:
-            self.count += 1
-
-    def __enter__(self) -> _CompileCounter:
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 class _OutputWrite(Futures):
@@ -210,7 +192,7 @@ def execute(
     plan.check(budget)
     stats = RunStats()
     stats.prefetch = prefetch
-    with _CompileCounter() as compiles:
+    with CompileCounter() as compiles:
         returned = _execute(plan, budget, prefetch, progress, write_bytes, stats)
     stats.compiles = compiles.count
     log.info("%s: done %s", plan.name, stats)

@@ -174,15 +174,23 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
     return Plan("cholesky", [step], None, proj, proj, f"in-core, kernel block {kb}"), kb
 
 
-def _tile_bytes(t: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
-    """Peak bytes of the tile plan: the GEMM steps (as matmul's), the A tiles in flight,
-    and the diagonal factor replicated for the solves (one shared buffer on CPU)."""
+def _tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
+    """Peak bytes of the tile plan: the GEMM steps (as matmul's, with K panels ``kw``
+    wide), the A tiles in flight, and the diagonal factor replicated for the solves (one
+    shared buffer on CPU)."""
     copies = 1 if replicas_shared(NamedSharding(mesh, P())) else mesh.devices.size
-    gemm = gemm_projected_bytes((t, t, t), mesh, (itemsize,) * 3, prefetch, True)
+    gemm = gemm_projected_bytes((t, t, kw), mesh, (itemsize,) * 3, prefetch, True)
     return gemm + (prefetch + 1) * t * t * itemsize + copies * t * t * itemsize
 
 
-def _outofcore_plan(s: _Setup, t: int, prefetch: int) -> tuple[Plan, int]:
+def _update_steps(nt: int, kt: int) -> int:
+    """GEMM steps of the tile plan: tile ``(I, J)`` takes ``ceil(J / kt)`` of them."""
+    return sum((nt - jj) * -(-jj // kt) for jj in range(nt))
+
+
+def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> tuple[Plan, int]:
+    t, kt = tiling  # tiles of t x t; each GEMM step takes kt K tiles (kw = kt * t wide)
+    kw = kt * t
     kb = _kernel_block(t, s.mesh)
     nt = -(-s.n // t)
     sc = NamedSharding(s.mesh, P(ROWS, COLS))
@@ -195,20 +203,21 @@ def _outofcore_plan(s: _Setup, t: int, prefetch: int) -> tuple[Plan, int]:
             key = s.resume.key(f"t{t}-{ii}-{jj}")
             skip = s.resume.done(key)
             a_read = Read(s.src, _reg(ii, jj, t), (t, t), sc, s.dtype)
-            for kk in range(jj):  # acc -= L[I, K] L[J, K]^T
-                reads = (Read(s.out, _reg(ii, kk, t), (t, t), si, s.dtype),
-                         Read(s.out, _reg(jj, kk, t), (t, t), sj, s.dtype))  # fmt: skip
-                fn = _tile_kernel("update", kk == 0, kb, s.mesh)
-                kern = (lambda _c, a, li, lj, fn=fn: (fn(a, li, lj), ())) if kk == 0 else \
+            for q, k0 in enumerate(range(0, jj * t, kw)):  # acc -= L[I, K] L[J, K]^T
+                k1 = min(k0 + kw, jj * t)  # L's finished columns only; the rest reads zero
+                reads = (Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), si, s.dtype),
+                         Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), sj, s.dtype))  # fmt: skip
+                fn = _tile_kernel("update", q == 0, kb, s.mesh)
+                kern = (lambda _c, a, li, lj, fn=fn: (fn(a, li, lj), ())) if q == 0 else \
                        (lambda c, li, lj, fn=fn: (fn(c, li, lj), ()))  # fmt: skip
-                label = f"L[{ii},{jj}] -= L[{ii},{kk}] L[{jj},{kk}]^T"
-                steps.append(Step((a_read, *reads) if kk == 0 else reads, kern, skip=skip,
+                label = f"L[{ii},{jj}] -= L[{ii},{k0}:{k1}] L[{jj},{k0}:{k1}]^T"
+                steps.append(Step((a_read, *reads) if q == 0 else reads, kern, skip=skip,
                                   label=label))  # fmt: skip
             size = (min(t, s.n - ii * t), min(t, s.n - jj * t))
             write = Write(s.out, (ii * t, jj * t), size, record=key)
             steps.append(_final_step(ii, jj, t, kb, s, a_read, write, skip, (rep, sc)))
-    proj = _tile_bytes(t, s.dtype.itemsize, s.mesh, prefetch)
-    desc = f"out-of-core, {nt}x{nt} lower tiles of {t}, kernel block {kb}"
+    proj = _tile_bytes(t, kw, s.dtype.itemsize, s.mesh, prefetch)
+    desc = f"out-of-core, {nt}x{nt} lower tiles of {t}, K panels of {kw}, kernel block {kb}"
     return Plan("cholesky", steps, None, proj, proj, desc), kb
 
 
@@ -272,8 +281,11 @@ class Cholesky(Op):
         granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1, out_block[0])
         unit = math.lcm(granule, math.lcm(mesh.shape[ROWS], mesh.shape[COLS]))
         for t in range(unit, round_up(n, unit) + unit, unit):
-            proj = functools.partial(_tile_bytes, t, dtype.itemsize, mesh)
-            cands.append(Candidate(t, proj, (1, -(-n // t)), False))
+            nt = -(-n // t)
+            for kt in range(1, max(nt - 1, 1) + 1):  # fewest steps first, then least memory
+                proj = functools.partial(_tile_bytes, t, kt * t, dtype.itemsize, mesh)
+                steps = _update_steps(nt, kt) + nt * (nt + 1) // 2
+                cands.append(Candidate((t, kt), proj, (1, steps, -t), False))
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,

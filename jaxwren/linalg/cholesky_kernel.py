@@ -171,8 +171,9 @@ def _varying_zeros(shape: tuple[int, ...], dtype: Any) -> jax.Array:
 
 
 def _phases(g: _Grid) -> list[tuple[int, int]]:
-    """``_PHASES`` (at most ``nb``) ranges of block columns ``[k0, k1)`` of equal length."""
-    p = min(g.nb, _PHASES)
+    """Ranges of block columns ``[k0, k1)`` of equal length: one up to 16 block columns
+    (the smallest program), ``_PHASES`` beyond (the panels shrink with the window)."""
+    p = 1 if g.nb <= 16 else min(g.nb, _PHASES)
     bounds = [g.nb * i // p for i in range(p + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
