@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.cholesky --n=8192 --block=2048 --peers=numpy,scipy,dask
     python -m benchmarks.cholesky --n=8192 --block=512 --memory_budget=64MiB \
         --modes=jaxwren_store --peers=
+    python -m benchmarks.cholesky --n=1024 --modes= --peers= --compile_scan=8,16,32,64
 
 Modes (jaxwren): ``jaxwren_store`` store -> store (out-of-core when ``--memory_budget`` is
 below what the in-core plan needs), ``jaxwren_incore`` sharded device array -> device
@@ -21,6 +22,7 @@ compilation included, is reported apart). GFLOP/s counts n^3/3. The residual is
 from __future__ import annotations
 
 import dataclasses  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -31,7 +33,10 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
 from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
-from jaxwren.config import parse_bytes  # noqa: E402
+from jaxwren.config import RunSpec, parse_bytes  # noqa: E402
+from jaxwren.engine.run import run as run_op  # noqa: E402
+from jaxwren.linalg import cholesky_kernel as ck  # noqa: E402
+from jaxwren.linalg.cholesky import Cholesky, _incore_block  # noqa: E402
 
 MODES = ("jaxwren_store", "jaxwren_incore")
 PEERS = ("numpy", "scipy", "dask", "jax_sharded")
@@ -47,6 +52,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats after the first cal
 _FILE_DIR = flags.DEFINE_string("file_dir", None, "Directory for the file store.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 _PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
+_SCAN = flags.DEFINE_list(
+    "compile_scan", [], "Block-column counts (e.g. 8,16,32,64): compile the in-core kernel "
+    "at n = count x its block and report the compile seconds (flat = compiled once).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +68,7 @@ class Config:
     peers: tuple[str, ...] = ("numpy", "scipy", "dask")
     repeats: int = 2
     file_dir: str | None = None
+    compile_scan: tuple[int, ...] = ()
 
 
 def write_spd(store: common.Store, cfg: Config) -> jw.BigMatrix:
@@ -97,18 +106,22 @@ def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config) -> tuple
 
         def f() -> None:
             if box:
-                store.delete(box.pop().url)
-            box.append(jw.cholesky(a, store.url("L"), memory_budget=cfg.memory_budget,
-                                   progress=False))  # fmt: skip
+                store.delete(box.pop().value.url)
+            spec = RunSpec(memory_budget=cfg.memory_budget, progress=False)
+            box.append(run_op(Cholesky(), (a,), store.url("L"), spec))
     elif mode == "jaxwren_incore":
         x = a.to_jax(NamedSharding(jw.default_mesh(), P("rows", "cols")))
 
         def f() -> None:
-            box[:] = [jw.cholesky(x).block_until_ready()]
+            out = run_op(Cholesky(), (x,), None, RunSpec(progress=False))
+            out.value.block_until_ready()
+            box[:] = [out]
     else:
         raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     first, best = common.warm_and_best(f, cfg.repeats)
-    return first, best, box[-1]
+    stats = box[-1].stats
+    io = {"read_mib": stats.bytes_read / 2**20, "written_mib": stats.bytes_written / 2**20}
+    return first, best, box[-1].value, io
 
 
 def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config) -> tuple:
@@ -143,7 +156,26 @@ def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: C
     else:
         raise app.UsageError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
     first, best = common.warm_and_best(f, cfg.repeats)
-    return first, best, box[-1]
+    return first, best, box[-1], {}
+
+
+def compile_scan(counts: tuple[int, ...], dtype: str) -> list[dict]:
+    """Compile seconds of the in-core kernel at ``count`` block columns (lower + XLA
+    compile, nothing run): flat when the program does not grow with the count."""
+    mesh = jw.default_mesh()
+    rows = []
+    for count in counts:
+        n = count * 128
+        block = _incore_block(n, mesh)
+        n = count * block
+        spec = jax.ShapeDtypeStruct((n, n), dtype, sharding=NamedSharding(mesh, P("rows", "cols")))
+        t0 = time.perf_counter()
+        ck._factor_fn(n, n, block, mesh).lower(spec).compile()
+        rows.append({"block_columns": count, "n": n, "block": block,
+                     "compile_s": time.perf_counter() - t0})  # fmt: skip
+        print(f"  kernel at {count:3d} block columns (n={n}, block {block}): "
+              f"{rows[-1]['compile_s']:.2f} s to compile", flush=True)  # fmt: skip
+    return rows
 
 
 def run(cfg: Config) -> list[dict]:
@@ -156,20 +188,24 @@ def run(cfg: Config) -> list[dict]:
         runs = [(m, lambda m=m: _mode(m, a, store, cfg)) for m in cfg.modes]
         runs += [(p, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
         for name, fn in runs:
-            first, best, out = fn()
+            first, best, out, io = fn()
             res, kind = residual(out, x)
             row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
                    "store": cfg.store, "memory_budget": cfg.memory_budget, "seconds": best,
                    "first_call_extra_s": max(first - best, 0.0), "gflops": flops / best / 1e9,
-                   "residual": res, "residual_kind": kind}  # fmt: skip
+                   "residual": res, "residual_kind": kind, **io}  # fmt: skip
             results.append(row)
             extra = row["first_call_extra_s"]
             print(f"{name:>16}: {best:8.3f} s {row['gflops']:7.1f} GFLOP/s (first call "
                   f"+{extra:.2f} s) residual {res:.1e} ({kind})", flush=True)  # fmt: skip
-    by = {r["name"]: r["seconds"] for r in results}
+    for row in compile_scan(cfg.compile_scan, cfg.dtype):
+        results.append({"name": f"compile@{row['block_columns']}", "n": row["n"],
+                        "block": row["block"], "dtype": cfg.dtype,
+                        "first_call_extra_s": row["compile_s"]})  # fmt: skip
+    by = {r["name"]: r["seconds"] for r in results if "seconds" in r}
     for r in results:
         for ref in PEERS + ("jaxwren_store",):
-            if ref in by and r["name"] != ref:
+            if ref in by and r["name"] != ref and "seconds" in r:
                 r[f"x_{ref}"] = by[ref] / r["seconds"]
     return results
 
@@ -178,7 +214,8 @@ COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("block", "block", "d"),
            ("dtype", "dtype", ""), ("seconds", "seconds", ".3f"), ("GFLOP/s", "gflops", ".1f"),
            ("first call extra s", "first_call_extra_s", ".2f"), ("x numpy", "x_numpy", ".2f"),
            ("x scipy", "x_scipy", ".2f"), ("x dask", "x_dask", ".2f"),
-           ("x jnp sharded", "x_jax_sharded", ".1f"), ("residual", "residual", ".1e")]  # fmt: skip
+           ("x jnp sharded", "x_jax_sharded", ".1f"), ("residual", "residual", ".1e"),
+           ("read MiB", "read_mib", ".0f"), ("written MiB", "written_mib", ".0f")]  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -187,7 +224,9 @@ def main(argv: list[str]) -> None:
     cfg = Config(n=_N.value, block=_BLOCK.value, dtype=_DTYPE.value, store=_STORE.value,
                  memory_budget=parse_bytes(_BUDGET.value), modes=tuple(_MODES.value),
                  peers=tuple(p for p in _PEERS.value if p), repeats=_REPEATS.value,
-                 file_dir=_FILE_DIR.value)  # fmt: skip
+                 file_dir=_FILE_DIR.value,
+                 compile_scan=tuple(int(c) for c in _SCAN.value))  # fmt: skip
+
     common.run_and_report(
         run,
         cfg,

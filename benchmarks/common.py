@@ -249,6 +249,26 @@ def bar_plot(labels: Sequence[str], values: Sequence[float], ylabel: str, title:
     print(f"plot written to {path}")
 
 
+def _cache_flag() -> Any:
+    from absl import flags
+
+    return flags.DEFINE_enum(
+        "compilation_cache", "cold", ["cold", "warm", "off"],
+        "jw.enable_compilation_cache: cold = a fresh directory (first calls compile, so the "
+        "first-call figures are cold), warm = the default directory (reused across runs).")  # fmt: skip
+
+
+CACHE = _cache_flag()
+
+
+def enable_cache(mode: str) -> None:
+    """Turns on the persistent compilation cache as ``--compilation_cache`` says."""
+    if mode == "warm":
+        print(f"compilation cache: {jw.enable_compilation_cache()} (warm)")
+    elif mode == "cold":
+        print(f"compilation cache: {jw.enable_compilation_cache(tempfile.mkdtemp())} (cold)")
+
+
 def run_and_report(
     run: Callable[[Any], list[dict]],
     cfg: Any,
@@ -263,11 +283,13 @@ def run_and_report(
     if getattr(cfg, "dtype", None) == "float64":
         jax.config.update("jax_enable_x64", True)  # the binary's choice, in main only
     print(f"machine: {json.dumps(machine_info())}")
+    enable_cache(CACHE.value)
     results = run(cfg)
     print()
     print(markdown_table(results, columns))
     write_json(results, json_out)
     if plot:
-        bar_plot([r["name"] for r in results], [r["gflops"] for r in results], "GFLOP/s",
-                 title, plot)  # fmt: skip
+        timed = [r for r in results if "gflops" in r]
+        bar_plot([r["name"] for r in timed], [r["gflops"] for r in timed], "GFLOP/s", title,
+                 plot)  # fmt: skip
     return results

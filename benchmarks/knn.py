@@ -248,6 +248,7 @@ def main(argv: list[str]) -> None:
                  block=_BLOCK.value, budgets=tuple(_BUDGET.value), peers=tuple(_PEERS.value),
                  repeats=_REPEATS.value, file_dir=_FILE_DIR.value)  # fmt: skip
     print(f"machine: {json.dumps(common.machine_info())}")
+    common.enable_cache(common.CACHE.value)
     results = run(cfg)
     print()
     print(common.markdown_table(results, COLUMNS))

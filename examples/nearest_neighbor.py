@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1, help="neighbours voting (default 1)")
     parser.add_argument("--block", type=int, default=256, help="rows per stored block")
     args = parser.parse_args()
+    jw.enable_compilation_cache()  # a second run loads its kernels from disk
     if args.store:
         run(args.store.rstrip("/"), args.k, args.block)
     else:

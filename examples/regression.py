@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--memory_budget", default="16MiB")
     args = parser.parse_args()
+    jw.enable_compilation_cache()  # a second run loads its kernels from disk
     jax.config.update("jax_enable_x64", True)  # the exact fit is checked to 1e-8
     with tempfile.TemporaryDirectory(prefix="jaxwren-") as tmp:
         root = (args.store or tmp).rstrip("/")

@@ -1,15 +1,19 @@
 """Cholesky factorisation that never gathers the matrix, in-core or out-of-core.
 
 In-core (the matrix and its factor fit the budget): one step on the engine — the matrix
-is loaded sharded ``P('rows', 'cols')``, permuted to a 2-D block-cyclic layout on the
-devices and factored by the blocked ``shard_map`` kernel of ``cholesky_kernel`` (no device
-ever holds the whole matrix; every device keeps a share of the trailing matrix).
+is read from the host (store or memory) straight into the 2-D block-cyclic layout
+(:class:`CyclicSource`: the permutation is a host memcpy), factored by the ``shard_map``
+kernel of ``cholesky_kernel`` (compiled once: ``fori_loop``s over block columns; no device
+ever holds the whole matrix), and put back in natural order on the host, in the buffer the
+input was read into. A stored factor is written from there as whole chunks, skipping the
+blocks above the diagonal (the run emptied ``out``; absent blocks read as zeros).
 
 Out-of-core: a left-looking tile plan over the store. Tile ``L[I, J]`` (``I >= J``) is
-``A[I, J] - sum_K L[I, K] L[J, K]^T`` (one GEMM step per K panel, as in matmul), then the
-diagonal tile is factored by the same sharded kernel and the others solved against
-``L[J, J]`` (read back from the store). Every finished tile is written once, then a
-completion record: a rerun with the same input and ``out`` skips finished tiles.
+``A[I, J] - sum_K L[I, K] L[J, K]^T`` (one GEMM step per chunk of K tiles, as wide as the
+budget allows), then the diagonal tile is factored by the same kernel and the others
+solved against ``L[J, J]`` (read back from the store). Every finished tile is written
+once, then a completion record: a rerun with the same input and ``out`` skips finished
+tiles.
 """
 
 from __future__ import annotations

@@ -6,27 +6,35 @@ lives on mesh row ``i % R`` (local block row ``i // R``), block column ``j`` on 
 (:func:`cyclic_order`) so that the plain sharding ``P('rows', 'cols')`` of it is exactly
 that distribution: every device keeps a share of the trailing matrix until the end.
 
-One ``jax.jit`` of one ``shard_map``; the loop over block columns ``k`` is unrolled in
-Python, so every slice is static and shrinks with ``k``. Step ``k``, per device:
+One ``jax.jit`` of one ``shard_map``, **compiled once whatever the number of block
+columns**: a ``lax.fori_loop`` over block columns ``k`` (traced), inside one to
+``_PHASES`` Python phases whose static windows (the local rows and columns not finished
+when the phase starts) bound the panel sizes. Step ``k``, per device:
 
 1. the owner of block ``(k, k)`` factors it (``lax.cond``) into ``L_kk`` and ``L_kk^-1``;
-   a psum over the mesh shares both;
+   a psum down its mesh column shares the inverse;
 2. mesh column ``k % C`` computes its panel rows ``L[i, k] = A[i, k] L_kk^-T`` (a GEMM with
-   the inverse); a psum over ``cols`` gives every device the panel rows of its local rows
-   (``Pr``), a masked psum over ``rows`` those of its local columns (``Pc``);
-3. the trailing update ``A[i, j] -= L[i, k] L[j, k]^T``, only for blocks ``k < j <= i``:
-   row groups of GEMMs whose exact shapes differ per device, hence a ``lax.switch`` over
-   device classes; the result is subtracted from the local matrix in place;
-4. mesh column ``k % C`` writes the finished column ``k``: zeros above ``L_kk``, the panel
-   below.
+   the inverse; rows ``<= k`` masked to zero *after* it, so a failed factor's NaN stays
+   out of finished rows); a psum over ``cols`` gives every device the panel rows of its
+   local rows (``Pr``), a masked psum over ``rows`` those of its local columns (``Pc``);
+3. the trailing update ``A[i, j] -= L[i, k] L[j, k]^T`` for exactly this device's blocks
+   ``k < j <= i``: a loop over its local block rows and, in each, over the block columns
+   up to the diagonal (dynamic trip counts), one ``b x b x b`` GEMM updating ``a`` in
+   place per block — no flops above the diagonal and a small loop body;
+4. mesh column ``k % C`` writes the finished column ``k``: ``L_kk`` on the diagonal, the
+   panel below. At the end one masked pass zeros the strict upper triangle, and ``info``
+   is the first diagonal block that is not finite and positive (a ``pmin``).
+
+The cyclic layout is made and undone on the host by the callers (:class:`CyclicSource`,
+:func:`natural_from_cyclic` in ``jaxwren.sharding.cyclic``): XLA's all-to-all over
+emulated CPU devices cost ~0.3 s each way at n = 4096.
 
 No LAPACK: potrf/trsm run on OpenBLAS, whose worker threads spin after each call and
 starve the GEMMs of the other emulated devices of a small host (measured up to 5x slower
 overall); the ``b x b`` factor and inverse are blocked XLA loops around GEMMs instead.
 
 Memory per device (``memory_per_device``): the local matrix (the donated input, aliased by
-the output), one update patch (a row group of the trailing part) and ``O(n_pad * b)`` of
-panels; at n = 4096, b = 256, float64 on 2 x 4 devices: 16 MiB local, 22 MiB temporaries.
+the output) and ``O(n_pad * b)`` of panels.
 """
 
 from __future__ import annotations
