@@ -53,8 +53,11 @@ _FILE_DIR = flags.DEFINE_string("file_dir", None, "Directory for the file store.
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 _PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
 _SCAN = flags.DEFINE_list(
-    "compile_scan", [], "Block-column counts (e.g. 8,16,32,64): compile the in-core kernel "
-    "at n = count x its block and report the compile seconds (flat = compiled once).")
+    "compile_scan",
+    [],
+    "Block-column counts (e.g. 8,16,32,64): compile the in-core kernel "
+    "at n = count x its block and report the compile seconds (flat = compiled once).",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

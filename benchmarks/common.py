@@ -254,8 +254,8 @@ def _cache_flag() -> Any:
 
     return flags.DEFINE_enum(
         "compilation_cache", "cold", ["cold", "warm", "off"],
-        "jw.enable_compilation_cache: cold = a fresh directory (first calls compile, so the "
-        "first-call figures are cold), warm = the default directory (reused across runs).")  # fmt: skip
+        "jw.enable_compilation_cache: cold = a fresh directory (first calls compile, so "
+        "the first-call figures are cold), warm = the default directory (reused).")  # fmt: skip
 
 
 CACHE = _cache_flag()

@@ -41,7 +41,10 @@ def step(name: str):
 
 def run(root: str, n: int, block: int) -> None:
     print(f"jaxwren quickstart: n={n}, block={block}, store={root}")
-    cache = jw.enable_compilation_cache()  # a second run loads every kernel from disk
+    try:
+        cache = jw.enable_compilation_cache()  # a second run loads every kernel from disk
+    except jw.ConfigError as e:  # e.g. a read-only home: run without the cache
+        cache = f"off ({e})"
     with CompileCounter() as compiles:
         _steps(root, n, block)
     print(f"XLA compilations this run: {compiles.count} (persistent cache: {cache})")

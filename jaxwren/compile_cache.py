@@ -43,8 +43,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
       The cache directory.
 
     Raises:
-      ConfigError: the path exists and is not a directory, or cannot be created.
+      ConfigError: ``path`` is not a path, exists and is not a directory, or cannot be
+        created.
     """
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise ConfigError(
+            f"enable_compilation_cache: path must be a directory path (str or os.PathLike) "
+            f"or None, got {type(path).__name__} {path!r}."
+        )
     where = default_cache_dir() if path is None else Path(os.fspath(path)).expanduser()
     try:
         where.mkdir(parents=True, exist_ok=True)

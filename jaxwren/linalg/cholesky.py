@@ -209,8 +209,8 @@ def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> tuple[
             a_read = Read(s.src, _reg(ii, jj, t), (t, t), sc, s.dtype)
             for q, k0 in enumerate(range(0, jj * t, kw)):  # acc -= L[I, K] L[J, K]^T
                 k1 = min(k0 + kw, jj * t)  # L's finished columns only; the rest reads zero
-                reads = (Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), si, s.dtype),
-                         Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), sj, s.dtype))  # fmt: skip
+                li = Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), si, s.dtype)
+                reads = (li, Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), sj, s.dtype))
                 fn = _tile_kernel("update", q == 0, kb, s.mesh)
                 kern = (lambda _c, a, li, lj, fn=fn: (fn(a, li, lj), ())) if q == 0 else \
                        (lambda c, li, lj, fn=fn: (fn(c, li, lj), ()))  # fmt: skip
