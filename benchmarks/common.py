@@ -31,6 +31,7 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorstore as ts  # noqa: E402
+from absl import flags  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
 from jaxwren.storage.backend import shared_context  # noqa: E402
@@ -249,16 +250,10 @@ def bar_plot(labels: Sequence[str], values: Sequence[float], ylabel: str, title:
     print(f"plot written to {path}")
 
 
-def _cache_flag() -> Any:
-    from absl import flags
-
-    return flags.DEFINE_enum(
-        "compilation_cache", "cold", ["cold", "warm", "off"],
-        "jw.enable_compilation_cache: cold = a fresh directory (first calls compile, so "
-        "the first-call figures are cold), warm = the default directory (reused).")  # fmt: skip
-
-
-CACHE = _cache_flag()
+CACHE = flags.DEFINE_enum(
+    "compilation_cache", "cold", ["cold", "warm", "off"],
+    "jw.enable_compilation_cache: cold = a fresh directory (first calls compile, so the "
+    "first-call figures are cold), warm = the default directory (reused).")  # fmt: skip
 
 
 def enable_cache(mode: str) -> None:

@@ -95,16 +95,17 @@ class _Writer:
         h, w = write.size if write.size is not None else out.shape
         r0, c0 = write.origin
         target = write.target
-        pieces = []
         if isinstance(out, np.ndarray):  # a host result: whole chunks, one write per row
-            pieces.extend(_host_pieces(out[:h, :w], write))
-        for shard in [] if isinstance(out, np.ndarray) else out.addressable_shards:
-            if shard.replica_id != 0:
-                continue
-            a0, a1, b0, b1 = shard_bounds(shard.index, out.shape)
-            a1, b1 = min(a1, h), min(b1, w)
-            if a1 > a0 and b1 > b0:
-                pieces.append((a0, b0, np.asarray(shard.data)[: a1 - a0, : b1 - b0]))
+            pieces = _host_pieces(out[:h, :w], write)
+        else:
+            pieces = []
+            for shard in out.addressable_shards:
+                if shard.replica_id != 0:
+                    continue
+                a0, a1, b0, b1 = shard_bounds(shard.index, out.shape)
+                a1, b1 = min(a1, h), min(b1, w)
+                if a1 > a0 and b1 > b0:
+                    pieces.append((a0, b0, np.asarray(shard.data)[: a1 - a0, : b1 - b0]))
         nbytes = sum(p[2].nbytes for p in pieces)
         self._stats.bytes_written += nbytes
 

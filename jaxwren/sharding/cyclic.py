@@ -218,7 +218,10 @@ class _Gather:
         view = _blocks(self._buf, b, s.r, s.c)
         if r1 - r0 == nr and c1 - c0 == nc and r0 % nr == 0 and c0 % nc == 0:
             q, p = r0 // nr, c0 // nc  # one device's shard: its blocks, strided
-            self._out[...] = view[:, q, :, :, p, :].reshape(nr, nc)
+            if self._out.flags.c_contiguous:  # copied in place, no temporary
+                self._out.reshape(nr // b, b, nc // b, b)[...] = view[:, q, :, :, p, :]
+            else:
+                self._out[...] = view[:, q, :, :, p, :].reshape(nr, nc)
             return
         rows = _cyclic_index(s.n_pad, b, s.r)[r0:r1]
         cols = _cyclic_index(s.n_pad, b, s.c)[c0:c1]
