@@ -66,6 +66,10 @@ class NotPositiveDefiniteError(JaxwrenError, np.linalg.LinAlgError):
     """A matrix given to a Cholesky factorisation is not positive definite."""
 
 
+class RankDeficientError(JaxwrenError, np.linalg.LinAlgError):
+    """A least-squares problem has no unique solution: its matrix is rank deficient."""
+
+
 class StorageError(JaxwrenError, OSError):
     """Reading or writing the store failed."""
 

@@ -5,6 +5,7 @@ from jaxwren.linalg.distances import pairwise_sq_distances
 from jaxwren.linalg.map_blocks import map_blocks
 from jaxwren.linalg.matmul import matmul
 from jaxwren.linalg.neighbors import nearest_neighbors
+from jaxwren.linalg.qr import lstsq, qr
 from jaxwren.linalg.reduce import argmin
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
 
@@ -13,9 +14,11 @@ __all__ = [
     "cho_logdet",
     "cho_solve",
     "cholesky",
+    "lstsq",
     "map_blocks",
     "matmul",
     "nearest_neighbors",
     "pairwise_sq_distances",
+    "qr",
     "solve_triangular",
 ]
