@@ -71,7 +71,8 @@ def _tile_bytes(t: Tiling, cols: int, itemsize: int, q_kind: bool, shared: bool,
     leaves' working copies (and, with Q, their Q factors, the Q tile and its write)."""
     tile = t.shape_rows * cols * itemsize
     staging = 0 if shared else prefetch * tile
-    return (prefetch + 1) * tile + staging + (4 if q_kind else 2) * tile + 4 * cols * cols * itemsize
+    work = (4 if q_kind else 2) * tile + 4 * cols * cols * itemsize
+    return (prefetch + 1) * tile + staging + work
 
 
 def _check_shape(where: str, shape: tuple[int, int], what: str) -> None:
@@ -165,8 +166,9 @@ class TSQR(Op):
         big = problem.outputs[0]
         target = targets[big.name]
         if len(starts) == 1:
-            step = Step(reads(0), _incore(mesh, leaf, self.kind == "svd", self.name),
-                        (*small, Write(target, (0, 0), big.shape)), label="TSQR in one tile")  # fmt: skip
+            kern = _incore(mesh, leaf, self.kind == "svd", self.name)
+            writes = (*small, Write(target, (0, 0), big.shape))
+            step = Step(reads(0), kern, writes, label="TSQR in one tile")
             return Plan(self.name, [step], None, 0, 0, desc)
         steps = [Step(reads(r0), _factor(mesh, leaf), label=f"R of rows {r0}:") for r0 in starts]
         steps.append(Step((), _combine(mesh, self.kind == "svd", self.name), small,
