@@ -32,7 +32,9 @@ from jaxwren.linalg import (
     nearest_neighbors,
     pairwise_sq_distances,
     qr,
+    randomized_svd,
     solve_triangular,
+    svd,
 )
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
@@ -74,6 +76,8 @@ __all__ = [
     "nearest_neighbors",
     "pairwise_sq_distances",
     "qr",
+    "randomized_svd",
     "save",
     "solve_triangular",
+    "svd",
 ]

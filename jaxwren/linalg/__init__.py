@@ -7,6 +7,7 @@ from jaxwren.linalg.matmul import matmul
 from jaxwren.linalg.neighbors import nearest_neighbors
 from jaxwren.linalg.qr import lstsq, qr
 from jaxwren.linalg.reduce import argmin
+from jaxwren.linalg.svd import randomized_svd, svd
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
 
 __all__ = [
@@ -20,5 +21,7 @@ __all__ = [
     "nearest_neighbors",
     "pairwise_sq_distances",
     "qr",
+    "randomized_svd",
     "solve_triangular",
+    "svd",
 ]

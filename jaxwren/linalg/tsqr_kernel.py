@@ -33,7 +33,7 @@ from jaxwren.linalg.common import round_up
 from jaxwren.sharding.mesh import COLS, ROWS
 
 __all__ = ["GROUP", "leaf_rows", "row_unit", "fold_kernel", "factor_kernel", "q_kernel",
-           "combine", "incore_kernel"]  # fmt: skip
+           "combine", "incore_kernel", "orthonormal_tiles"]  # fmt: skip
 
 ALL = (ROWS, COLS)
 GROUP = 8  # R factors stacked per tree node
@@ -207,3 +207,12 @@ def incore_kernel(mesh: Mesh, leaf: int, svd: bool) -> Any:
 
     outs = (rows, rep, rep, rep) if svd else (rows, rep, rep)
     return _sharded(mesh, whole, (rows,), outs)
+
+
+def orthonormal_tiles(tiles: list[jax.Array], mesh: Mesh, leaf: int) -> list[jax.Array]:
+    """Q of the tall matrix whose row tiles (on the devices, ``P(ALL, None)``, rows a
+    multiple of ``leaf`` per device) are ``tiles``: TSQR over the tiles, tile by tile."""
+    parts = [factor_kernel(mesh, leaf)(x) for x in tiles]
+    cs, _ = combine(mesh, False)(jnp.stack([p[0] for p in parts]), jnp.stack([p[1] for p in parts]))
+    qk = q_kernel(mesh, leaf)
+    return [qk(x, cs, jnp.int32(i)) for i, x in enumerate(tiles)]

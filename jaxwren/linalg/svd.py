@@ -1,0 +1,328 @@
+"""SVD: exact for tall-skinny matrices (TSQR, then the SVD of R) and randomized
+(Halko-Martinsson-Tropp with power iterations) for low-rank approximations of large ones.
+
+``svd`` is the TSQR operation of ``linalg/qr.py`` with the SVD of ``R`` at the top of
+its tree (``U = Q U_r``). :class:`RandomizedSVD` is an Op whose plan is passes over row
+tiles of ``a`` (``P(('rows', 'cols'), None)``), each a streamed matmul on the devices:
+
+* sketch ``Y_t = A_t Ω`` (``Ω`` Gaussian ``(n, l)``, ``l = k + n_oversamples``);
+* orthonormalise ``Y`` by TSQR over its tiles (no reads: ``Y`` is ``(m, l)``, held);
+* project ``Z = Σ_t A_tᵀ Q_t`` (``(n, l)``, a psum over the devices);
+* rotate ``Ω = qr(Z).Q`` and sketch again — ``n_iter`` times — then project once more:
+  ``Z = Aᵀ Q``, whose SVD ``Z = W S Vhᵀ`` gives ``A ≈ (Q Vh) S Wᵀ``.
+
+When the tiles fit the budget together they are read once, in the first pass, and kept
+on the devices (the in-core plan); otherwise every pass reads them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import ConfigError, NonFiniteError
+from jaxwren.linalg import tsqr_kernel as tk
+from jaxwren.linalg.base import Op
+from jaxwren.linalg.common import round_up, tile_candidates
+from jaxwren.linalg.qr import TSQR
+from jaxwren.sharding.mesh import default_sharding
+from jaxwren.sharding.multihost import to_host
+from jaxwren.sharding.tiles import replicas_shared
+from jaxwren.storage.bigmatrix import BigMatrix
+
+__all__ = ["RandomizedSVD", "randomized_svd", "svd"]
+
+_HI = lax.Precision.HIGHEST
+
+
+def _count(value: Any, name: str, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"randomized_svd: {name} must be an integer {bound}, got {value!r}.")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Row tiles of ``rows`` (loaded as ``shape_rows``); ``resident``: read once, kept."""
+
+    rows: int
+    shape_rows: int
+    resident: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Params:
+    k: int
+    l: int  # noqa: E741  (the sketch width, k + oversamples)
+    n_iter: int
+    seed: int
+
+
+@functools.lru_cache(maxsize=16)
+def _kernels(mesh: Mesh) -> dict[str, Any]:
+    rows, rep = NamedSharding(mesh, P(tk.ALL, None)), NamedSharding(mesh, P())
+
+    def sketch(x, w):  # noqa: ANN001, ANN202
+        return jnp.matmul(x, w, precision=_HI), jnp.all(jnp.isfinite(x))
+
+    def project(z, x, q):  # noqa: ANN001, ANN202
+        return z + jnp.matmul(x.T, q, precision=_HI)
+
+    def top(z, k):  # noqa: ANN001, ANN202
+        w, s, vh = jnp.linalg.svd(z, full_matrices=False)
+        return vh.T[:, :k], s[None, :k], w[:, :k].T
+
+    return {
+        "sketch": jax.jit(sketch, in_shardings=(rows, rep), out_shardings=(rows, rep)),
+        "project": jax.jit(project, in_shardings=(rep, rows, rows), out_shardings=rep,
+                           donate_argnums=0),  # fmt: skip
+        "rotate": jax.jit(lambda z: jnp.linalg.qr(z)[0], in_shardings=rep, out_shardings=rep),
+        "top": jax.jit(top, static_argnums=1, out_shardings=(rep, rep, rep)),
+        "u": jax.jit(lambda q, ub: jnp.matmul(q, ub, precision=_HI),
+                     in_shardings=(rows, rep), out_shardings=rows),  # fmt: skip
+    }
+
+
+def _omega(n: int, l: int, seed: int, dtype: Any, mesh: Mesh) -> jax.Array:  # noqa: E741
+    w = jax.random.normal(jax.random.key(seed), (n, l), dtype)
+    return jax.device_put(w, NamedSharding(mesh, P()))
+
+
+class RandomizedSVD(Op):
+    """Rank-``k`` SVD of ``a`` by randomized range finding with power iterations."""
+
+    name = "randomized_svd"
+    operand_names = ("a",)
+
+    def __init__(self, k: Any, n_oversamples: Any = 10, n_iter: Any = 4, seed: Any = 0) -> None:
+        self.args = (k, n_oversamples, n_iter, seed)
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        (a,) = operands
+        m, n = a.shape
+        k, p, n_iter, seed = self.args
+        k = _count(k, "k", 1, min(m, n))
+        p = _count(p, "n_oversamples", 0)
+        pr = _Params(k, min(k + p, m, n), _count(n_iter, "n_iter", 0), _count(seed, "seed", 0))
+        dtype = result_dtype(a.dtype, where=self.name, policy="factor")
+        rb = a.block_shape[0] if isinstance(a, BigMatrix) else 8192
+        outs = (Output("U", (m, k), dtype, (min(rb, m), k)), Output("S", (1, k), dtype, (1, k)),
+                Output("Vt", (k, n), dtype, (k, min(n, 8192))))  # fmt: skip
+        return Problem((a,), outs, (pr.k, pr.l, pr.n_iter, pr.seed), mesh, data=pr)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        (a,), pr, mesh = problem.sources, problem.data, problem.mesh
+        (m, n), s = a.shape, problem.outputs[0].dtype.itemsize
+        unit = tk.row_unit(pr.l, mesh)
+        granule = a.block_shape[0] if isinstance(a, BigMatrix) else 8192
+        shared = replicas_shared(NamedSharding(mesh, P()))
+        passes = 2 * pr.n_iter + 2
+        cands = []
+        for rows in tile_candidates(m, granule, 1):
+            t_rows = round_up(rows, unit)
+            nt = -(-m // rows)
+            held = 4 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, U; Z, Ω, Vt
+            tile = t_rows * n * s
+            resident = functools.partial(_held, nt * tile + held)
+            streamed = functools.partial(_streamed, tile, held, shared)
+            cands.append(Candidate(Tiling(rows, t_rows, True), resident, m * n * s))
+            if nt > 1:
+                cands.append(Candidate(Tiling(rows, t_rows, False), streamed, passes * m * n * s))
+        return cands
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        (a,), pr, mesh, t = problem.sources, problem.data, problem.mesh, tiling
+        (m, n), dtype = a.shape, problem.outputs[0].dtype
+        kern = _kernels(mesh)
+        rows_sh = NamedSharding(mesh, P(tk.ALL, None))
+        starts = list(range(0, m, t.rows))
+        reads = [Read(a, (r0, min(r0 + t.rows, m), 0, n), (t.shape_rows, n), rows_sh, dtype)
+                 for r0 in starts]  # fmt: skip
+        leaf = tk.leaf_rows(pr.l)
+        steps: list[Step] = []
+
+        def tile_pass(label: str, fn: Any, first: bool = False) -> None:
+            for i, r0 in enumerate(starts):
+                use = (reads[i],) if first or not t.resident else ()
+                steps.append(Step(use, functools.partial(_on_tile, fn, i, t.resident),
+                                  label=f"{label} rows {r0}:"))  # fmt: skip
+
+        tile_pass("Y = A Ω", functools.partial(_sketch, kern), first=True)
+        for _ in range(pr.n_iter):
+            steps.append(Step((), functools.partial(_orth, mesh, leaf, self.name), label="Q"))
+            tile_pass("Z += A^T Q", functools.partial(_project, kern, n, pr.l))
+            steps.append(Step((), functools.partial(_rotate, kern), label="Ω = qr(Z)"))
+            tile_pass("Y = A Ω", functools.partial(_sketch, kern))
+        steps.append(Step((), functools.partial(_orth, mesh, leaf, self.name), label="Q"))
+        tile_pass("Z = A^T Q", functools.partial(_project, kern, n, pr.l))
+        writes = tuple(Write(targets[o.name], (0, 0), o.shape) for o in problem.outputs)
+        steps.append(Step((), functools.partial(_top, kern, pr.k, m, t.rows), writes,
+                          label="SVD of Z"))  # fmt: skip
+        init = functools.partial(_init, n, pr, dtype, mesh)
+        desc = (f"{len(starts)} row tiles of {t.rows}, "
+                f"{'read once, kept' if t.resident else f'{2 * pr.n_iter + 2} passes'}")  # fmt: skip
+        return Plan(self.name, steps, init, 0, 0, desc)
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        names = [o.name for o in problem.outputs]
+        if all(targets.get(nm) is not None for nm in names):
+            u, s, vt = (targets[nm] for nm in names)
+            return u, s.to_jax()[0], vt.to_jax()
+        u, s, vt = returned
+        mesh = problem.mesh
+        return (jax.device_put(u, default_sharding(u.shape, mesh)), s[0],
+                jax.device_put(vt, default_sharding(vt.shape, mesh)))  # fmt: skip
+
+
+def _held(total: int, _prefetch: int) -> int:
+    return total
+
+
+def _streamed(tile: int, held: int, shared: bool, prefetch: int) -> int:
+    return (prefetch + 1) * tile + (0 if shared else prefetch * tile) + held
+
+
+def _init(n: int, pr: _Params, dtype: Any, mesh: Mesh) -> dict[str, Any]:
+    return {"a": {}, "y": {}, "w": _omega(n, pr.l, pr.seed, dtype, mesh), "ok": []}
+
+
+def _on_tile(fn: Any, i: int, resident: bool, carry: dict, *tiles: jax.Array) -> tuple:
+    if tiles and resident:
+        carry["a"][i] = tiles[0]
+    fn(carry, i, tiles[0] if tiles else carry["a"][i])
+    return carry, ()
+
+
+def _sketch(kern: dict, carry: dict, i: int, x: jax.Array) -> None:
+    carry["y"][i], ok = kern["sketch"](x, carry["w"])
+    carry["ok"].append(ok)
+
+
+def _project(kern: dict, n: int, l: int, carry: dict, i: int, x: jax.Array) -> None:  # noqa: E741
+    if i == 0:
+        carry["z"] = jax.device_put(jnp.zeros((n, l), x.dtype), carry["w"].sharding)
+    carry["z"] = kern["project"](carry["z"], x, carry["q"][i])
+
+
+def _orth(mesh: Mesh, leaf: int, where: str, carry: dict, *_: Any) -> tuple:
+    if not bool(to_host(functools.reduce(operator.and_, carry["ok"]))):
+        raise NonFiniteError(
+            f"{where}: a holds NaN or Inf; clean it first (np.nan_to_num, or drop the rows). "
+            "Nothing was stored."
+        )
+    carry["ok"] = [carry["ok"][0]]
+    ys = [carry["y"][i] for i in sorted(carry["y"])]
+    carry["q"] = tk.orthonormal_tiles(ys, mesh, leaf)
+    return carry, ()
+
+
+def _rotate(kern: dict, carry: dict, *_: Any) -> tuple:
+    carry["w"] = kern["rotate"](carry.pop("z"))
+    return carry, ()
+
+
+def _top(kern: dict, k: int, m: int, rows: int, carry: dict, *_: Any) -> tuple:
+    ub, s, vt = kern["top"](carry["z"], k)
+    us = [kern["u"](q, ub) for q in carry["q"]]
+    parts = [u[: min(rows, m - i * rows)] for i, u in enumerate(us)]
+    return None, (jnp.concatenate(parts) if len(parts) > 1 else parts[0], s, vt)
+
+
+def svd(
+    a: Any,
+    out: Any = None,
+    *,
+    compute_uv: bool = True,
+    mesh: Mesh | None = None,
+    memory_budget: int | str | None = None,
+    block_shape: tuple[int, int] | None = None,
+    storage: StorageConfig | None = None,
+    progress: bool | None = None,
+    prefetch: int = 1,
+) -> Any:
+    """Thin SVD of a tall-skinny matrix: ``a = U diag(S) Vt`` (``numpy.linalg.svd(a,
+    full_matrices=False)`` up to the signs of singular vector pairs).
+
+    TSQR of ``a`` (see :func:`jaxwren.qr`), then the SVD of the small ``R = U_r S Vt``, and
+    ``U = Q U_r`` formed as Q is (the leaves multiplied down the tree, never Q then U).
+
+    Args:
+      a: ``(m, n)`` with ``m >= n`` and ``n <= 4096`` (BigMatrix, jax.Array or numpy).
+      out: None to return U as a jax.Array; a URL prefix to store ``OUT/U`` (and ``OUT/S``
+        as ``(1, n)``, ``OUT/Vt``). With ``compute_uv=False``, a URL stores S.
+      compute_uv: False: only the singular values (one pass, nothing but R held).
+      mesh, memory_budget, block_shape, storage, progress, prefetch: as in matmul.
+
+    Returns:
+      ``(U, S, Vt)`` (S 1-D, descending) or ``S``.
+
+    Raises:
+      ShapeMismatchError: wide ``a`` or more than 4096 columns (use randomized_svd, or
+        the SVD of ``a.T`` with U and V swapped).
+      NonFiniteError: NaN or Inf in ``a``.
+    """
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    return run(TSQR("svd" if compute_uv else "sv"), (a,), out, spec).value
+
+
+def randomized_svd(
+    a: Any,
+    k: int,
+    out: Any = None,
+    *,
+    n_oversamples: int = 10,
+    n_iter: int = 4,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    memory_budget: int | str | None = None,
+    storage: StorageConfig | None = None,
+    progress: bool | None = None,
+    prefetch: int = 1,
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Rank-``k`` truncated SVD ``a ≈ U diag(S) Vt`` by randomized range finding
+    (Halko, Martinsson & Tropp 2011, Algorithm 4.4 with QR-normalised power iterations),
+    as ``sklearn.utils.extmath.randomized_svd(a, k, n_oversamples=..., n_iter=...)``.
+
+    Every pass over ``a`` is a streamed matmul on the devices; when ``a`` fits the memory
+    budget it is read once and kept, else it is read ``2 n_iter + 2`` times.
+
+    Args:
+      a: ``(m, n)`` BigMatrix (a view works), jax.Array or numpy; any shape.
+      k: the rank, ``1 <= k <= min(m, n)``.
+      out: None to return U as a jax.Array; a URL prefix to store ``OUT/U``, ``OUT/S``
+        (``(1, k)``) and ``OUT/Vt``.
+      n_oversamples: extra sketch columns (``l = k + n_oversamples``).
+      n_iter: power iterations (each two passes over ``a``); more for slowly decaying
+        spectra.
+      seed: the Gaussian sketch's seed (``jax.random.key(seed)``); same seed, same result.
+      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`.
+
+    Returns:
+      ``(U, S, Vt)``: U ``(m, k)``, S ``(k,)`` descending, Vt ``(k, n)``.
+
+    Raises:
+      ConfigError: ``k`` outside ``[1, min(m, n)]``, negative oversamples or iterations.
+      NonFiniteError: NaN or Inf in ``a`` (found in the first pass; nothing stored).
+    """
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, prefetch=prefetch)  # fmt: skip
+    op = RandomizedSVD(k, n_oversamples, n_iter, seed)
+    return run(op, (a,), out, spec).value
