@@ -61,8 +61,9 @@ class Tiling:
     shape_rows: int
 
 
-def _granule(x: Any) -> int:
-    return x.block_shape[0] if isinstance(x, BigMatrix) else 8192
+def _granule(x: Any, unit: int) -> int:
+    """Tile rows come in whole stored blocks (in memory: whole leaf rows of every device)."""
+    return x.block_shape[0] if isinstance(x, BigMatrix) else unit
 
 
 def _tile_bytes(t: Tiling, cols: int, itemsize: int, q_kind: bool, shared: bool,
@@ -104,7 +105,7 @@ class TSQR(Op):
         _check_shape(self.name, a.shape, "a")
         m, n = a.shape
         dtype = result_dtype(*(x.dtype for x in operands), where=self.name, policy="factor")
-        rb = _granule(a)
+        rb = a.block_shape[0] if isinstance(a, BigMatrix) else 16384
         if self.kind == "lstsq":
             b = operands[1]
             if b.shape[0] != m:
@@ -133,7 +134,7 @@ class TSQR(Op):
         shared = replicas_shared(NamedSharding(mesh, P()))
         q_kind = self.kind in _Q_KINDS
         cands = []
-        for rows in tile_candidates(m, min(_granule(a), round_up(m, 1)), 1):
+        for rows in tile_candidates(m, _granule(a, unit), 1):
             t = Tiling(rows, round_up(rows, unit))
             ntiles = -(-m // rows)
             proj = functools.partial(_tile_bytes, t, cols, itemsize, q_kind, shared)

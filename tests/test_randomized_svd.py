@@ -1,0 +1,59 @@
+"""jw.randomized_svd against the exact SVD: decaying spectra, both plans, stores, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxwren as jw
+from jaxwren.config import RunSpec
+from jaxwren.engine.run import run
+from jaxwren.linalg.svd import RandomizedSVD
+
+
+def decaying(m: int, n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, min(m, n))))
+    v, _ = np.linalg.qr(rng.standard_normal((n, min(m, n))))
+    s = np.exp(-np.arange(min(m, n)) / 8.0)
+    return ((u * s) @ v.T).astype(dtype)
+
+
+def check(u, s, vt, a, k, rtol):
+    ref = np.linalg.svd(a.astype(np.float64), compute_uv=False)[:k]
+    np.testing.assert_allclose(np.asarray(s), ref, rtol=rtol)
+    u, vt = np.asarray(u), np.asarray(vt)
+    assert u.shape == (a.shape[0], k) and vt.shape == (k, a.shape[1])
+    assert np.abs(u.T @ u - np.eye(k)).max() < 50 * rtol
+    err = np.linalg.norm(a - (u * np.asarray(s)) @ vt, 2)
+    assert err < 1.5 * np.linalg.svd(a, compute_uv=False)[k] + 50 * rtol
+
+
+@pytest.mark.parametrize("budget", [None, "9MiB"], ids=["resident", "streamed"])
+def test_randomized_svd_store(store, budget):
+    a = decaying(2100, 333)
+    A = jw.from_numpy(a, store.url("a"), (300, 333), storage=store.config)
+    outcome = run(RandomizedSVD(12), (A,), None, RunSpec(memory_budget=budget))
+    check(*outcome.value, a, 12, 1e-9)
+    reads = outcome.stats.bytes_read
+    assert reads < 2 * a.nbytes if budget is None else reads >= 10 * a.nbytes
+
+
+def test_randomized_svd_wide_float32_and_stored(tmp_path):
+    a = decaying(300, 2500, "float32", seed=1)
+    U, S, Vt = jw.randomized_svd(a, 10, str(tmp_path / "r"), n_iter=2)
+    assert isinstance(U, jw.BigMatrix) and U.dtype == np.float32
+    check(U.numpy(), S, Vt, a, 10, 1e-3)
+    again = jw.randomized_svd(a, 10, n_iter=2)  # same seed, same answer
+    np.testing.assert_allclose(np.asarray(again[1]), np.asarray(S), rtol=1e-6)
+
+
+def test_randomized_svd_bad_input():
+    a = decaying(500, 40)
+    with pytest.raises(jw.ConfigError, match="between 1 and 40"):
+        jw.randomized_svd(a, 41)
+    with pytest.raises(jw.ConfigError, match="n_iter"):
+        jw.randomized_svd(a, 5, n_iter=-1)
+    a[7, 7] = np.nan
+    with pytest.raises(jw.NonFiniteError):
+        jw.randomized_svd(a, 5)
