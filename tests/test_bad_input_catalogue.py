@@ -109,6 +109,20 @@ CASES = [
      jw.ConfigError, "http"),
     ("distributed/unset", lambda a, o: initialize(environ={}),
      jw.ConfigError, "jaxwren.launch"),
+    ("qr/wide", lambda a, o: jw.qr(a.T, o),
+     jw.ShapeMismatchError, "fewer rows than columns"),
+    ("qr/nan", lambda a, o: jw.qr(NAN, o),
+     jw.NonFiniteError, "clean it first"),
+    ("lstsq/rows", lambda a, o: jw.lstsq(a, V[:5], o),
+     jw.ShapeMismatchError, "one row per row"),
+    ("lstsq/rank-deficient", lambda a, o: jw.lstsq(np.hstack([V, V[:, :1]]), V[:, 0], o),
+     jw.RankDeficientError, "linearly dependent"),
+    ("svd/wide", lambda a, o: jw.svd(a.T, o),
+     jw.ShapeMismatchError, "randomized_svd"),
+    ("randomized_svd/k-too-big", lambda a, o: jw.randomized_svd(a, 5, o),
+     jw.ConfigError, "between 1 and 4"),
+    ("randomized_svd/nan", lambda a, o: jw.randomized_svd(NAN, 2, o),
+     jw.NonFiniteError, "clean it first"),
 ]  # fmt: skip
 
 

@@ -28,8 +28,11 @@ def single_threaded_blas() -> Iterator[None]:
         yield
         return
     try:
+        import scipy.linalg.cython_lapack  # noqa: F401  (loads the OpenBLAS JAX will call,
+
+        # so that the limit finds it: JAX loads it lazily, at its first LAPACK kernel)
         from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a declared dependency
+    except ImportError:  # pragma: no cover - declared dependencies (scipy: of jax)
         yield
         return
     with threadpool_limits(limits=1, user_api="blas"):

@@ -174,19 +174,18 @@ class TSQR(Op):
         steps = [Step(reads(r0), _factor(mesh, leaf), label=f"R of rows {r0}:") for r0 in starts]
         steps.append(Step((), _combine(mesh, self.kind == "svd", self.name), small,
                           label="top of the tree"))  # fmt: skip
-        qk = tk.q_kernel(mesh, leaf)
         for i, r0 in enumerate(starts):
             key = resume.key(f"q{t.rows}-{r0}")
             size = (min(t.rows, m - r0), n)
-            steps.append(Step(reads(r0), functools.partial(_q_step, qk, np.int32(i)),
+            steps.append(Step(reads(r0), functools.partial(_q_step, mesh, leaf, i),
                               (Write(target, (r0, 0), size, record=key),),
                               label=f"{big.name}[{r0}:]", skip=resume.done(key)))  # fmt: skip
         return Plan(self.name, steps, list, 0, 0, desc)
 
     def _r_steps(self, problem: Problem, starts: list[int], reads: Any, leaf: int,
                  small: tuple[Write, ...]) -> list[Step]:  # fmt: skip
-        fold = tk.fold_kernel(problem.mesh, leaf, len(problem.sources))
-        steps = [Step(reads(r0), lambda c, *x: (fold(*c, *x), ()), label=f"R += rows {r0}:")
+        fold = functools.partial(tk.fold_tile, mesh=problem.mesh, leaf=leaf)
+        steps = [Step(reads(r0), lambda c, *x: (fold(c, x), ()), label=f"R += rows {r0}:")
                  for r0 in starts]  # fmt: skip
         last = functools.partial(_r_final, kind=self.kind, where=self.name,
                                  n=problem.sources[0].shape[1], m=problem.sources[0].shape[0])
@@ -272,25 +271,23 @@ def _r_final(carry: Any, *, kind: str, where: str, n: int, m: int) -> tuple[None
 
 
 def _incore(mesh: Mesh, leaf: int, svd: bool, where: str) -> Any:
-    kern = tk.incore_kernel(mesh, leaf, svd)
-
     def step(_carry: Any, x: jax.Array) -> tuple[None, tuple]:
-        q, *small, ok = kern(x)
-        _check_finite(ok, where)  # before Q is written
+        (q,), small, ok = tk.tsqr_tiles([x], mesh, leaf, svd)
+        if not ok:
+            _check_finite(False, where)  # before Q is written
         return None, (*small, q)
 
     return step
 
 
 def _factor(mesh: Mesh, leaf: int) -> Any:
-    kern = tk.factor_kernel(mesh, leaf)
-    return lambda carry, x: ([*carry, kern(x)], ())
+    return lambda carry, x: ([*carry, tk.factor_tile(x, mesh, leaf)], ())
 
 
 def _combine(mesh: Mesh, svd: bool, where: str) -> Any:
     def step(carry: list, *_: Any) -> tuple[Any, tuple]:
-        for _qg, _r, ok in carry:
-            _check_finite(ok, where)
+        if not all(ok for _qg, _r, ok in carry):
+            _check_finite(False, where)
         qgs = jnp.stack([c[0] for c in carry])
         rts = jnp.stack([c[1] for c in carry])
         cs, small = tk.combine(mesh, svd)(qgs, rts)
@@ -299,8 +296,8 @@ def _combine(mesh: Mesh, svd: bool, where: str) -> Any:
     return step
 
 
-def _q_step(qk: Any, i: np.int32, cs: jax.Array, x: jax.Array) -> tuple[jax.Array, tuple]:
-    return cs, (qk(x, cs, i),)
+def _q_step(mesh: Mesh, leaf: int, i: int, cs: jax.Array, x: jax.Array) -> tuple[jax.Array, tuple]:
+    return cs, (tk.q_tile(x, cs[i], mesh, leaf),)
 
 
 def qr(

@@ -176,8 +176,8 @@ class RandomizedSVD(Op):
         steps.append(Step((), functools.partial(_top, kern, pr.k, m, t.rows), writes,
                           label="SVD of Z"))  # fmt: skip
         init = functools.partial(_init, n, pr, dtype, mesh)
-        desc = (f"{len(starts)} row tiles of {t.rows}, "
-                f"{'read once, kept' if t.resident else f'{2 * pr.n_iter + 2} passes'}")  # fmt: skip
+        passes = "read once, kept" if t.resident else f"{2 * pr.n_iter + 2} passes"
+        desc = f"{len(starts)} row tiles of {t.rows}, {passes}"
         return Plan(self.name, steps, init, 0, 0, desc)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
@@ -229,7 +229,7 @@ def _orth(mesh: Mesh, leaf: int, where: str, carry: dict, *_: Any) -> tuple:
         )
     carry["ok"] = [carry["ok"][0]]
     ys = [carry["y"][i] for i in sorted(carry["y"])]
-    carry["q"] = tk.orthonormal_tiles(ys, mesh, leaf)
+    carry["q"] = tk.tsqr_tiles(ys, mesh, leaf)[0]
     return carry, ()
 
 

@@ -4,8 +4,10 @@ A row tile of a tall-skinny ``(rows, n)`` matrix is sharded over every device
 (``P(('rows', 'cols'), None)``). Each device cuts its rows into *leaves* of ``leaf``
 rows (``leaf >= 2n``, small enough to sit in cache), factors them all at once (one
 batched LAPACK call, which on CPU is many times faster than one QR of the whole tall
-panel), then stacks the leaves' ``R``s ``GROUP`` at a time and factors again, until one
-``R`` per device is left. The devices' ``R``s are gathered (the only collective) and
+panel), then stacks all the leaves' ``R``s and factors the stack once (``GROUP`` bounds a
+stack: with deeper trees of 8-R stacks, 8 CPU devices running 4+ levels of batched LAPACK
+QRs were seen to hang at 0% CPU, unexplained; two levels never did), leaving one ``R``
+per device. The devices' ``R``s are gathered (the only collective) and
 factored once more. Each level keeps its ``Q`` factors, so ``Q`` of the tile is the
 product down the tree: ``Q = Q_leaves · Q_level1 · ... · Q_top`` applied top-down
 (:func:`apply_down`), one small batched GEMM per level.
@@ -25,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -32,11 +35,11 @@ from jax.sharding import PartitionSpec as P
 from jaxwren.linalg.common import round_up
 from jaxwren.sharding.mesh import COLS, ROWS
 
-__all__ = ["GROUP", "leaf_rows", "row_unit", "fold_kernel", "factor_kernel", "q_kernel",
-           "combine", "incore_kernel", "orthonormal_tiles"]  # fmt: skip
+__all__ = ["GROUP", "leaf_rows", "row_unit", "fold_tile", "factor_tile", "q_tile", "combine",
+           "tsqr_tiles", "gathered"]  # fmt: skip
 
 ALL = (ROWS, COLS)
-GROUP = 8  # R factors stacked per tree node
+GROUP = 1 << 16  # all of a device's leaf R factors in one stack: two levels (see above)
 _HI = lax.Precision.HIGHEST  # no TF32 on accelerators: Q must stay orthonormal to 1e-13
 
 
@@ -93,14 +96,8 @@ def apply_down(qs: list[Any], c: jax.Array) -> jax.Array:
     return jnp.matmul(qs[0], c, precision=_HI).reshape(-1, n)
 
 
-def _gathered(r_d: jax.Array) -> jax.Array:
-    """Every device's ``R`` stacked in device order, ``(D n, n)``, on every device."""
-    return lax.all_gather(r_d, ALL, tiled=True)
-
-
 def _finite(x: jax.Array) -> jax.Array:
-    ok = jnp.all(jnp.isfinite(x)).astype(jnp.int32)
-    return lax.pmin(ok, ALL) == 1
+    return jnp.all(jnp.isfinite(x))[None]
 
 
 def _columns(tiles: tuple[jax.Array, ...]) -> jax.Array:
@@ -108,56 +105,107 @@ def _columns(tiles: tuple[jax.Array, ...]) -> jax.Array:
     return tiles[0] if len(tiles) == 1 else jnp.concatenate(tiles, axis=1)
 
 
-def _own(c: jax.Array) -> jax.Array:
-    """This device's ``(n, n)`` rows of a ``(D n, n)`` replicated factor."""
-    n = c.shape[-1]
-    return lax.dynamic_slice_in_dim(c, lax.axis_index(ALL) * n, n)
-
-
-def _sharded(mesh: Mesh, fn: Any, ins: tuple, outs: Any, **jit_kw: Any) -> Any:
+def _sharded(mesh: Mesh, fn: Any, ins: tuple, outs: Any) -> Any:
     mapped = jax.shard_map(fn, mesh=mesh, in_specs=ins, out_specs=outs, check_vma=False)
     named = functools.partial(jax.tree.map, lambda p: NamedSharding(mesh, p))
-    return jax.jit(mapped, in_shardings=named(ins), out_shardings=named(outs), **jit_kw)
+    return jax.jit(mapped, in_shardings=named(ins), out_shardings=named(outs))
+
+
+# The kernels below hold no collective: on CPU devices a rendezvous inside a program that
+# also runs LAPACK calls was seen to deadlock (device threads parked at an all-reduce while
+# the others' batched QRs never got a thread). The devices' R factors (D x n x n, tiny)
+# are gathered through the host instead (:func:`gathered`).
 
 
 @functools.lru_cache(maxsize=32)
-def fold_kernel(mesh: Mesh, leaf: int, ntiles: int) -> Any:
-    """``(r, finite), tiles -> (r, finite)``: folds a row tile into the running ``R``
-    (R only: lstsq, ``mode="r"``, singular values)."""
-    rows, rep = P(ALL, None), P()
-
-    def fold(r, ok, *tiles):  # noqa: ANN001, ANN202
-        x = _columns(tiles)
-        stack = jnp.concatenate([r, _gathered(local_r(x, leaf))])
-        return jnp.linalg.qr(stack, mode="r"), ok & _finite(x)
-
-    return _sharded(mesh, fold, (rep, rep) + (rows,) * ntiles, (rep, rep), donate_argnums=(0,))
-
-
-@functools.lru_cache(maxsize=32)
-def factor_kernel(mesh: Mesh, leaf: int) -> Any:
-    """``tile -> (Qg, R_t, finite)``: a tile's ``R`` and the ``(D n, n)`` Q of its devices'
-    stacked ``R``s (the first pass of Q; the leaves are recomputed by :func:`q_kernel`)."""
-    rows, rep = P(ALL, None), P()
-
-    def factor(x):  # noqa: ANN001, ANN202
-        qg, r = jnp.linalg.qr(_gathered(local_r(x, leaf)))
-        return qg, r, _finite(x)
-
-    return _sharded(mesh, factor, (rows,), (rep, rep, rep))
-
-
-@functools.lru_cache(maxsize=32)
-def q_kernel(mesh: Mesh, leaf: int) -> Any:
-    """``tile, cs, t -> Q tile``: the tile's leaves again, times its devices' rows of
-    ``cs[t]`` (``cs`` ``(T, D n, n)`` from :func:`combine`)."""
+def local_kernel(mesh: Mesh, leaf: int, ntiles: int, nq: int) -> Any:
+    """``*tiles -> (R_d stacked (D n, n), finite (D,), *tree Q factors)``: every device's
+    leaf tree of its rows, side by side (no collective). ``nq``: how many Q factors to
+    keep (0: R only; else :func:`tree_levels`)."""
     rows = P(ALL, None)
 
-    def q_tile(x, cs, t):  # noqa: ANN001, ANN202
-        qs, _ = local_qr(x, leaf)
-        return apply_down(qs, lax.dynamic_index_in_dim(cs, t, keepdims=False))
+    def local(*tiles):  # noqa: ANN001, ANN202
+        x = _columns(tiles)
+        if not nq:
+            return local_r(x, leaf), _finite(x)
+        qs, r = local_qr(x, leaf)
+        return (r, _finite(x), qs[0], *(q for q, _ in qs[1:]))
 
-    return _sharded(mesh, q_tile, (rows, P(None, ALL, None), P()), rows)
+    outs = (rows, P(ALL), *(P(ALL, None, None),) * nq)
+    return _sharded(mesh, local, (rows,) * ntiles, outs)
+
+
+def tree_levels(tile_rows: int, mesh: Mesh, leaf: int) -> int:
+    """How many Q factors a device's tree of ``tile_rows / D`` rows has."""
+    return len(_level_sizes(tile_rows // mesh.devices.size // leaf))
+
+
+def _level_sizes(leaves: int) -> list[int]:
+    """Child counts of the tree's levels above the leaves (leaves first)."""
+    sizes, b = [leaves], leaves
+    while b > 1:
+        b = -(-b // min(GROUP, b))
+        sizes.append(b)
+    return sizes
+
+
+@functools.lru_cache(maxsize=32)
+def apply_kernel(mesh: Mesh, leaf: int, nlevels: int) -> Any:
+    """``c (D n, n) sharded by rows, tree Q factors -> Q tile``: each device multiplies
+    its ``(n, n)`` rows of ``c`` down its tree (no collective, no LAPACK)."""
+    rows = P(ALL, None)
+
+    def down(c, q0, *upper):  # noqa: ANN001, ANN202
+        sizes = _level_sizes(q0.shape[0])
+        qs = [q0, *((q, b) for q, b in zip(upper, sizes[:-1], strict=True))]
+        return apply_down(qs, c)
+
+    ins = (rows, P(ALL, None, None), *(P(ALL, None, None),) * nlevels)
+    return _sharded(mesh, down, ins, rows)
+
+
+def gathered(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """A small device array (the devices' R factors, flags) replicated on every device,
+    through the host."""
+    return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=32)
+def _fold(mesh: Mesh) -> Any:
+    rep = NamedSharding(mesh, P())
+
+    def fold(r, ok, stack, oks):  # noqa: ANN001, ANN202
+        return jnp.linalg.qr(jnp.concatenate([r, stack]), mode="r"), ok & jnp.all(oks)
+
+    return jax.jit(fold, in_shardings=(rep,) * 4, out_shardings=(rep, rep), donate_argnums=0)
+
+
+def fold_tile(carry: tuple, tiles: tuple, mesh: Mesh, leaf: int) -> tuple:
+    """``(R, finite)`` with a row tile folded in (R only: lstsq, ``mode="r"``, values)."""
+    stack, oks = local_kernel(mesh, leaf, len(tiles), 0)(*tiles)
+    return _fold(mesh)(*carry, gathered(stack, mesh), gathered(oks, mesh))
+
+
+@functools.lru_cache(maxsize=32)
+def _top_of_tile(mesh: Mesh) -> Any:
+    rep = NamedSharding(mesh, P())
+    return jax.jit(lambda stack: tuple(jnp.linalg.qr(stack)), in_shardings=rep,
+                   out_shardings=(rep, rep))  # fmt: skip
+
+
+def factor_tile(x: jax.Array, mesh: Mesh, leaf: int) -> tuple:
+    """``(Qg, R_t, finite)``: a tile's ``R`` and the ``(D n, n)`` Q of its devices' stacked
+    ``R``s (the first pass of Q; the leaves are recomputed by :func:`q_tile`)."""
+    stack, oks = local_kernel(mesh, leaf, 1, 0)(x)
+    qg, r = _top_of_tile(mesh)(gathered(stack, mesh))
+    return qg, r, bool(np.all(np.asarray(oks)))
+
+
+def q_tile(x: jax.Array, c: jax.Array, mesh: Mesh, leaf: int) -> jax.Array:
+    """The tile's rows of Q: its leaves again, times its devices' rows of ``c``."""
+    _, _, *qs = local_kernel(mesh, leaf, 1, tree_levels(x.shape[0], mesh, leaf))(x)
+    rows = NamedSharding(mesh, P(ALL, None))
+    return apply_kernel(mesh, leaf, len(qs) - 1)(jax.device_put(c, rows), *qs)
 
 
 def finalize(qgs: jax.Array, rts: jax.Array, svd: bool) -> tuple[jax.Array, tuple]:
@@ -186,33 +234,17 @@ def finalize(qgs: jax.Array, rts: jax.Array, svd: bool) -> tuple[jax.Array, tupl
 
 @functools.lru_cache(maxsize=32)
 def combine(mesh: Mesh, svd: bool) -> Any:
-    """:func:`finalize` jitted for the tile plan: ``cs`` split over the devices as
-    :func:`q_kernel` takes it, the outputs replicated."""
+    """:func:`finalize` jitted on replicated arrays (no collective)."""
     rep = NamedSharding(mesh, P())
-    outs = (NamedSharding(mesh, P(None, ALL, None)), (rep, rep) if svd else (rep,))
-    return jax.jit(lambda qgs, rts: finalize(qgs, rts, svd), out_shardings=outs)
+    return jax.jit(lambda qgs, rts: finalize(qgs, rts, svd), in_shardings=(rep, rep),
+                   out_shardings=(rep, (rep, rep) if svd else (rep,)))  # fmt: skip
 
 
-@functools.lru_cache(maxsize=32)
-def incore_kernel(mesh: Mesh, leaf: int, svd: bool) -> Any:
-    """``tile -> (Q, outputs..., finite)``: the whole tall-skinny QR (or SVD) of one
-    resident tile, read once."""
-    rows, rep = P(ALL, None), P()
-
-    def whole(x):  # noqa: ANN001, ANN202
-        qs, r_d = local_qr(x, leaf)
-        qg, r = jnp.linalg.qr(_gathered(r_d))
-        cs, outs = finalize(qg[None], r[None], svd)
-        return (apply_down(qs, _own(cs[0])), *outs, _finite(x))
-
-    outs = (rows, rep, rep, rep) if svd else (rows, rep, rep)
-    return _sharded(mesh, whole, (rows,), outs)
-
-
-def orthonormal_tiles(tiles: list[jax.Array], mesh: Mesh, leaf: int) -> list[jax.Array]:
-    """Q of the tall matrix whose row tiles (on the devices, ``P(ALL, None)``, rows a
-    multiple of ``leaf`` per device) are ``tiles``: TSQR over the tiles, tile by tile."""
-    parts = [factor_kernel(mesh, leaf)(x) for x in tiles]
-    cs, _ = combine(mesh, False)(jnp.stack([p[0] for p in parts]), jnp.stack([p[1] for p in parts]))
-    qk = q_kernel(mesh, leaf)
-    return [qk(x, cs, jnp.int32(i)) for i, x in enumerate(tiles)]
+def tsqr_tiles(tiles: list[jax.Array], mesh: Mesh, leaf: int, svd: bool = False) -> tuple:
+    """``(Q tiles, outputs, finite)`` of the tall matrix whose row tiles (on the devices,
+    ``P(ALL, None)``) are ``tiles``: both passes, for tiles already resident."""
+    parts = [factor_tile(x, mesh, leaf) for x in tiles]
+    cs, outs = combine(mesh, svd)(jnp.stack([p[0] for p in parts]),
+                                  jnp.stack([p[1] for p in parts]))  # fmt: skip
+    qs = [q_tile(x, cs[i], mesh, leaf) for i, x in enumerate(tiles)]
+    return qs, outs, all(p[2] for p in parts)
