@@ -136,7 +136,8 @@ def _peer(peer: str, a: jw.BigMatrix, host: np.ndarray, store: common.Store,
     box: list = []
     if peer == "numpy":
         first, best = common.warm_and_best(
-            lambda: box.__setitem__(slice(None), [np.linalg.qr(host, mode="r")]), cfg.repeats)
+            lambda: box.__setitem__(slice(None), [np.linalg.qr(host, mode="r")]), cfg.repeats
+        )
         return first, best, box[0]
     if peer == "scipy":
         import scipy.linalg

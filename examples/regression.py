@@ -3,7 +3,8 @@
 (a) SGD over row batches streamed with ``A.iter_row_batches`` (the serverless-PyTorch
 seed's ObjectStorageDataset, for JAX); (b) exactly, by the normal equations: ``X^T X`` and
 ``X^T y`` with ``jw.matmul`` (streamed under a memory budget), then ``jw.cholesky`` and
-``jw.cho_solve``. Both are compared with ``numpy.linalg.lstsq``.
+``jw.cho_solve``; (c) exactly and without squaring the condition number, by ``jw.lstsq``
+(one TSQR pass over ``[X | y]``). All are compared with ``numpy.linalg.lstsq``.
 
     python examples/regression.py                       # a temporary file store
     python examples/regression.py --store=s3://bucket/jw --rows=200000
@@ -85,14 +86,19 @@ def main() -> None:
         t1 = time.perf_counter()
         w_ne = normal_equations(xm, ym, root, args.memory_budget)
         t2 = time.perf_counter()
+        w_qr = np.asarray(jw.lstsq(xm, ym, memory_budget=args.memory_budget, progress=False))
+        t3 = time.perf_counter()
     err_sgd = float(np.linalg.norm(w_sgd - w_ref) / np.linalg.norm(w_ref))
     err_ne = float(np.linalg.norm(w_ne - w_ref) / np.linalg.norm(w_ref))
+    err_qr = float(np.linalg.norm(w_qr - w_ref) / np.linalg.norm(w_ref))
     print(f"data: {args.rows} x {args.dim} float64, {len(jax.devices())} devices")
     print(f"(a) SGD, {args.epochs} epochs of streamed batches: {t1 - t0:6.2f} s, "
           f"relative error vs lstsq {err_sgd:.2e}")  # fmt: skip
     print(f"(b) normal equations (matmul + cholesky + cho_solve): {t2 - t1:6.2f} s, "
           f"relative error vs lstsq {err_ne:.2e}")  # fmt: skip
-    if not err_ne <= 1e-8 or not err_sgd <= 1e-2:
+    print(f"(c) jw.lstsq (TSQR of [X | y]): {t3 - t2:6.2f} s, relative error vs lstsq "
+          f"{err_qr:.2e}")  # fmt: skip
+    if not err_ne <= 1e-8 or not err_qr <= 1e-10 or not err_sgd <= 1e-2:
         sys.exit("regression: a fit differs from numpy.linalg.lstsq more than expected")
 
 

@@ -74,6 +74,7 @@ def test_regression_example_matches_lstsq(tmp_path):
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "(b) normal equations" in proc.stdout
+    assert "(c) jw.lstsq" in proc.stdout
 
 
 def test_batch_arguments_are_refused_at_the_call():

@@ -35,8 +35,9 @@ def check_qr(q: np.ndarray, r: np.ndarray, a: np.ndarray) -> None:
 def test_qr_store_to_store(store, budget):
     a = tall(3001, 23)
     A = jw.from_numpy(a, store.url("a"), (500, 23), storage=store.config)
-    outcome = run(TSQR("reduced"), (A,), store.url("qr"),
-                  RunSpec(memory_budget=budget, storage=store.config))
+    outcome = run(
+        TSQR("reduced"), (A,), store.url("qr"), RunSpec(memory_budget=budget, storage=store.config)
+    )
     Q, R = outcome.value
     assert isinstance(Q, jw.BigMatrix) and Q.shape == a.shape
     check_qr(Q.numpy(), np.asarray(R), a)
@@ -61,8 +62,9 @@ def test_qr_float32_and_integers():
     ints = np.arange(600 * 3).reshape(600, 3) % 7
     _, r = jw.qr(ints)
     assert r.dtype == np.float64
-    np.testing.assert_allclose(np.abs(np.asarray(r)), np.abs(np.linalg.qr(ints, mode="r")),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        np.abs(np.asarray(r)), np.abs(np.linalg.qr(ints, mode="r")), atol=1e-10
+    )
 
 
 def test_qr_rerun_sees_new_data(tmp_path):

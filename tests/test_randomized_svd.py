@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -57,3 +61,12 @@ def test_randomized_svd_bad_input():
     a[7, 7] = np.nan
     with pytest.raises(jw.NonFiniteError):
         jw.randomized_svd(a, 5)
+
+
+def test_pca_example_matches_sklearn(tmp_path):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "examples/pca.py", f"--store={tmp_path}"], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "max relative difference of the explained variance" in proc.stdout

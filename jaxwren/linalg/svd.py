@@ -90,12 +90,16 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
 
     return {
         "sketch": jax.jit(sketch, in_shardings=(rows, rep), out_shardings=(rows, rep)),
-        "project": jax.jit(project, in_shardings=(rep, rows, rows), out_shardings=rep,
-                           donate_argnums=0),  # fmt: skip
+        "project": jax.jit(
+            project, in_shardings=(rep, rows, rows), out_shardings=rep, donate_argnums=0
+        ),  # fmt: skip
         "rotate": jax.jit(lambda z: jnp.linalg.qr(z)[0], in_shardings=rep, out_shardings=rep),
         "top": jax.jit(top, static_argnums=1, out_shardings=(rep, rep, rep)),
-        "u": jax.jit(lambda q, ub: jnp.matmul(q, ub, precision=_HI),
-                     in_shardings=(rows, rep), out_shardings=rows),  # fmt: skip
+        "u": jax.jit(
+            lambda q, ub: jnp.matmul(q, ub, precision=_HI),
+            in_shardings=(rows, rep),
+            out_shardings=rows,
+        ),  # fmt: skip
     }
 
 
