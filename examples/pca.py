@@ -34,7 +34,7 @@ def pca(x: jw.BigMatrix, root: str, k: int) -> tuple[np.ndarray, np.ndarray, np.
     mean = jw.matmul(np.full((1, m), 1.0 / m), x)  # (1, n) column means, streamed
     xc = jw.map_blocks(lambda xb, mu: xb - mu, x, mean, align=("ij", ".j"), out=f"{root}/Xc")
     _, s, vt = jw.randomized_svd(xc, k, n_oversamples=10, n_iter=4, seed=0)
-    total = float(np.asarray(jw.matmul(np.ones((1, m)), jw.map_blocks(np.square, xc))).sum())
+    total = float(np.asarray(jw.matmul(np.ones((1, m)), jw.map_blocks(jax.numpy.square, xc))).sum())
     var = np.asarray(s) ** 2 / (m - 1)
     return np.asarray(vt), var, var / (total / (m - 1))
 
