@@ -16,9 +16,11 @@ from jaxwren.errors import (
     NonFiniteError,
     NotPositiveDefiniteError,
     OutputConflictError,
+    PartsNotFoundError,
     RankDeficientError,
     ShapeMismatchError,
     StorageError,
+    TableParseError,
     UnsupportedURLError,
 )
 from jaxwren.linalg import (
@@ -38,6 +40,7 @@ from jaxwren.linalg import (
 )
 from jaxwren.sharding import default_mesh, default_sharding, load, save
 from jaxwren.storage import BigMatrix, from_numpy
+from jaxwren.tables import from_csv, from_parquet, iter_table_batches
 
 __version__ = "0.1.0"
 
@@ -56,10 +59,12 @@ __all__ = [
     "NonFiniteError",
     "NotPositiveDefiniteError",
     "OutputConflictError",
+    "PartsNotFoundError",
     "RankDeficientError",
     "ShapeMismatchError",
     "StorageConfig",
     "StorageError",
+    "TableParseError",
     "UnsupportedURLError",
     "argmin",
     "cho_logdet",
@@ -68,7 +73,10 @@ __all__ = [
     "enable_compilation_cache",
     "default_mesh",
     "default_sharding",
+    "from_csv",
     "from_numpy",
+    "from_parquet",
+    "iter_table_batches",
     "load",
     "lstsq",
     "map_blocks",

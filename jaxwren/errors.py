@@ -23,8 +23,10 @@ __all__ = [
     "NonFiniteError",
     "NotPositiveDefiniteError",
     "OutputConflictError",
+    "PartsNotFoundError",
     "ShapeMismatchError",
     "StorageError",
+    "TableParseError",
     "UnsupportedURLError",
     "BucketNotFoundError",
 ]
@@ -88,6 +90,16 @@ class BucketNotFoundError(StorageError, FileNotFoundError):
 
 class CredentialsError(StorageError, PermissionError):
     """The object store refused the credentials."""
+
+
+class PartsNotFoundError(StorageError, FileNotFoundError):
+    """No part file matches a glob pattern (or a listed part vanished before it was read)."""
+
+
+class TableParseError(JaxwrenError, ValueError):
+    """A CSV or Parquet part cannot become rows of a numeric matrix: a ragged row, a
+    non-numeric or empty cell in a selected column, an empty part, or a part whose columns
+    differ from the first part's."""
 
 
 class OutputConflictError(JaxwrenError, ValueError):

@@ -1,0 +1,128 @@
+"""A parsed part (pyarrow table of the selected columns) -> a 2-D numpy array of the
+matrix dtype, refusing what would be silently wrong.
+
+Refused, naming the part, the row (1-based among the data rows) and the column: a
+non-numeric cell, an empty or NA cell (pyarrow reads ``NA``, ``nan``, ``null`` and empty
+cells as missing), an infinite value or one that overflows the dtype, an integer that the
+dtype cannot hold exactly (int64 ids into float32), a fractional value into an integer
+dtype, and a part with no rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jaxwren.errors import DTypeMismatchError, NonFiniteError, TableParseError
+from jaxwren.tables.glob import Part
+
+__all__ = ["to_matrix"]
+
+
+def _where(op: str, part: Part, row: int, name: str) -> str:
+    return f"{op}: the part {part.url}, row {row + 1}, column {name!r}"
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def _non_numeric(col: pa.ChunkedArray, op: str, part: Part, name: str) -> Exception:
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        for row, value in enumerate(col.to_pylist()):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                return TableParseError(
+                    f"{_where(op, part, row, name)} holds {value!r}, which is not a number; "
+                    "fix the cell, or leave the column out with columns=[...]."
+                )
+    return TableParseError(
+        f"{op}: the part {part.url}, column {name!r} has type {col.type}, not a number; "
+        "leave it out with columns=[...] or convert it before ingesting."
+    )
+
+
+def _check_column(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name: str) -> None:
+    kind = col.type
+    if col.null_count:
+        row = _first_true(pc.is_null(col))
+        raise TableParseError(
+            f"{_where(op, part, row, name)} is empty or NA (a missing value); jaxwren never "
+            "stores a silent NaN: fill or drop missing values before ingesting."
+        )
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise _non_numeric(col, op, part, name)
+    if pa.types.is_integer(kind) and len(col):
+        _check_ints(col, dtype, op, part, name)
+    if pa.types.is_floating(kind) and dtype.kind in "iu":
+        raise DTypeMismatchError(
+            f"{op}: the part {part.url}, column {name!r} holds floating-point numbers "
+            f"({kind}) and dtype={dtype.name} is an integer type; pass dtype='float32' or "
+            "'float64'."
+        )
+
+
+def _check_ints(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name: str) -> None:
+    """Integers must be exact in ``dtype`` (float32 holds integers up to 2**24)."""
+    lo_hi = pc.min_max(col)
+    lo, hi = lo_hi["min"].as_py(), lo_hi["max"].as_py()
+    if dtype.kind == "f":
+        limit = 2 ** (np.finfo(dtype).nmant + 1)
+        bad = lo if -lo > hi else hi
+        if abs(bad) > limit:
+            row = _first_true(pc.equal(col, bad))
+            raise DTypeMismatchError(
+                f"{_where(op, part, row, name)} holds the integer {bad}, which {dtype.name} "
+                f"cannot hold exactly (integers up to {limit}); pass dtype='float64', or "
+                "leave the column out with columns=[...]."
+            )
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            row = _first_true(pc.equal(col, bad))
+            raise DTypeMismatchError(
+                f"{_where(op, part, row, name)} holds {bad}, outside {dtype.name}'s range "
+                f"[{info.min}, {info.max}]; pass a wider dtype."
+            )
+
+
+def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, names: list[str]) -> None:
+    if out.dtype.kind != "f" or np.isfinite(out).all():
+        return
+    row, j = (int(v[0]) for v in np.nonzero(~np.isfinite(out)))
+    source = table.column(j)[row].as_py()
+    what = (f"{source!r}" if not np.isfinite(source) else
+            f"{source!r}, which overflows {out.dtype.name}")  # fmt: skip
+    raise NonFiniteError(
+        f"{_where(op, part, row, names[j])} holds {what}; jaxwren stores finite numbers "
+        "only: fix the cell" + (" or pass dtype='float64'." if np.isfinite(source) else ".")
+    )
+
+
+def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.ndarray:
+    """The table as a ``(rows, columns)`` array of ``dtype`` (see the module docstring).
+
+    Raises:
+      TableParseError: no rows, a non-numeric or missing cell.
+      DTypeMismatchError: an integer ``dtype`` cannot hold exactly.
+      NonFiniteError: an infinite cell, or a value that overflows ``dtype``.
+    """
+    names = table.column_names
+    if table.num_rows == 0:
+        raise TableParseError(
+            f"{op}: the part {part.url} has no data rows; remove it from the data set or "
+            "fix the glob."
+        )
+    for name, col in zip(names, table.columns, strict=True):
+        _check_column(col, dtype, op, part, name)
+    out = np.empty((table.num_rows, len(names)), dtype)
+    for j, col in enumerate(table.columns):
+        r = 0
+        for chunk in col.chunks:
+            out[r : r + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
+            r += len(chunk)
+    _check_finite(out, table, op, part, names)
+    return out

@@ -1,0 +1,181 @@
+"""CSV and Parquet part files in a store -> one BigMatrix (``jw.from_csv``, ``jw.from_parquet``).
+
+The row count is learned as the parts are parsed, so the matrix is created with a
+provisional row count (blocks beyond the data are never written) and resized, metadata
+only, to the exact count at the end; the last, ragged block row is written after that.
+Everything that can be checked before writing is: the arguments, the pattern (something
+matches), the output (not among the parts, not an existing matrix unless ``overwrite``),
+and the whole first part. A later error removes exactly the matrix this call created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxwren.config import StorageConfig, parse_bytes
+from jaxwren.errors import MatrixExistsError
+from jaxwren.storage import backend
+from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.urls import Location
+from jaxwren.storage.validate import check_dtype, check_shape, resolve_storage
+from jaxwren.storage.window import Window
+from jaxwren.tables.glob import check_output, expand
+from jaxwren.tables.parse import PARQUET, Format, csv_format
+from jaxwren.tables.rows import RowWriter
+from jaxwren.tables.stream import TableStream, check_progress
+
+__all__ = ["DEFAULT_WINDOW", "default_block_shape", "from_csv", "from_parquet"]
+
+DEFAULT_WINDOW = 128 << 20
+PROVISIONAL_ROWS = 1 << 40  # the row count while parts are still being parsed
+_BLOCK_BYTES = 16 << 20
+
+
+def default_block_shape(n_cols: int, dtype: np.dtype) -> tuple[int, int]:
+    """Blocks of about 16 MiB: all columns (up to 4096), a power-of-two row count."""
+    cols = min(n_cols, 4096)
+    rows = max(1, _BLOCK_BYTES // (cols * dtype.itemsize))
+    return 1 << (rows.bit_length() - 1), cols
+
+
+def from_csv(
+    pattern: str | os.PathLike[str],
+    url: str | os.PathLike[str],
+    *,
+    block_shape: tuple[int, int] | None = None,
+    columns: list[str | int] | None = None,
+    dtype: Any = "float32",
+    header: bool = True,
+    storage: StorageConfig | None = None,
+    overwrite: bool = False,
+    window_bytes: int | str = DEFAULT_WINDOW,
+    progress: bool | None = None,
+) -> BigMatrix:
+    """Ingests CSV part files matching ``pattern`` into one BigMatrix at ``url``.
+
+    Rows follow the parts in sorted key order, then the rows within each part (as
+    ``np.concatenate([pd.read_csv(p)[columns] for p in sorted(parts)])``). Parts are read
+    whole, ahead, under ``window_bytes`` and parsed by pyarrow; every block is written once.
+
+    Args:
+      pattern: a storage URL or path whose last components may hold ``*``, ``?`` and
+        ``[...]`` (``s3://bucket/csv/dev/part*.csv``); the same endpoint and credentials
+        as a BigMatrix (``storage``).
+      url: where to store the matrix.
+      block_shape: ``(rows, cols)`` of a block; None: about 16 MiB blocks holding all
+        columns (up to 4096).
+      columns: names (or indices) of the columns to keep, in that order; None: all, in
+        the first part's order. Every part must have the same set of columns.
+      dtype: the matrix dtype. Integer columns must be exact in it (float32 holds
+        integers up to 2**24: pass float64 for larger ids), floats into an integer dtype
+        are refused.
+      header: the first line of each part names the columns (False: they are indexed).
+      storage: StorageConfig for both the parts and the matrix; None: the environment.
+      overwrite: replace a matrix stored at ``url`` (it is deleted when the first part
+        has been checked, so a later error leaves nothing there).
+      window_bytes: bytes of part files read ahead (bytes or ``"128MiB"``); writes in
+        flight are held to the same bound. A part larger than it is read alone.
+      progress: a progress bar over the parts (None: when stderr is a terminal).
+
+    Returns:
+      The BigMatrix, of shape ``(total rows, selected columns)`` exactly.
+
+    Raises:
+      PartsNotFoundError: nothing matches (the message lists what the directory holds).
+      TableParseError: a ragged row, an empty/NA or non-numeric cell (the message names
+        the part, row and column), an empty part, parts with different columns.
+      NonFiniteError, DTypeMismatchError: a value ``dtype`` cannot hold exactly.
+      MatrixExistsError: a matrix is stored at ``url`` and ``overwrite`` is False
+        (checked before any part is read). OutputConflictError: ``url`` would contain
+        parts. StorageError: a part changed while the ingest ran, or the store failed.
+    """
+    fmt = csv_format(header)
+    return _ingest(fmt, pattern, url, block_shape=block_shape, columns=columns, dtype=dtype,
+                   storage=storage, overwrite=overwrite, window_bytes=window_bytes,
+                   progress=progress)  # fmt: skip
+
+
+def from_parquet(
+    pattern: str | os.PathLike[str],
+    url: str | os.PathLike[str],
+    *,
+    block_shape: tuple[int, int] | None = None,
+    columns: list[str | int] | None = None,
+    dtype: Any = "float32",
+    storage: StorageConfig | None = None,
+    overwrite: bool = False,
+    window_bytes: int | str = DEFAULT_WINDOW,
+    progress: bool | None = None,
+) -> BigMatrix:
+    """Ingests Parquet part files matching ``pattern`` into one BigMatrix at ``url``:
+    as :func:`from_csv` (same arguments but ``header``; only the selected columns are
+    decoded). Missing values (nulls) are refused like empty CSV cells."""
+    return _ingest(PARQUET, pattern, url, block_shape=block_shape, columns=columns,
+                   dtype=dtype, storage=storage, overwrite=overwrite,
+                   window_bytes=window_bytes, progress=progress)  # fmt: skip
+
+
+def _refuse_existing(out: Location, config: StorageConfig, op: str) -> None:
+    """MatrixExistsError before any part is read (BigMatrix.create would say it later)."""
+    backend.probe_bucket(out, config, op)
+    with translate_errors(op, out):
+        got = backend.open_kvstore(out, config).read("zarr.json").result()
+    if got.state == "value":
+        raise MatrixExistsError(
+            f"{op}: a matrix already exists at {out.url}; pass overwrite=True to replace it "
+            "or choose another URL."
+        )
+
+
+def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: Any,
+            dtype: Any, storage: StorageConfig | None, overwrite: bool, window_bytes: Any,
+            progress: bool | None) -> BigMatrix:  # fmt: skip
+    op = fmt.op
+    dt = check_dtype(dtype, where=op)
+    window = parse_bytes(window_bytes, what=f"{op}: window_bytes")
+    if block_shape is not None:
+        block_shape = check_shape(block_shape, where=op, name="block_shape")
+    check_progress(progress, op=op)
+    config = resolve_storage(storage)
+    parts = expand(pattern, config, op=op)
+    out = check_output(url, parts, op=op)
+    if not overwrite:
+        _refuse_existing(out, config, op)
+    stream = TableStream(parts, fmt, columns, dt, window_bytes=window, progress=progress)
+    rows = iter(stream)
+    first = next(rows)  # the whole first part is checked before anything is written
+    shape = (PROVISIONAL_ROWS, first.shape[1])
+    block_shape = block_shape or default_block_shape(first.shape[1], dt)
+    matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config, overwrite=overwrite)
+    try:
+        with translate_errors(op, out), Window(window) as w:
+            writer = RowWriter(matrix, w)
+            writer.add(first)
+            del first
+            for x in rows:
+                writer.add(x)
+        stream.check_unchanged()
+        final = _resize(matrix, writer.total, op)
+        with translate_errors(op, out), Window(window) as w:
+            writer.window = w
+            writer.finish(final)
+        final.new_generation()
+        return final
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to raise
+            matrix.destroy()
+        raise
+
+
+def _resize(matrix: BigMatrix, rows: int, op: str) -> BigMatrix:
+    """The matrix's header resized (metadata only) to ``rows`` rows; a handle on it."""
+    loc, config = matrix.location, matrix.storage
+    array = backend.open_array(loc, config)
+    with translate_errors(op, loc):
+        array.resize(exclusive_max=[rows, matrix.shape[1]], resize_metadata_only=True).result()
+    return BigMatrix.open(loc.url, storage=config)
