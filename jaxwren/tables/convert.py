@@ -119,10 +119,11 @@ def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.nd
     for name, col in zip(names, table.columns, strict=True):
         _check_column(col, dtype, op, part, name)
     out = np.empty((table.num_rows, len(names)), dtype)
-    for j, col in enumerate(table.columns):
-        r = 0
-        for chunk in col.chunks:
-            out[r : r + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
-            r += len(chunk)
+    with np.errstate(over="ignore"):  # overflow is found (and named) by _check_finite
+        for j, col in enumerate(table.columns):
+            r = 0
+            for chunk in col.chunks:
+                out[r : r + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
+                r += len(chunk)
     _check_finite(out, table, op, part, names)
     return out
