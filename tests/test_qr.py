@@ -140,3 +140,27 @@ def test_svd_matches_numpy(store, budget):
     assert np.linalg.norm((u * np.asarray(S)) @ np.asarray(Vt) - a) / np.linalg.norm(a) < 1e-14
     s_only = jw.svd(a, compute_uv=False, memory_budget=budget)
     np.testing.assert_allclose(np.asarray(s_only), ref, rtol=1e-12)
+
+
+def test_tsqr_kernels_make_no_batched_lapack_call():
+    """jaxlib 0.10 runs a batched LAPACK call's chunks on the intra-op pool and blocks a
+    pool thread on them: on several CPU devices that deadlocked (0% CPU). Every LAPACK
+    call in the TSQR kernels must be un-batched (``num_batch_dims = "0"``)."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxwren.linalg import tsqr_kernel as tk
+
+    mesh = jw.default_mesh()
+    n, leaf = 8, tk.leaf_rows(8)
+    rows = leaf * mesh.devices.size * 5  # five leaves per device
+    x = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=NamedSharding(mesh, P(tk.ALL, None)))
+    texts = [
+        tk.local_kernel(mesh, leaf, 1, nq).lower(x).as_text()
+        for nq in (0, tk.tree_levels(rows, mesh, leaf))
+    ]
+    calls = [line for text in texts for line in text.splitlines() if "@lapack_" in line]
+    assert len(calls) >= 3  # geqrf for R; geqrf + orgqr for Q
+    batched = [c for c in calls if 'num_batch_dims = "0"' not in c]
+    assert not batched, batched[0][:300]

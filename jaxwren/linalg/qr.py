@@ -47,10 +47,6 @@ from jaxwren.storage.bigmatrix import BigMatrix
 __all__ = ["MAX_COLS", "TSQR", "lstsq", "qr"]
 
 MAX_COLS = 4096
-# Q tiles hold at most this many rows per device: on 8 CPU devices the Q kernel (batched
-# QRs with their Q factors) hung at 0% CPU with 125,000 rows per device (unexplained; it
-# ran at 25,088). Bigger matrices take the two-pass tile plan (Q stored: out=URL).
-Q_ROWS_PER_DEVICE = 32768
 _Q_KINDS = ("reduced", "svd")
 _SMALL = {"reduced": ("R",), "r": ("R",), "svd": ("S", "Vt"), "sv": ("S",), "lstsq": ("X",)}
 _PUBLIC = {"reduced": "qr", "r": "qr", "svd": "svd", "sv": "svd", "lstsq": "lstsq"}
@@ -140,8 +136,6 @@ class TSQR(Op):
         cands = []
         for rows in tile_candidates(m, _granule(a, unit), 1):
             t = Tiling(rows, round_up(rows, unit))
-            if q_kind and t.shape_rows > Q_ROWS_PER_DEVICE * mesh.devices.size:
-                continue  # see Q_ROWS_PER_DEVICE
             ntiles = -(-m // rows)
             proj = functools.partial(_tile_bytes, t, cols, itemsize, q_kind, shared)
             steps = ntiles if not q_kind or ntiles == 1 else 2 * ntiles + 1

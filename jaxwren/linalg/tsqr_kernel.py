@@ -2,15 +2,24 @@
 
 A row tile of a tall-skinny ``(rows, n)`` matrix is sharded over every device
 (``P(('rows', 'cols'), None)``). Each device cuts its rows into *leaves* of ``leaf``
-rows (``leaf >= 2n``, small enough to sit in cache), factors them all at once (one
-batched LAPACK call, which on CPU is many times faster than one QR of the whole tall
-panel), then stacks all the leaves' ``R``s and factors the stack once (``GROUP`` bounds a
-stack: with deeper trees of 8-R stacks, 8 CPU devices running 4+ levels of batched LAPACK
-QRs were seen to hang at 0% CPU, unexplained; two levels never did), leaving one ``R``
-per device. The devices' ``R``s are gathered (the only collective) and
-factored once more. Each level keeps its ``Q`` factors, so ``Q`` of the tile is the
-product down the tree: ``Q = Q_leaves · Q_level1 · ... · Q_top`` applied top-down
-(:func:`apply_down`), one small batched GEMM per level.
+rows (``leaf >= 2n``, small enough to sit in cache) and factors them one LAPACK call
+after another (on CPU many times faster than one QR of the whole tall panel, which is
+memory bound), then stacks all the leaves' ``R``s and factors the stack once (two levels;
+``GROUP`` bounds a stack), leaving one ``R`` per device. The devices' ``R``s are gathered
+through the host (D x n x n, tiny) and factored once more. Each level keeps its ``Q``
+factors, so ``Q`` of the tile is the product down the tree: ``Q = Q_leaves · Q_level1 ·
+... · Q_top`` applied top-down (:func:`apply_down`), one small batched GEMM per level.
+
+Never one *batched* LAPACK call (``jnp.linalg.qr`` of a ``(b, leaf, n)`` stack): jaxlib
+0.10's CPU LAPACK kernels split a batch into chunks scheduled on XLA's intra-op thread
+pool and block their own pool thread until the chunks finish (``ParallelBatchMap``);
+with several CPU devices running such calls at once every pool thread can end up
+blocked there, waiting for chunks no thread is left to run: a deadlock at 0% CPU (seen
+from 25,000 rows per device; gdb shows all ``tf_XLAEigen`` threads in
+``BlockingCounter::Wait``; upstream jax commit 859992407d disables that path in
+open-source builds, in no release on pip yet). :func:`_each` maps the leaves with
+``lax.map`` instead: one un-batched call per leaf, run inline, measured as fast (0.68 s
+vs 0.70 s batched for 1e6 x 64 on 8 CPU devices).
 
 Zero rows (padding past the matrix edge, or zero ``R`` blocks filling a group) stay zero
 through every Householder reflection, so padding never changes ``R`` and its rows of
@@ -39,7 +48,7 @@ __all__ = ["GROUP", "leaf_rows", "row_unit", "fold_tile", "factor_tile", "q_tile
            "tsqr_tiles", "gathered"]  # fmt: skip
 
 ALL = (ROWS, COLS)
-GROUP = 1 << 16  # all of a device's leaf R factors in one stack: two levels (see above)
+GROUP = 1 << 16  # all of a device's leaf R factors in one stack: two levels
 _HI = lax.Precision.HIGHEST  # no TF32 on accelerators: Q must stay orthonormal to 1e-13
 
 
@@ -64,12 +73,21 @@ def _stack(r: jax.Array) -> jax.Array:
     return r.reshape(-1, g * n, n)
 
 
+def _each(fn: Any, stacks: jax.Array) -> Any:
+    """``fn`` on every ``stacks[i]``, one LAPACK call each (never one batched call: see
+    the module docstring)."""
+    if stacks.shape[0] == 1:
+        return jax.tree.map(lambda y: y[None], fn(stacks[0]))
+    return lax.map(fn, stacks)
+
+
 def local_r(x: jax.Array, leaf: int) -> jax.Array:
     """``R`` (n, n) of one device's rows, by the leaf tree."""
     n = x.shape[1]
-    r = jnp.linalg.qr(x.reshape(-1, leaf, n), mode="r")
+    qr_r = functools.partial(jnp.linalg.qr, mode="r")
+    r = _each(qr_r, x.reshape(-1, leaf, n))
     while r.shape[0] > 1:
-        r = jnp.linalg.qr(_stack(r), mode="r")
+        r = _each(qr_r, _stack(r))
     return r[0]
 
 
@@ -77,11 +95,11 @@ def local_qr(x: jax.Array, leaf: int) -> tuple[list[Any], jax.Array]:
     """The tree's Q factors (leaves first; each upper level with its child count) and
     ``R`` (n, n) of one device's rows."""
     n = x.shape[1]
-    q, r = jnp.linalg.qr(x.reshape(-1, leaf, n))
+    q, r = _each(jnp.linalg.qr, x.reshape(-1, leaf, n))
     qs: list[Any] = [q]
     while r.shape[0] > 1:
         b = r.shape[0]
-        q, r = jnp.linalg.qr(_stack(r))
+        q, r = _each(jnp.linalg.qr, _stack(r))
         qs.append((q, b))
     return qs, r[0]
 
@@ -111,10 +129,10 @@ def _sharded(mesh: Mesh, fn: Any, ins: tuple, outs: Any) -> Any:
     return jax.jit(mapped, in_shardings=named(ins), out_shardings=named(outs))
 
 
-# The kernels below hold no collective: on CPU devices a rendezvous inside a program that
-# also runs LAPACK calls was seen to deadlock (device threads parked at an all-reduce while
-# the others' batched QRs never got a thread). The devices' R factors (D x n x n, tiny)
-# are gathered through the host instead (:func:`gathered`).
+# The kernels below hold no collective: the devices' R factors (D x n x n, tiny) are
+# gathered through the host (:func:`gathered`). (A rendezvous next to batched LAPACK calls
+# deadlocked the same way as above; with un-batched calls a collective would be safe, but
+# the host round trip costs ~1 ms and keeps every kernel free of cross-device waits.)
 
 
 @functools.lru_cache(maxsize=32)
