@@ -9,6 +9,7 @@ header is not counted); ragged rows are located by re-parsing on the error path 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 from typing import Any
 
@@ -68,7 +69,11 @@ class Format:
                 f"{self.op}: the part {part.url} is empty (no header, no rows); remove it "
                 "from the data set or fix the glob."
             )
-        return self._csv(first, part, None).column_names
+        try:  # the header line alone: Python's csv module, as pyarrow's defaults read it
+            fields = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]))
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            return self._csv(first, part, None).column_names
+        return fields if self.header else [f"f{i}" for i in range(len(fields))]
 
     def parse(self, data: bytes, part: Part, names: list[str]) -> pa.Table:
         """The columns ``names`` of a part, in that order."""

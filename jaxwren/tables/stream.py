@@ -6,6 +6,7 @@ The one road shared by :func:`jaxwren.from_csv` / :func:`jaxwren.from_parquet` a
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -58,23 +59,35 @@ class TableStream:
         self.nbytes = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """Parts are read and parsed one ahead on a worker thread (pyarrow releases the
+        GIL) while this thread converts and checks the previous one."""
         op = self.fmt.op
         bar = _progress_bar(len(self.order), f"{op}: {self.parts.pattern}", self.progress)
+        tables = self._tables()
         try:
-            for got in read_parts(self.parts, self.order, self.window_bytes, op=op):
-                selected = self._columns(self.fmt.column_names(got.data, got.part), got.part)
-                table = self.fmt.parse(got.data, got.part, selected)
-                self.seen.append((got.part, got.generation))
-                self.nbytes += len(got.data)
-                del got
-                x = to_matrix(table, self.dtype, self.seen[-1][0], op=op)
-                del table
-                if bar is not None:
-                    bar.update(1)
-                yield x
+            with concurrent.futures.ThreadPoolExecutor(1, "jaxwren-parse") as pool:
+                ahead = pool.submit(next, tables, None)
+                while (item := ahead.result()) is not None:
+                    ahead = pool.submit(next, tables, None)
+                    part, table = item
+                    x = to_matrix(table, self.dtype, part, op=op)
+                    del item, table
+                    if bar is not None:
+                        bar.update(1)
+                    yield x
         finally:
             if bar is not None:
                 bar.close()
+
+    def _tables(self) -> Iterator[tuple[Part, Any]]:
+        for got in read_parts(self.parts, self.order, self.window_bytes, op=self.fmt.op):
+            selected = self._columns(self.fmt.column_names(got.data, got.part), got.part)
+            table = self.fmt.parse(got.data, got.part, selected)
+            self.seen.append((got.part, got.generation))
+            self.nbytes += len(got.data)
+            part = got.part
+            del got
+            yield part, table
 
     def _columns(self, names: list[str], part: Part) -> list[str]:
         if self.names is None:
