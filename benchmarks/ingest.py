@@ -195,12 +195,16 @@ def bench_format(store: common.Store, rows: int, fmt: str, config: Config) -> di
     return row
 
 
+# VmHWM (this process's peak RSS; ru_maxrss would carry the parent's peak across fork)
 _RSS_CHILD = """
-import json, resource, sys
+import json, sys
 import jaxwren as jw
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+before = hwm()
 a = jw.from_csv(sys.argv[1], sys.argv[2], window_bytes=sys.argv[3], progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after = hwm()
 print(json.dumps({"rss_before": before, "rss_peak": after, "shape": list(a.shape)}))
 """
 
