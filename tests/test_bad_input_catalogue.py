@@ -23,6 +23,17 @@ NAN[2, 1] = np.nan
 WRONG_MESH = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def _bad_parts() -> str:
+    """A memory:// directory holding one CSV part with a non-numeric cell."""
+    from jaxwren.storage.backend import open_kvstore
+    from jaxwren.storage.urls import parse_url
+    from jaxwren.storage.validate import resolve_storage
+
+    url = mem("catalogue-parts")
+    open_kvstore(parse_url(url), resolve_storage(None)).write("p.csv", b"a,b\n1,x\n").result()
+    return url
+
+
 @pytest.fixture(scope="module")
 def stored():
     return jw.from_numpy(V, mem("catalogue-in"), (2, 2))
@@ -121,6 +132,14 @@ CASES = [
      jw.ShapeMismatchError, "randomized_svd"),
     ("randomized_svd/k-too-big", lambda a, o: jw.randomized_svd(a, 5, o),
      jw.ConfigError, "between 1 and 4"),
+    ("from_csv/no-match", lambda a, o: jw.from_csv(mem("catalogue-none") + "/*.csv", o),
+     jw.PartsNotFoundError, "no part file matches"),
+    ("from_csv/non-numeric", lambda a, o: jw.from_csv(_bad_parts() + "/*.csv", o),
+     jw.TableParseError, r"p\.csv, row 1, column 'b' holds 'x'"),
+    ("from_parquet/not-parquet", lambda a, o: jw.from_parquet(_bad_parts() + "/*.csv", o),
+     jw.TableParseError, "not a Parquet file"),
+    ("iter_table_batches/zero", lambda a, o: jw.iter_table_batches(_bad_parts() + "/*.csv", 0),
+     jw.ConfigError, "batch_size=0 must be an int >= 1"),
     ("randomized_svd/nan", lambda a, o: jw.randomized_svd(NAN, 2, o),
      jw.NonFiniteError, "clean it first"),
 ]  # fmt: skip
