@@ -2,16 +2,18 @@
 
 Usage::
 
-    python -m benchmarks.qr --m=1000000 --n=64 --peers=numpy,scipy,dask
+    python -m benchmarks.qr --m=1000000 --n=64 --modes=jaxwren_r,jaxwren_r_ooc,jaxwren_q \
+        --peers=numpy,scipy,dask
     python -m benchmarks.qr --m=1000000 --n=64 --memory_budget=64MiB --modes=jaxwren_r --peers=
 
-Modes (jaxwren, A stored): ``jaxwren_r`` ``jw.qr(A, mode="r")`` (one pass, R only),
-``jaxwren_q`` ``jw.qr(A, OUT)`` (Q stored, R returned; checked for ||QᵀQ - I|| and
-||QR - A|| / ||A||). Peers: ``numpy`` / ``scipy`` ``qr(mode="r")`` on the array in memory
-(no IO), ``dask`` ``da.linalg.tsqr(da.from_zarr(A))`` computing R only (threaded
-scheduler; file store only). Each is timed best-of-``--repeats`` after a first call;
-ratios are speed ratios (> 1: jaxwren faster). ``rel_err``: R against numpy's, signs
-normalised.
+Modes (jaxwren, A stored): ``jaxwren_r`` ``jw.qr(A, mode="r")`` (one pass, R only);
+``jaxwren_r_ooc`` the same with ``memory_budget`` = A's bytes / ``--ooc_fraction`` (row
+tiles streamed; ``x in-core`` compares it with ``jaxwren_r``); ``jaxwren_q``
+``jw.qr(A, OUT)`` (Q stored, R returned; checked for ||QᵀQ - I|| and ||QR - A|| / ||A||).
+Peers: ``numpy`` / ``scipy`` ``qr(mode="r")`` on the array in memory (no IO); ``dask``
+``da.linalg.tsqr(da.from_zarr(A))`` computing R only (threaded scheduler; file store
+only). Each is timed best-of-``--repeats`` after a first call; ratios are speed ratios
+(> 1: jaxwren faster). ``rel_err``: R against numpy's, signs normalised.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jaxwren as jw  # noqa: E402
 from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
 from jaxwren.config import parse_bytes  # noqa: E402
 
-MODES = ("jaxwren_r", "jaxwren_q")
+MODES = ("jaxwren_r", "jaxwren_r_ooc", "jaxwren_q")
 PEERS = ("numpy", "scipy", "dask")
 
 _M = flags.DEFINE_integer("m", 1_000_000, "Rows of A.")
@@ -34,6 +36,7 @@ _BLOCK = flags.DEFINE_integer("block_rows", 62_500, "Rows per stored block (all 
 _DTYPE = flags.DEFINE_enum("dtype", "float64", ["float32", "float64"], "dtype")
 _STORE = flags.DEFINE_enum("store", "file", list(common.STORES), "Where A lives.")
 _BUDGET = flags.DEFINE_string("memory_budget", None, "jaxwren memory_budget (e.g. 64MiB).")
+_OOC = flags.DEFINE_integer("ooc_fraction", 8, "jaxwren_r_ooc: budget = A's bytes / this.")
 _MODES = flags.DEFINE_list("modes", ["jaxwren_r"], f"jaxwren modes: {','.join(MODES)}")
 _PEERS = flags.DEFINE_list("peers", list(PEERS), f"Peers: {','.join(PEERS)}")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats after the first call.")
@@ -53,6 +56,7 @@ class Config:
     peers: tuple[str, ...] = PEERS
     repeats: int = 2
     file_dir: str | None = None
+    ooc_fraction: int = 8
 
 
 def _write(store: common.Store, cfg: Config) -> jw.BigMatrix:
@@ -90,7 +94,8 @@ def run(cfg: Config) -> list[dict]:
                   flush=True)  # fmt: skip
 
         for mode in cfg.modes:
-            record(mode, *_mode(mode, a, store, cfg))
+            first, best, r, *extra = _mode(mode, a, store, cfg)
+            record(mode, first, best, r, **(extra[0] if extra else {}))
         host = a.numpy() if cfg.peers else None
         for peer in cfg.peers:
             record(peer, *_peer(peer, a, host, store, cfg))
@@ -100,18 +105,23 @@ def run(cfg: Config) -> list[dict]:
         for peer in PEERS:
             if peer in by and r["name"] != peer:
                 r[f"x_{peer}"] = by[peer] / r["seconds"]
+        if r["name"] == "jaxwren_r_ooc" and "jaxwren_r" in by:
+            r["x_incore"] = by["jaxwren_r"] / r["seconds"]
     return results
 
 
 def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config) -> tuple:
     box: list = []
-    if mode == "jaxwren_r":
+    if mode in ("jaxwren_r", "jaxwren_r_ooc"):
+        budget = cfg.memory_budget
+        if mode == "jaxwren_r_ooc":
+            budget = cfg.m * cfg.n * np.dtype(cfg.dtype).itemsize // cfg.ooc_fraction
 
         def f() -> None:
-            box[:] = [np.asarray(jw.qr(a, mode="r", memory_budget=cfg.memory_budget))]
+            box[:] = [np.asarray(jw.qr(a, mode="r", memory_budget=budget))]
 
         first, best = common.warm_and_best(f, cfg.repeats)
-        return first, best, box[0]
+        return first, best, box[0], {"budget_bytes": budget}
     if mode == "jaxwren_q":
         outs: list[str] = []
 
@@ -143,7 +153,7 @@ def _peer(peer: str, a: jw.BigMatrix, host: np.ndarray, store: common.Store,
         import scipy.linalg
 
         first, best = common.warm_and_best(
-            lambda: box.__setitem__(slice(None), [scipy.linalg.qr(host, mode="r")[0]]),
+            lambda: box.__setitem__(slice(None), [scipy.linalg.qr(host, mode="r")[0][: cfg.n]]),
             cfg.repeats)  # fmt: skip
         return first, best, box[0]
     if peer == "dask":
@@ -167,6 +177,7 @@ COLUMNS = [("name", "name", ""), ("m", "m", "d"), ("n", "n", "d"), ("dtype", "dt
            ("seconds", "seconds", ".3f"), ("GFLOP/s", "gflops", ".1f"),
            ("first call extra s", "first_call_extra_s", ".2f"), ("x numpy", "x_numpy", ".2f"),
            ("x scipy", "x_scipy", ".2f"), ("x dask", "x_dask", ".2f"),
+           ("x in-core", "x_incore", ".2f"),
            ("R rel err", "rel_err", ".1e"), ("QᵀQ-I", "orth_err", ".1e"),
            ("QR-A rel", "recon_err", ".1e")]  # fmt: skip
 
@@ -177,7 +188,7 @@ def main(argv: list[str]) -> None:
     cfg = Config(m=_M.value, n=_N.value, block_rows=_BLOCK.value, dtype=_DTYPE.value,
                  store=_STORE.value, memory_budget=parse_bytes(_BUDGET.value),
                  modes=tuple(_MODES.value), peers=tuple(_PEERS.value), repeats=_REPEATS.value,
-                 file_dir=_FILE_DIR.value)  # fmt: skip
+                 file_dir=_FILE_DIR.value, ooc_fraction=_OOC.value)  # fmt: skip
     common.run_and_report(run, cfg, COLUMNS, json_out=_JSON_OUT.value, plot=None,
                           title=f"TSQR {cfg.m}x{cfg.n}")  # fmt: skip
 

@@ -215,6 +215,11 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
     bar = _progress(len(steps), plan.name, progress)
 
     issued: dict[int, list[PendingTile]] = {}
+    # On several CPU devices each step's programs finish before the next step dispatches
+    # its own: XLA's CPU client was seen to deadlock (an all-reduce waiting for devices
+    # whose launches sat behind their full in-flight semaphores) with a few hundred
+    # programs queued ahead; reads and writes still overlap the compute.
+    pace = jax.local_device_count() > 1 and jax.local_devices()[0].platform == "cpu"
 
     def depends(k: int, submitted: int) -> bool:
         """Whether step k reads what a step not yet submitted (submitted <= j < k) writes."""
@@ -250,6 +255,8 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                 issue(k)
         arrays = [t.result() for t in issued.pop(i)]
         carry, outs = step.kernel(carry, *arrays)
+        if pace:
+            jax.block_until_ready((carry, outs))
         del arrays
         if step.check is not None:
             writer.drain()  # what earlier steps computed is valid: store it first

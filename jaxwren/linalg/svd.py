@@ -145,9 +145,11 @@ class RandomizedSVD(Op):
             tile = t_rows * n * s
             resident = functools.partial(_held, nt * tile + held)
             streamed = functools.partial(_streamed, tile, held, shared)
-            cands.append(Candidate(Tiling(rows, t_rows, True), resident, m * n * s))
+            # cost: bytes read, then tiles (each tile is a few programs per pass)
+            cands.append(Candidate(Tiling(rows, t_rows, True), resident, (m * n * s, nt)))
             if nt > 1:
-                cands.append(Candidate(Tiling(rows, t_rows, False), streamed, passes * m * n * s))
+                cands.append(Candidate(Tiling(rows, t_rows, False), streamed,
+                                       (passes * m * n * s, nt)))  # fmt: skip
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
