@@ -53,6 +53,12 @@ CASES = [
      jw.ShapeMismatchError, "2-D"),
     ("put_block/wrong-shape", lambda a, o: a.put_block(np.ones((3, 3)), 0, 0),
      jw.ShapeMismatchError, "pass exactly the block's true size"),
+    ("write_region/arguments-swapped", lambda a, o: a.write_region(np.ones((2, 2)), 0, 0),
+     jw.BlockIndexError, "must be an int row/column offset"),
+    ("write_region/1-d", lambda a, o: a.write_region(0, 0, np.ones(3)),
+     jw.ShapeMismatchError, "reshape a row"),
+    ("write_region/unsafe-cast", lambda a, o: a.write_region(0, 0, np.full((1, 1), 1 + 1j)),
+     jw.DTypeMismatchError, "convert it first"),
     ("get_block/out-of-range", lambda a, o: a.get_block(9, 0),
      jw.BlockIndexError, "outside the block grid"),
     ("save/no-block-shape", lambda a, o: jw.save(jax.numpy.ones((2, 2)), o),
@@ -167,7 +173,8 @@ def test_catalogue(stored, name, call, error, match):
 def test_catalogue_covers_every_public_function():
     covered = {c[0].split("/")[0] for c in CASES}
     public = {n for n in jw.__all__ if callable(getattr(jw, n)) and not n[0].isupper()}
-    public |= {"create", "open", "put_block", "get_block", "iter_row_batches", "StorageConfig"}
+    public |= {"create", "open", "put_block", "get_block", "write_region", "iter_row_batches",
+               "StorageConfig"}  # fmt: skip
     missing = public - covered - {"map_blocks"}
     missing -= (
         {"pairwise_sq_distances", "nearest_neighbors"}

@@ -369,8 +369,24 @@ class BigMatrix(StoredState):
 
     def write_region(self, r0: int, c0: int, data: np.ndarray) -> None:
         """Writes ``data`` at ``(r0, c0)`` and waits until it is stored (a new generation:
-        results computed from the old contents no longer match; see :meth:`begin_write`)."""
+        results computed from the old contents no longer match; see :meth:`begin_write`).
+
+        Raises (before writing):
+          ShapeMismatchError: ``data`` is not 2-D (the call is ``write_region(r0, c0,
+            data)``). BlockIndexError: the region is outside the matrix.
+          DTypeMismatchError: ``data``'s dtype does not cast safely to the matrix dtype.
+        """
+        call = f"{self!r}.write_region(r0, c0, data)"
+        for name, v in (("r0", r0), ("c0", c0)):
+            if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_):
+                raise BlockIndexError(f"{call}: {name}={v!r} must be an int row/column offset.")
         data = np.asarray(data)
+        if data.ndim != 2:
+            raise ShapeMismatchError(
+                f"{call}: data must be a 2-D array, got shape {data.shape}; reshape a row "
+                "with x.reshape(1, -1)."
+            )
+        check_block(data, data.shape, self.dtype, call)
         self._region(r0, r0 + data.shape[0], c0, c0 + data.shape[1])  # bounds, before writing
         self.begin_write()
         with translate_errors("BigMatrix.write_region", self._loc):
