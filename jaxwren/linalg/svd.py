@@ -79,17 +79,24 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
     rows, rep = NamedSharding(mesh, P(tk.ALL, None)), NamedSharding(mesh, P())
 
     def sketch(x, w):  # noqa: ANN001, ANN202
-        return jnp.matmul(x, w, precision=_HI), jnp.all(jnp.isfinite(x))
+        return jnp.matmul(x, w, precision=_HI)
+
+    def checked(x, w):  # noqa: ANN001, ANN202  (the first pass: a's finiteness too)
+        return sketch(x, w), jnp.all(jnp.isfinite(x))
 
     def project(z, x, q):  # noqa: ANN001, ANN202
-        return z + jnp.matmul(x.T, q, precision=_HI)
+        # Qᵀ A contracted over rows, then transposed: 95 ms vs 127 ms for Aᵀ Q (which
+        # XLA lays out as a transpose of the tile) at 20,480 x 4,000 x 60 on 8 CPU devices
+        qt_x = lax.dot_general(q, x, (((0,), (0,)), ((), ())), precision=_HI)
+        return z + qt_x.T
 
     def top(z, k):  # noqa: ANN001, ANN202
         w, s, vh = jnp.linalg.svd(z, full_matrices=False)
         return vh.T[:, :k], s[None, :k], w[:, :k].T
 
     return {
-        "sketch": jax.jit(sketch, in_shardings=(rows, rep), out_shardings=(rows, rep)),
+        "sketch": jax.jit(sketch, in_shardings=(rows, rep), out_shardings=rows),
+        "checked": jax.jit(checked, in_shardings=(rows, rep), out_shardings=(rows, rep)),
         "project": jax.jit(
             project, in_shardings=(rep, rows, rows), out_shardings=rep, donate_argnums=0
         ),  # fmt: skip
@@ -170,12 +177,12 @@ class RandomizedSVD(Op):
                 steps.append(Step(use, functools.partial(_on_tile, fn, i, t.resident),
                                   label=f"{label} rows {r0}:"))  # fmt: skip
 
-        tile_pass("Y = A Ω", functools.partial(_sketch, kern), first=True)
+        tile_pass("Y = A Ω", functools.partial(_sketch, kern, True), first=True)
         for _ in range(pr.n_iter):
             steps.append(Step((), functools.partial(_orth, mesh, leaf, self.name), label="Q"))
             tile_pass("Z += A^T Q", functools.partial(_project, kern, n, pr.l))
             steps.append(Step((), functools.partial(_rotate, kern), label="Ω = qr(Z)"))
-            tile_pass("Y = A Ω", functools.partial(_sketch, kern))
+            tile_pass("Y = A Ω", functools.partial(_sketch, kern, False))
         steps.append(Step((), functools.partial(_orth, mesh, leaf, self.name), label="Q"))
         tile_pass("Z = A^T Q", functools.partial(_project, kern, n, pr.l))
         writes = tuple(Write(targets[o.name], (0, 0), o.shape) for o in problem.outputs)
@@ -216,9 +223,15 @@ def _on_tile(fn: Any, i: int, resident: bool, carry: dict, *tiles: jax.Array) ->
     return carry, ()
 
 
-def _sketch(kern: dict, carry: dict, i: int, x: jax.Array) -> None:
-    carry["y"][i], ok = kern["sketch"](x, carry["w"])
-    carry["ok"].append(ok)
+def _sketch(kern: dict, first: bool, carry: dict, i: int, x: jax.Array) -> None:
+    """``Y = A Ω`` for one tile; the first pass also checks the tile's finiteness (later
+    passes read the same data again; a concurrent writer is outside every op's
+    guarantees, and a full isfinite pass over a resident tile cost ~40 ms per pass)."""
+    if first:
+        carry["y"][i], ok = kern["checked"](x, carry["w"])
+        carry["ok"].append(ok)
+    else:
+        carry["y"][i] = kern["sketch"](x, carry["w"])
 
 
 def _project(kern: dict, n: int, l: int, carry: dict, i: int, x: jax.Array) -> None:  # noqa: E741
@@ -228,12 +241,12 @@ def _project(kern: dict, n: int, l: int, carry: dict, i: int, x: jax.Array) -> N
 
 
 def _orth(mesh: Mesh, leaf: int, where: str, carry: dict, *_: Any) -> tuple:
-    if not bool(to_host(functools.reduce(operator.and_, carry["ok"]))):
+    if carry["ok"] and not bool(to_host(functools.reduce(operator.and_, carry["ok"]))):
         raise NonFiniteError(
             f"{where}: a holds NaN or Inf; clean it first (np.nan_to_num, or drop the rows). "
             "Nothing was stored."
         )
-    carry["ok"] = [carry["ok"][0]]
+    carry["ok"] = []
     ys = [carry["y"][i] for i in sorted(carry["y"])]
     carry["q"] = tk.tsqr_tiles(ys, mesh, leaf)[0]
     return carry, ()
