@@ -79,7 +79,12 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
     rows, rep = NamedSharding(mesh, P(tk.ALL, None)), NamedSharding(mesh, P())
 
     def sketch(x, w):  # noqa: ANN001, ANN202
-        return jnp.matmul(x, w, precision=_HI)
+        # Ω padded with zero columns to a multiple of 16 and the zero columns of Y
+        # dropped: the same Y, but XLA's CPU GEMM runs the 16-aligned width 1.6x faster
+        # (20,480 x 4,000 x 60 f32 on 8 CPU devices: 49 ms vs 78 ms)
+        l = w.shape[1]  # noqa: E741
+        wide = jnp.pad(w, ((0, 0), (0, -l % 16)))
+        return jnp.matmul(x, wide, precision=_HI)[:, :l]
 
     def checked(x, w):  # noqa: ANN001, ANN202  (the first pass: a's finiteness too)
         return sketch(x, w), jnp.all(jnp.isfinite(x))
