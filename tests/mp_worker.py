@@ -68,7 +68,62 @@ def main(root: str) -> None:
     tri = jw.solve_triangular(np.tril(s), np.ones((37, 8)))
     np.testing.assert_allclose(gather(tri), np.linalg.solve(np.tril(s), np.ones((37, 8))),
                                rtol=1e-8)  # fmt: skip
+    tall_qr(root, rng)
+    tables(root)
     print(f"process {jax.process_index()}: all operations match numpy", flush=True)
+
+
+def tall_qr(root: str, rng: np.random.Generator) -> None:
+    t, y = rng.standard_normal((4500, 7)), rng.standard_normal((4500, 2))
+    if jax.process_index() == 0:
+        jw.from_numpy(t, f"{root}/t", (1000, 7), overwrite=True)
+    multihost_utils.sync_global_devices("tall written")
+    T = jw.BigMatrix.open(f"{root}/t")
+    ref_r = np.linalg.qr(t, mode="r")
+    ref_r *= np.sign(np.diag(ref_r))[:, None]
+    for budget in (None, 800_000):  # one tile; several (two passes for Q)
+        r = gather(jw.qr(T, mode="r", memory_budget=budget))
+        np.testing.assert_allclose(r, ref_r, rtol=1e-9, atol=1e-10)
+        q, r = jw.qr(T, f"{root}/qr{budget}", memory_budget=budget)
+        qn = q.numpy()
+        np.testing.assert_allclose(qn @ gather(r), t, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(qn.T @ qn, np.eye(7), atol=1e-12)
+    x = gather(jw.lstsq(T, y))
+    np.testing.assert_allclose(x, np.linalg.lstsq(t, y, rcond=None)[0], rtol=1e-8, atol=1e-10)
+    s_ref = np.linalg.svd(t, compute_uv=False)
+    np.testing.assert_allclose(gather(jw.svd(T, compute_uv=False)), s_ref, rtol=1e-9)
+    _, s, _ = jw.randomized_svd(T, 7)
+    np.testing.assert_allclose(gather(s), s_ref, rtol=1e-8)
+
+
+def tables(root: str) -> None:
+    if jax.process_index() == 0 and not root.startswith("s3://"):
+        os.makedirs(f"{root}/parts", exist_ok=True)
+    multihost_utils.sync_global_devices("parts dir")
+    from jaxwren.storage.backend import open_kvstore
+    from jaxwren.storage.urls import parse_url
+    from jaxwren.storage.validate import resolve_storage
+
+    vals = np.arange(40 * 3, dtype=np.float64).reshape(40, 3)
+    if jax.process_index() == 0:
+        kv = open_kvstore(parse_url(f"{root}/parts"), resolve_storage(None))
+        for i in range(4):  # four equal parts: 10 rows each
+            text = "a,b,c\n" + "".join(
+                f"{r[0]},{r[1]},{r[2]}\n" for r in vals[10 * i : 10 * i + 10]
+            )
+            kv.write(f"p{i}.csv", text.encode()).result()
+        kv.write("bad/p0.csv", b"a,b\n1,x\n").result()
+    multihost_utils.sync_global_devices("parts written")
+    try:  # process 0 parses; every process gets its error, none waits for ever
+        jw.from_csv(f"{root}/parts/bad/p*.csv", f"{root}/bad")
+        raise AssertionError("from_csv accepted a non-numeric cell")
+    except jw.TableParseError as e:
+        assert "p0.csv" in str(e), e
+    m = jw.from_csv(f"{root}/parts/p*.csv", f"{root}/table", dtype="float64", overwrite=True)
+    np.testing.assert_array_equal(m.numpy(), vals)
+    got = [gather(b) for b in jw.iter_table_batches(f"{root}/parts/p*.csv", 8, dtype="float64")]
+    assert sum(len(g) for g in got) == 40, [g.shape for g in got]
+    np.testing.assert_array_equal(np.sort(np.concatenate(got), axis=0), vals)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.linalg.common import round_up
 from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.multihost import to_host
 
 __all__ = ["GROUP", "leaf_rows", "row_unit", "fold_tile", "factor_tile", "q_tile", "combine",
            "tsqr_tiles", "gathered"]  # fmt: skip
@@ -184,8 +185,8 @@ def apply_kernel(mesh: Mesh, leaf: int, nlevels: int) -> Any:
 
 def gathered(x: jax.Array, mesh: Mesh) -> jax.Array:
     """A small device array (the devices' R factors, flags) replicated on every device,
-    through the host."""
-    return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
+    through the host (all processes' shards in a multi-process run)."""
+    return jax.device_put(to_host(x), NamedSharding(mesh, P()))
 
 
 @functools.lru_cache(maxsize=32)
@@ -216,7 +217,7 @@ def factor_tile(x: jax.Array, mesh: Mesh, leaf: int) -> tuple:
     ``R``s (the first pass of Q; the leaves are recomputed by :func:`q_tile`)."""
     stack, oks = local_kernel(mesh, leaf, 1, 0)(x)
     qg, r = _top_of_tile(mesh)(gathered(stack, mesh))
-    return qg, r, bool(np.all(np.asarray(oks)))
+    return qg, r, bool(np.all(to_host(oks)))
 
 
 def q_tile(x: jax.Array, c: jax.Array, mesh: Mesh, leaf: int) -> jax.Array:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["finished_records", "once", "record_key", "sync", "to_host"]
+__all__ = ["finished_records", "once", "once_shared", "record_key", "sync", "to_host"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,42 @@ def once(name: str, fn: Callable[[], T], then: Callable[[], T] | None = None) ->
     if jax.process_index() != 0 and then is not None:
         result = then()
     return result  # type: ignore[return-value]
+
+
+_MSG_BYTES = 2048
+
+
+def once_shared(name: str, fn: Callable[[], T], then: Callable[[], T]) -> T:
+    """Runs ``fn`` on process 0 only and shares its outcome: the other processes run
+    ``then`` when it succeeded, and raise the same JaxwrenError class with its message when
+    it failed (:func:`once` would leave them waiting at a barrier for ever). For work that
+    only process 0 can check, like parsing files (no-op wrapper in a single process)."""
+    if jax.process_count() == 1:
+        return fn()
+    from jaxwren import errors  # noqa: PLC0415  (errors imports nothing from here)
+
+    result, failure = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001  (re-raised below, after it is shared)
+            failure = exc
+    code = np.zeros(_MSG_BYTES, np.uint8)
+    if failure is not None:
+        cls = type(failure).__name__ if isinstance(failure, errors.JaxwrenError) else ""
+        text = f"{cls}\n{failure}".encode()[: _MSG_BYTES - 1]
+        code[: len(text)] = np.frombuffer(text, np.uint8)
+        code[-1] = 1
+    code = np.asarray(multihost_utils.broadcast_one_to_all(code))
+    if failure is not None:
+        raise failure
+    if code[-1]:
+        cls_name, _, msg = bytes(code[:-1]).rstrip(b"\0").decode(errors="replace").partition("\n")
+        cls = getattr(errors, cls_name, None) if cls_name else None
+        if not (isinstance(cls, type) and issubclass(cls, errors.JaxwrenError)):
+            cls = errors.JaxwrenError
+        raise cls(f"{msg} (raised on process 0 during {name})")
+    return then() if jax.process_index() != 0 else result  # type: ignore[return-value]
 
 
 def record_key(key: str) -> str:

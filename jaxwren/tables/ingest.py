@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxwren.config import StorageConfig, parse_bytes
 from jaxwren.errors import MatrixExistsError
+from jaxwren.sharding import multihost
 from jaxwren.storage import backend
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
@@ -61,6 +62,8 @@ def from_csv(
     Rows follow the parts in sorted key order, then the rows within each part (as
     ``np.concatenate([pd.read_csv(p)[columns] for p in sorted(parts)])``). Parts are read
     whole, ahead, under ``window_bytes`` and parsed by pyarrow; every block is written once.
+    In a multi-process run process 0 ingests and the others wait and open the result (an
+    error on process 0 is raised on every process).
 
     Args:
       pattern: a storage URL or path whose last components may hold ``*``, ``?`` and
@@ -95,7 +98,7 @@ def from_csv(
         parts. StorageError: a part changed while the ingest ran, or the store failed.
     """
     fmt = csv_format(header)
-    return _ingest(fmt, pattern, url, block_shape=block_shape, columns=columns, dtype=dtype,
+    return _shared(fmt, pattern, url, block_shape=block_shape, columns=columns, dtype=dtype,
                    storage=storage, overwrite=overwrite, window_bytes=window_bytes,
                    progress=progress)  # fmt: skip
 
@@ -115,9 +118,20 @@ def from_parquet(
     """Ingests Parquet part files matching ``pattern`` into one BigMatrix at ``url``:
     as :func:`from_csv` (same arguments but ``header``; only the selected columns are
     decoded). Missing values (nulls) are refused like empty CSV cells."""
-    return _ingest(PARQUET, pattern, url, block_shape=block_shape, columns=columns,
+    return _shared(PARQUET, pattern, url, block_shape=block_shape, columns=columns,
                    dtype=dtype, storage=storage, overwrite=overwrite,
                    window_bytes=window_bytes, progress=progress)  # fmt: skip
+
+
+def _shared(fmt: Format, pattern: Any, url: Any, **kw: Any) -> BigMatrix:
+    """In a multi-process run process 0 ingests and the others open the result (or raise
+    process 0's error): the parts are read once and the matrix created once."""
+    storage = kw["storage"]
+    return multihost.once_shared(
+        fmt.op,
+        lambda: _ingest(fmt, pattern, url, **kw),
+        lambda: BigMatrix.open(url, storage=resolve_storage(storage)),
+    )
 
 
 def _refuse_existing(out: Location, config: StorageConfig, op: str) -> None:
