@@ -113,6 +113,9 @@ def tables(root: str) -> None:
             )
             kv.write(f"p{i}.csv", text.encode()).result()
         kv.write("bad/p0.csv", b"a,b\n1,x\n").result()
+        for i, rows in enumerate((10, 10, 10, 5)):  # process 0 reads 20 rows, process 1 15
+            text = "a\n" + "".join(f"{r}\n" for r in range(rows))
+            kv.write(f"uneven/p{i}.csv", text.encode()).result()
     multihost_utils.sync_global_devices("parts written")
     try:  # process 0 parses; every process gets its error, none waits for ever
         jw.from_csv(f"{root}/parts/bad/p*.csv", f"{root}/bad")
@@ -124,6 +127,13 @@ def tables(root: str) -> None:
     got = [gather(b) for b in jw.iter_table_batches(f"{root}/parts/p*.csv", 8, dtype="float64")]
     assert sum(len(g) for g in got) == 40, [g.shape for g in got]
     np.testing.assert_array_equal(np.sort(np.concatenate(got), axis=0), vals)
+    seen = 0
+    try:
+        for _b in jw.iter_table_batches(f"{root}/parts/uneven/p*.csv", 8):
+            seen += 1
+        raise AssertionError("uneven parts gave global batches")
+    except jw.ShapeMismatchError as e:
+        assert "same number of rows" in str(e) and seen <= 3, (seen, e)  # 3 agreed
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ between): the ObjectStorageDataset workflow for JAX training loops."""
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 
 from jaxwren.config import StorageConfig, parse_bytes
 from jaxwren.dtypes import check_representable
-from jaxwren.errors import ConfigError
+from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.sharding.batches import _is_int, _sharding_for
 from jaxwren.sharding.io import check_sharding
 from jaxwren.storage.validate import check_dtype, resolve_storage
@@ -78,8 +79,9 @@ def iter_table_batches(
 
     In a multi-process run each process reads only its own parts (``parts[i::n]`` of
     the sorted list) and contributes ``batch_size / n`` rows to each global batch; the
-    processes must hold the same number of rows (e.g. equal parts) to yield the same
-    number of batches.
+    processes must hold the same number of rows (e.g. equal parts): every batch's local
+    row counts are compared across processes, and a difference raises
+    ShapeMismatchError on every process (never global arrays of different shapes).
 
     Raises (at the call, before any part is read, except parse errors):
       ConfigError: bad ``batch_size``, ``prefetch``, ``format``, ``window_bytes``.
@@ -130,10 +132,38 @@ def _local_batches(stream: TableStream, rows: int, rng: Any, drop_remainder: boo
         yield np.concatenate(carry)
 
 
+def _agreed(local: Iterator[np.ndarray], n_proc: int) -> Iterator[np.ndarray]:
+    """The local batches, checked batch by batch to have the same row count on every
+    process (one small all-gather each): otherwise the processes would build global
+    arrays of different shapes, or one would stop while the others wait."""
+    if n_proc == 1:
+        yield from local
+        return
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    for i in itertools.count():
+        x = next(local, None)
+        n = np.array([-1 if x is None else len(x)], np.int64)
+        counts = np.asarray(multihost_utils.process_allgather(n)).ravel()
+        if (counts == n[0]).all():
+            if x is None:
+                return
+            yield x
+            continue
+        said = ", ".join(f"process {p}: {'none' if c < 0 else c}" for p, c in enumerate(counts))
+        raise ShapeMismatchError(
+            f"iter_table_batches: batch {i} has different local row counts ({said}); in a "
+            "multi-process run every process must hold the same number of rows (each "
+            "reads parts[process_index::process_count]): split the data into parts of "
+            "equal rows, as many parts as a multiple of the process count."
+        )
+
+
 def _batches(stream: TableStream, local_rows: int, n_proc: int, rng: Any, prefetch: int,
              sharding: Any, drop_remainder: bool) -> Iterator[jax.Array]:  # fmt: skip
     pending: collections.deque[jax.Array] = collections.deque()
-    for x in _local_batches(stream, local_rows, rng, drop_remainder):
+    local = _local_batches(stream, local_rows, rng, drop_remainder)
+    for x in _agreed(local, n_proc):
         shape = (len(x) * n_proc, x.shape[1])
         if sharding is not None and len(x) == local_rows:
             check_sharding(shape, sharding, where="iter_table_batches")
