@@ -77,8 +77,6 @@ def _stack(r: jax.Array) -> jax.Array:
 def _each(fn: Any, stacks: jax.Array) -> Any:
     """``fn`` on every ``stacks[i]``, one LAPACK call each (never one batched call: see
     the module docstring)."""
-    if stacks.shape[0] == 1:
-        return jax.tree.map(lambda y: y[None], fn(stacks[0]))
     return lax.map(fn, stacks)
 
 

@@ -32,7 +32,13 @@ from jaxwren.storage.chunkkeys import ChunkKeys
 from jaxwren.storage.parent import ParentFill, overlapping_blocks
 from jaxwren.storage.state import StoredState
 from jaxwren.storage.urls import Location, parse_url
-from jaxwren.storage.validate import check_block, check_dtype, check_shape, resolve_storage
+from jaxwren.storage.validate import (
+    check_block,
+    check_cast,
+    check_dtype,
+    check_shape,
+    resolve_storage,
+)
 from jaxwren.storage.window import Futures
 
 if TYPE_CHECKING:
@@ -386,7 +392,7 @@ class BigMatrix(StoredState):
                 f"{call}: data must be a 2-D array, got shape {data.shape}; reshape a row "
                 "with x.reshape(1, -1)."
             )
-        check_block(data, data.shape, self.dtype, call)
+        check_cast(data, self.dtype, call)
         self._region(r0, r0 + data.shape[0], c0, c0 + data.shape[1])  # bounds, before writing
         self.begin_write()
         with translate_errors("BigMatrix.write_region", self._loc):

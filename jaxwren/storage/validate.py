@@ -10,7 +10,7 @@ import numpy as np
 from jaxwren.config import StorageConfig
 from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
 
-__all__ = ["check_block", "check_dtype", "check_shape", "resolve_storage"]
+__all__ = ["check_block", "check_cast", "check_dtype", "check_shape", "resolve_storage"]
 
 _SUPPORTED_KINDS = "fiub"
 _EXTRA_DTYPES = ("bfloat16",)
@@ -57,8 +57,13 @@ def check_block(block: np.ndarray, expected: tuple[int, int], dtype: np.dtype, c
             f"{call}: block has shape {block.shape}, expected {expected} "
             "(edge blocks are ragged: pass exactly the block's true size)."
         )
-    if not np.can_cast(block.dtype, dtype, casting="safe"):
+    check_cast(block, dtype, call)
+
+
+def check_cast(data: np.ndarray, dtype: np.dtype, call: str) -> None:
+    """Checks that ``data``'s dtype casts safely to ``dtype``."""
+    if not np.can_cast(data.dtype, dtype, casting="safe"):
         raise DTypeMismatchError(
-            f"{call}: block dtype {block.dtype} does not cast safely to "
+            f"{call}: block dtype {data.dtype} does not cast safely to "
             f"{dtype}; convert it first with block.astype({dtype.name!r})."
         )
