@@ -183,6 +183,29 @@ def test_bad_first_part_fails_before_anything_is_written(tmp_path):
     assert parts
 
 
+def test_errors_follow_part_order_with_parts_in_flight():
+    # several parts are parsed at once: the first bad part in order is the one named
+    good = csv_bytes(parts_data([9])[0])
+    files = {f"part-{i:03d}.csv": good for i in range(8)}
+    files["part-003.csv"] = b"fare,dist,hour\n1,x,3\n"
+    files["part-005.csv"] = b"fare,dist,hour\n1,2\n"
+    parts = put(mem("parts"), files)
+    out = mem("out")
+    for _ in range(3):
+        with pytest.raises(jw.TableParseError, match=r"part-003\.csv, row 1, column 'dist'"):
+            jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
+        assert keys_under(out, None) == []
+    # a first part that fails before its columns are known stops the parts behind it
+    files["part-000.csv"] = b""
+    parts = put(mem("parts"), files)
+    with pytest.raises(jw.TableParseError, match=r"part-000\.csv is empty"):
+        jw.from_csv(f"{parts}/part-*.csv", out)
+    assert keys_under(out, None) == []
+    bad_cols = put(mem("parts"), {"part-0.csv": good, "part-1.csv": good})
+    with pytest.raises(jw.ConfigError, match="column 'zz' is not in"):
+        jw.from_csv(f"{bad_cols}/part-*.csv", out, columns=["zz"])
+
+
 def test_float_into_int_and_dup_columns_and_bad_arguments():
     parts = put(mem("p"), {"p.csv": b"a,b\n1.5,2\n"})
     with pytest.raises(jw.DTypeMismatchError, match="holds floating-point numbers"):
@@ -226,7 +249,7 @@ def test_a_part_that_changes_during_the_ingest_is_detected(store):
 def test_window_reads_ahead_within_the_bound(monkeypatch):
     import dataclasses
 
-    from jaxwren.tables import reader
+    from jaxwren.tables import stream as stream_mod
 
     xs = parts_data([20] * 8)
     files = {f"p{i}.csv": csv_bytes(x) for i, x in enumerate(xs)}
@@ -240,17 +263,31 @@ def test_window_reads_ahead_within_the_bound(monkeypatch):
             CountingKv.issued += 1
             return parts.kv.read(key, **kw)
 
-    in_flight: list[int] = []
-    orig = reader._result
+    issued_at_first: list[int] = []
+    orig = stream_mod.part_data
 
     def spy(parts_, part, fut, op):
-        in_flight.append(CountingKv.issued - len(in_flight))
-        return orig(parts_, part, fut, op)
+        if not issued_at_first:
+            issued_at_first.append(CountingKv.issued)
+        return orig(parts_, part, fut, op=op)
 
-    monkeypatch.setattr(reader, "_result", spy)
+    monkeypatch.setattr(stream_mod, "part_data", spy)
     counted = dataclasses.replace(parts, kv=CountingKv())
     stream = TableStream(counted, CSV, None, np.dtype("float64"), window_bytes=4 * size)
-    np.testing.assert_array_equal(np.concatenate(list(stream)), np.concatenate(xs))
-    # the first part alone (its size unknown), then up to 3 ahead: 3 + 1 parsed = 4 parts
-    assert in_flight[0] == 1 and max(in_flight) == 3, in_flight
+    taken = []
+    for x in stream:
+        taken.append(x)
+        assert CountingKv.issued - len(taken) <= 3  # the window: 4 parts in flight at most
+    np.testing.assert_array_equal(np.concatenate(taken), np.concatenate(xs))
+    # the first part alone (its size unknown), then up to 4 in flight (4 * size fit)
+    assert issued_at_first == [1] and stream.peak_in_flight == 4, (issued_at_first, stream)
     assert stream.nbytes == sum(len(b) for b in files.values())
+
+
+def test_a_part_larger_than_the_window_is_read_alone():
+    xs = parts_data([20] * 5)
+    files = {f"p{i}.csv": csv_bytes(x) for i, x in enumerate(xs)}
+    parts = expand(f"{put(mem('p'), files)}/p*.csv", resolve_storage(None), op="from_csv")
+    stream = TableStream(parts, CSV, None, np.dtype("float64"), window_bytes=10)
+    np.testing.assert_array_equal(np.concatenate(list(stream)), np.concatenate(xs))
+    assert stream.peak_in_flight == 1

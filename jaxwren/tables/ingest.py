@@ -2,7 +2,8 @@
 
 The row count is learned as the parts are parsed, so the matrix is created with a
 provisional row count (blocks beyond the data are never written) and resized, metadata
-only, to the exact count at the end; the last, ragged block row is written after that.
+only, to the exact count at the end (the last, ragged block row is written before, as a
+whole chunk, like every zarr edge chunk).
 Everything that can be checked before writing is: the arguments, the pattern (something
 matches), the output (not among the parts, not an existing matrix unless ``overwrite``),
 and the whole first part. A later error removes exactly the matrix this call created.
@@ -19,7 +20,7 @@ import numpy as np
 from jaxwren.config import StorageConfig, parse_bytes
 from jaxwren.errors import MatrixExistsError
 from jaxwren.sharding import multihost
-from jaxwren.storage import backend
+from jaxwren.storage import backend, records
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.urls import Location
@@ -162,34 +163,41 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
         _refuse_existing(out, config, op)
     stream = TableStream(parts, fmt, columns, dt, window_bytes=window, progress=progress)
     rows = iter(stream)
-    first = next(rows)  # the whole first part is checked before anything is written
-    shape = (PROVISIONAL_ROWS, first.shape[1])
-    block_shape = block_shape or default_block_shape(first.shape[1], dt)
-    matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config, overwrite=overwrite)
     try:
+        first = next(rows)  # the whole first part is checked before anything is written
+        shape = (PROVISIONAL_ROWS, first.shape[1])
+        block_shape = block_shape or default_block_shape(first.shape[1], dt)
+        matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config,
+                                  overwrite=overwrite)  # fmt: skip
+    except BaseException:
+        stream.close()
+        raise
+    try:
+        array = backend.open_array(matrix.location, config)
         with translate_errors(op, out), Window(window) as w:
-            writer = RowWriter(matrix, w)
+            writer = RowWriter(array, block_shape[0], w)
             writer.add(first)
             del first
             for x in rows:
                 writer.add(x)
-        stream.check_unchanged()
-        final = _resize(matrix, writer.total, op)
-        with translate_errors(op, out), Window(window) as w:
-            writer.window = w
-            writer.finish(final)
-        final.new_generation()
-        return final
+            writer.finish()  # the last, ragged block row, in flight with the others
+            check = stream.start_check()  # the parts' re-check overlaps the writes
+        stream.check_unchanged(check)
+        return _finish(matrix, array, writer.total, op)
     except BaseException:
+        stream.close()
         with contextlib.suppress(Exception):  # the first error is the one to raise
             matrix.destroy()
         raise
 
 
-def _resize(matrix: BigMatrix, rows: int, op: str) -> BigMatrix:
-    """The matrix's header resized (metadata only) to ``rows`` rows; a handle on it."""
-    loc, config = matrix.location, matrix.storage
-    array = backend.open_array(loc, config)
+def _finish(matrix: BigMatrix, array: Any, rows: int, op: str) -> BigMatrix:
+    """The matrix's header resized (metadata only) to ``rows`` rows and a fresh
+    generation token (both writes in flight together); a handle on the result."""
+    loc = matrix.location
     with translate_errors(op, loc):
-        array.resize(exclusive_max=[rows, matrix.shape[1]], resize_metadata_only=True).result()
-    return BigMatrix.open(loc.url, storage=config)
+        resized = array.resize(exclusive_max=[rows, matrix.shape[1]], resize_metadata_only=True)
+        _, token = records.write_generation_async(array.kvstore)
+        resized.result()
+        token.result()
+    return BigMatrix.open(loc.url, storage=matrix.storage)

@@ -2,22 +2,22 @@
 
 A kvstore cannot say how big an object is before reading it, so the window is kept with
 the largest part seen so far as the estimate of each part in flight: one part is read
-first; then as many further parts are in flight as fit in ``window_bytes`` together with
-the part being parsed. A part larger than the window is read alone. Each part is one read
-(an atomic snapshot of the object); :func:`check_unchanged` verifies at the end that no
-part changed (grew, was rewritten) while the ingest ran.
+first; once a size is known, as many parts are in flight (being read, parsed or waiting
+to be taken) as fit in ``window_bytes`` together with the one about to be issued. A part
+larger than the window is read alone. Each part is one read (an atomic snapshot of the
+object); :func:`check_unchanged` verifies at the end that no part changed (grew, was
+rewritten) while the ingest ran.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator
+from typing import Any
 
 from jaxwren.errors import PartsNotFoundError, StorageError
 from jaxwren.storage.backend import translate_errors
 from jaxwren.tables.glob import Part, Parts
 
-__all__ = ["PartData", "check_unchanged", "read_parts"]
+__all__ = ["PartData", "check_unchanged", "fits", "issue_read", "part_data", "start_check"]
 
 
 class PartData:
@@ -29,9 +29,28 @@ class PartData:
         self.part, self.data, self.generation = part, data, generation
 
 
-def _result(parts: Parts, part: Part, fut: object, op: str) -> PartData:
+def fits(in_flight: int, largest: int, window_bytes: int) -> bool:
+    """Whether one more part may be issued with ``in_flight`` parts already holding
+    (or about to hold) their bytes: always the first one; further ones once a size is
+    known and all of them, at the largest size seen, fit in the window."""
+    return in_flight == 0 or (largest > 0 and (in_flight + 1) * largest <= window_bytes)
+
+
+def issue_read(parts: Parts, part: Part, *, op: str) -> Any:
+    """Starts reading a whole part (a TensorStore future of its ReadResult)."""
     with translate_errors(f"{op}: reading {part.url}", parts.loc):
-        got = fut.result()  # type: ignore[attr-defined]
+        return parts.kv.read(part.key)
+
+
+def part_data(parts: Parts, part: Part, fut: Any, *, op: str) -> PartData:
+    """The finished read of :func:`issue_read` (on any thread).
+
+    Raises:
+      PartsNotFoundError: the part was deleted after it was listed.
+      StorageError: the store failed.
+    """
+    with translate_errors(f"{op}: reading {part.url}", parts.loc):
+        got = fut.result()
     if got.state != "value":
         raise PartsNotFoundError(
             f"{op}: the part {part.url} was listed but is gone; it was deleted while the "
@@ -40,34 +59,23 @@ def _result(parts: Parts, part: Part, fut: object, op: str) -> PartData:
     return PartData(part, got.value, got.stamp.generation)
 
 
-def read_parts(parts: Parts, order: list[int], window_bytes: int, *, op: str) -> Iterator[PartData]:
-    """Yields the parts ``order`` names, in that order, reading ahead within the window."""
-    pending: collections.deque[tuple[Part, object]] = collections.deque()
-    nxt, largest = 0, 0
-    while nxt < len(order) or pending:
-        # in flight: pending + the new one, and the one the caller is parsing
-        while nxt < len(order) and (
-            not pending or (largest and (len(pending) + 2) * largest <= window_bytes)
-        ):
-            part = parts.parts[order[nxt]]
-            with translate_errors(f"{op}: reading {part.url}", parts.loc):
-                pending.append((part, parts.kv.read(part.key)))
-            nxt += 1
-        part, fut = pending.popleft()
-        got = _result(parts, part, fut, op)
-        largest = max(largest, len(got.data))
-        yield got
+def start_check(parts: Parts, seen: list[tuple[Part, bytes]], *, op: str) -> list[Any]:
+    """Issues :func:`check_unchanged`'s conditional reads (to overlap them with writes)."""
+    with translate_errors(f"{op}: re-checking the parts", parts.loc):
+        return [(p, parts.kv.read(p.key, if_not_equal=g)) for p, g in seen]
 
 
-def check_unchanged(parts: Parts, seen: list[tuple[Part, bytes]], *, op: str) -> None:
+def check_unchanged(parts: Parts, seen: list[tuple[Part, bytes]] | None = None, *, op: str,
+                    started: list[Any] | None = None) -> None:  # fmt: skip
     """Verifies that every part still has the generation it was read at (one
     conditional read each, all in flight together; no data moves when unchanged).
+    ``started``: the reads of :func:`start_check`, else they are issued here.
 
     Raises:
       StorageError: a part changed (grew, was rewritten or deleted) during the ingest.
     """
+    futs = started if started is not None else start_check(parts, seen or [], op=op)
     with translate_errors(f"{op}: re-checking the parts", parts.loc):
-        futs = [(p, parts.kv.read(p.key, if_not_equal=g)) for p, g in seen]
         changed = [p for p, f in futs if f.result().state != "unspecified"]
     if changed:
         raise StorageError(

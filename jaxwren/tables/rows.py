@@ -3,25 +3,31 @@
 Parts end anywhere; blocks are ``block_rows`` tall. :class:`RowWriter` writes every run of
 whole block rows straight from the part's array (one write per part, aligned to blocks, so
 no block is read back or written twice) and carries the rows left over into the next part.
-The last, ragged block row is written by :meth:`RowWriter.finish` once the total is known.
+The last, ragged block row is written by :meth:`RowWriter.finish` into the matrix at its
+provisional row count (a zarr chunk on the edge is stored whole either way, so it is the
+same chunk once the matrix is resized to the exact count).
+
+The arrays written are never modified afterwards, so TensorStore references them instead
+of copying each block (``can_reference_source_data_indefinitely``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tensorstore as ts
 
-from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.window import Window
 
 __all__ = ["RowWriter"]
 
 
 class RowWriter:
-    """Writes appended rows into ``matrix`` through ``window`` (bounded bytes in flight)."""
+    """Writes appended rows into ``array`` (the matrix's TensorStore, ``block_rows`` tall
+    blocks) through ``window`` (bounded bytes in flight)."""
 
-    def __init__(self, matrix: BigMatrix, window: Window) -> None:
-        self.matrix, self.window = matrix, window
-        self.block_rows = matrix.block_shape[0]
+    def __init__(self, array: ts.TensorStore, block_rows: int, window: Window) -> None:
+        self.array, self.window = array, window
+        self.block_rows = block_rows
         self.rows = 0  # rows written (whole block rows only)
         self._carry: list[np.ndarray] = []
         self._carried = 0
@@ -32,7 +38,7 @@ class RowWriter:
         return self.rows + self._carried
 
     def add(self, x: np.ndarray) -> None:
-        """Appends the rows of ``x`` (the matrix's columns and dtype)."""
+        """Appends the rows of ``x`` (the matrix's columns and dtype; not modified later)."""
         br = self.block_rows
         if self._carried:
             take = x[: br - self._carried]
@@ -46,17 +52,20 @@ class RowWriter:
         whole = len(x) // br * br
         if whole:
             self._write(x[:whole])
-        if whole < len(x):
-            self._carry, self._carried = [x[whole:].copy()], len(x) - whole
+        if whole < len(x):  # a short tail is copied so that the part's array can go
+            rest = x[whole:] if 2 * whole <= len(x) else x[whole:].copy()
+            self._carry, self._carried = [rest], len(x) - whole
 
-    def _write(self, rows: np.ndarray, matrix: BigMatrix | None = None) -> None:
-        target, r0 = matrix or self.matrix, self.rows
-        self.window.submit(lambda: target.write_region_async(r0, 0, rows), rows.nbytes)
+    def _write(self, rows: np.ndarray) -> None:
+        region = self.array[self.rows : self.rows + len(rows), :]
+        self.window.submit(
+            lambda: region.write(rows, can_reference_source_data_indefinitely=True), rows.nbytes
+        )
         self.rows += len(rows)
 
-    def finish(self, matrix: BigMatrix) -> None:
-        """Writes the carried rows (the last, ragged block row) into ``matrix``: a handle
-        on the same matrix opened at its final shape."""
+    def finish(self) -> None:
+        """Writes the carried rows (the last, ragged block row)."""
         if self._carried:
-            self._write(np.concatenate(self._carry), matrix)
+            rows = self._carry[0] if len(self._carry) == 1 else np.concatenate(self._carry)
+            self._write(rows)
             self._carry, self._carried = [], 0

@@ -6,8 +6,11 @@ The one road shared by :func:`jaxwren.from_csv` / :func:`jaxwren.from_parquet` a
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +20,20 @@ from jaxwren.errors import ConfigError, TableParseError
 from jaxwren.tables.convert import to_matrix
 from jaxwren.tables.glob import Part, Parts
 from jaxwren.tables.parse import Format, resolve_columns
-from jaxwren.tables.reader import check_unchanged, read_parts
+from jaxwren.tables.reader import (
+    PartData,
+    check_unchanged,
+    fits,
+    issue_read,
+    part_data,
+    start_check,
+)
 
 __all__ = ["TableStream", "check_progress"]
+
+# parts parsed and converted at once (pyarrow and numpy release the GIL; on a 2-core
+# machine two single parts in flight keep both cores busy through the per-part steps)
+WORKERS = max(2, min(4, os.cpu_count() or 1))
 
 
 def check_progress(progress: Any, *, op: str) -> None:
@@ -37,64 +51,129 @@ def _progress_bar(total: int, label: str, enabled: bool | None) -> Any:
     return tqdm(total=total, desc=label, unit="part", leave=False)
 
 
-class TableStream:
-    """Yields each part's rows as a ``(rows, columns)`` array of ``dtype``.
+class _FirstPartError(Exception):
+    """A later part's job stops because the first part (which fixes the columns) failed;
+    the first part's own error is the one raised, since parts are taken in order."""
 
-    The first part fixes the column names; every later part must have the same set
-    (any order), and the selected columns are taken by name. After iterating,
-    :meth:`check_unchanged` verifies no part changed since it was read.
+
+class TableStream:
+    """Yields each part's rows as a ``(rows, columns)`` array of ``dtype``, in order.
+
+    Parts are read, parsed and converted on worker threads, several at once, while the
+    caller takes the finished ones in order; the parts in flight (being read, parsed or
+    waiting to be taken) fit in ``window_bytes`` at the largest part size seen. The first
+    part fixes the column names; every later part must have the same set (any order),
+    and the selected columns are taken by name. After iterating, :meth:`check_unchanged`
+    verifies no part changed since it was read.
     """
 
     def __init__(self, parts: Parts, fmt: Format, columns: Any, dtype: np.dtype, *,
                  window_bytes: int, order: list[int] | None = None,
-                 progress: bool | None = None) -> None:  # fmt: skip
+                 progress: bool | None = None, workers: int = WORKERS) -> None:  # fmt: skip
         self.parts, self.fmt, self.columns, self.dtype = parts, fmt, columns, dtype
         self.window_bytes = window_bytes
         self.order = list(range(len(parts.parts))) if order is None else order
         self.progress = progress
+        self.workers = workers
         self.names: list[str] | None = None  # the first part's columns
-        self.selected: list[str] | None = None
+        self.selected: list[str] = []  # set by the first part's job
         self.first: Part | None = None
         self.seen: list[tuple[Part, bytes]] = []
         self.nbytes = 0
+        self.peak_in_flight = 0  # most parts in flight at once (tests)
+        self._named = threading.Event()  # the first part's columns are known (or failed)
+        self._lock = threading.Lock()
+        self._largest = 0
+        self._sized: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._iter: Iterator[np.ndarray] | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """Parts are read and parsed one ahead on a worker thread (pyarrow releases the
-        GIL) while this thread converts and checks the previous one."""
-        op = self.fmt.op
-        bar = _progress_bar(len(self.order), f"{op}: {self.parts.pattern}", self.progress)
-        tables = self._tables()
+        self._iter = self._rows()
+        return self._iter
+
+    def close(self) -> None:
+        """Stops the workers (parts not yet started are dropped); safe to call twice."""
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+
+    def _rows(self) -> Iterator[np.ndarray]:
+        op, n = self.fmt.op, len(self.order)
+        bar = _progress_bar(n, f"{op}: {self.parts.pattern}", self.progress)
+        in_flight: collections.deque[tuple[Part, concurrent.futures.Future[Any]]] = (
+            collections.deque()
+        )
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers, "jaxwren-parse")
+        nxt = 0
         try:
-            with concurrent.futures.ThreadPoolExecutor(1, "jaxwren-parse") as pool:
-                ahead = pool.submit(next, tables, None)
-                while (item := ahead.result()) is not None:
-                    ahead = pool.submit(next, tables, None)
-                    part, table = item
-                    x = to_matrix(table, self.dtype, part, op=op)
-                    del item, table
-                    if bar is not None:
-                        bar.update(1)
-                    yield x
+            while True:
+                while nxt < n and fits(len(in_flight), self._largest, self.window_bytes):
+                    part = self.parts.parts[self.order[nxt]]
+                    read = issue_read(self.parts, part, op=op)
+                    in_flight.append((part, pool.submit(self._job, nxt, part, read)))
+                    nxt += 1
+                self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
+                if not in_flight:
+                    return
+                part, job = in_flight[0]
+                if nxt < n and not self._largest:  # a size known lets more parts in
+                    concurrent.futures.wait(
+                        [job, self._sized], return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    if not job.done():
+                        continue
+                in_flight.popleft()
+                x, generation, nbytes = job.result()
+                del job
+                self.seen.append((part, generation))
+                self.nbytes += nbytes
+                if bar is not None:
+                    bar.update(1)
+                yield x
+                del x
         finally:
+            self._named.set()  # no job waits for a first part that will not come
+            pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
 
-    def _tables(self) -> Iterator[tuple[Part, Any]]:
-        for got in read_parts(self.parts, self.order, self.window_bytes, op=self.fmt.op):
-            selected = self._columns(self.fmt.column_names(got.data, got.part), got.part)
-            table = self.fmt.parse(got.data, got.part, selected)
-            self.seen.append((got.part, got.generation))
-            self.nbytes += len(got.data)
-            part = got.part
-            del got
-            yield part, table
+    def _job(self, pos: int, part: Part, read: Any) -> tuple[np.ndarray, bytes, int]:
+        """One part on a worker thread: its bytes, columns, parse and conversion."""
+        if pos == 0:
+            try:
+                got, nbytes = self._read(part, read)
+                self._first_columns(self.fmt.column_names(got.data, part), part)
+            finally:  # the later parts' jobs wait for this, even when it failed
+                self._named.set()
+        else:
+            got, nbytes = self._read(part, read)
+            names = self.fmt.column_names(got.data, part)
+            self._named.wait()
+            if not self.selected:
+                raise _FirstPartError
+            self._same_columns(names, part)
+        table = self.fmt.parse(got.data, part, self.selected)
+        generation = got.generation
+        del got
+        return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
 
-    def _columns(self, names: list[str], part: Part) -> list[str]:
-        if self.names is None:
-            self.selected = resolve_columns(self.columns, names, part, op=self.fmt.op,
-                                            header=self.fmt.header)  # fmt: skip
-            self.names, self.first = names, part
-        elif sorted(names) != sorted(self.names):
+    def _read(self, part: Part, read: Any) -> tuple[PartData, int]:
+        got = part_data(self.parts, part, read, op=self.fmt.op)
+        nbytes = len(got.data)
+        with self._lock:  # the size lets the caller read further ahead
+            self._largest = max(self._largest, nbytes)
+            if not self._sized.done():
+                self._sized.set_result(None)
+        return got, nbytes
+
+    def _first_columns(self, names: list[str], part: Part) -> None:
+        selected = resolve_columns(self.columns, names, part, op=self.fmt.op,
+                                   header=self.fmt.header)  # fmt: skip
+        self.names, self.first = names, part
+        self.selected = selected
+
+    def _same_columns(self, names: list[str], part: Part) -> None:
+        assert self.names is not None
+        if sorted(names) != sorted(self.names):
             missing = [n for n in self.names if n not in names]
             extra = [n for n in names if n not in self.names]
             raise TableParseError(
@@ -103,8 +182,11 @@ class TableStream:
                 f"({len(names)} columns vs {len(self.names)}); every part needs the same "
                 "columns. Fix or remove the odd part, or narrow the glob."
             )
-        return self.selected  # type: ignore[return-value]
 
-    def check_unchanged(self) -> None:
+    def start_check(self) -> list[Any]:
+        """Issues the re-check of :meth:`check_unchanged` (to overlap it with writes)."""
+        return start_check(self.parts, self.seen, op=self.fmt.op)
+
+    def check_unchanged(self, started: list[Any] | None = None) -> None:
         """Raises StorageError when a part read by this stream has changed since."""
-        check_unchanged(self.parts, self.seen, op=self.fmt.op)
+        check_unchanged(self.parts, self.seen, op=self.fmt.op, started=started)
