@@ -206,6 +206,24 @@ def test_errors_follow_part_order_with_parts_in_flight():
         jw.from_csv(f"{bad_cols}/part-*.csv", out, columns=["zz"])
 
 
+def test_non_finite_row_is_counted_across_blocks_and_overwrite_keeps_the_old_matrix():
+    good = csv_bytes(parts_data([9])[0])
+    rows = [[float(i), 2.0, 3.0] for i in range(7)]
+    rows[5][2] = float("inf")
+    bad = csv_bytes(np.array(rows))
+    parts = put(mem("parts"), {"part-0.csv": good, "part-1.csv": bad})
+    out = mem("out")
+    # part 1 starts inside a block (9 rows, 2-row blocks): row 6 lands in a later block
+    with pytest.raises(jw.NonFiniteError, match=r"part-1\.csv, row 6, column 'hour' holds inf"):
+        jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
+    assert keys_under(out, None) == []
+    old = jw.from_numpy(np.ones((3, 3), np.float32), out, (2, 2))
+    first_bad = put(mem("parts2"), {"part-0.csv": bad, "part-1.csv": good})
+    with pytest.raises(jw.NonFiniteError, match=r"part-0\.csv, row 6"):
+        jw.from_csv(f"{first_bad}/part-*.csv", out, overwrite=True)
+    np.testing.assert_array_equal(jw.BigMatrix.open(old.url).numpy(), np.ones((3, 3)))
+
+
 def test_float_into_int_and_dup_columns_and_bad_arguments():
     parts = put(mem("p"), {"p.csv": b"a,b\n1.5,2\n"})
     with pytest.raises(jw.DTypeMismatchError, match="holds floating-point numbers"):

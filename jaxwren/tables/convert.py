@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from jaxwren.errors import DTypeMismatchError, NonFiniteError, TableParseError
 from jaxwren.tables.glob import Part
 
-__all__ = ["to_matrix"]
+__all__ = ["check_table", "fill", "to_matrix"]
 
 
 def _where(op: str, part: Part, row: int, name: str) -> str:
@@ -89,7 +89,7 @@ def _check_ints(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name
             )
 
 
-def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, names: list[str]) -> None:
+def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, first_row: int) -> None:
     if out.dtype.kind != "f" or np.isfinite(out).all():
         return
     row, j = (int(v[0]) for v in np.nonzero(~np.isfinite(out)))
@@ -97,8 +97,9 @@ def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, names: 
     what = (f"{source!r}" if not np.isfinite(source) else
             f"{source!r}, which overflows {out.dtype.name}")  # fmt: skip
     raise NonFiniteError(
-        f"{_where(op, part, row, names[j])} holds {what}; jaxwren stores finite numbers "
-        "only: fix the cell" + (" or pass dtype='float64'." if np.isfinite(source) else ".")
+        f"{_where(op, part, first_row + row, table.column_names[j])} holds {what}; jaxwren "
+        "stores finite numbers only: fix the cell"
+        + (" or pass dtype='float64'." if np.isfinite(source) else ".")
     )
 
 
@@ -120,6 +121,34 @@ def _fill_rows(out: np.ndarray, table: pa.Table) -> None:
         r += n
 
 
+def check_table(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> None:
+    """Everything :func:`to_matrix` refuses that can be seen before converting.
+
+    Raises:
+      TableParseError: no rows, a non-numeric or missing cell.
+      DTypeMismatchError: an integer ``dtype`` cannot hold exactly.
+    """
+    if table.num_rows == 0:
+        raise TableParseError(
+            f"{op}: the part {part.url} has no data rows; remove it from the data set or "
+            "fix the glob."
+        )
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        _check_column(col, dtype, op, part, name)
+
+
+def fill(out: np.ndarray, table: pa.Table, part: Part, *, op: str, first_row: int = 0) -> None:
+    """Converts a table passed by :func:`check_table` (the rows of ``part`` from
+    ``first_row`` on) into ``out`` (``(table rows, columns)`` of the matrix dtype).
+
+    Raises:
+      NonFiniteError: an infinite cell, or a value that overflows ``out.dtype``.
+    """
+    with np.errstate(over="ignore"):  # overflow is found (and named) by _check_finite
+        _fill_rows(out, table)
+    _check_finite(out, table, op, part, first_row)
+
+
 def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.ndarray:
     """The table as a ``(rows, columns)`` array of ``dtype`` (see the module docstring).
 
@@ -128,16 +157,7 @@ def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.nd
       DTypeMismatchError: an integer ``dtype`` cannot hold exactly.
       NonFiniteError: an infinite cell, or a value that overflows ``dtype``.
     """
-    names = table.column_names
-    if table.num_rows == 0:
-        raise TableParseError(
-            f"{op}: the part {part.url} has no data rows; remove it from the data set or "
-            "fix the glob."
-        )
-    for name, col in zip(names, table.columns, strict=True):
-        _check_column(col, dtype, op, part, name)
-    out = np.empty((table.num_rows, len(names)), dtype)
-    with np.errstate(over="ignore"):  # overflow is found (and named) by _check_finite
-        _fill_rows(out, table)
-    _check_finite(out, table, op, part, names)
+    check_table(table, dtype, part, op=op)
+    out = np.empty((table.num_rows, table.num_columns), dtype)
+    fill(out, table, part, op=op)
     return out

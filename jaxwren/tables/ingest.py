@@ -26,6 +26,7 @@ from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.urls import Location
 from jaxwren.storage.validate import check_dtype, check_shape, resolve_storage
 from jaxwren.storage.window import Window
+from jaxwren.tables.convert import fill
 from jaxwren.tables.glob import check_output, expand
 from jaxwren.tables.parse import PARQUET, Format, csv_format
 from jaxwren.tables.rows import RowWriter
@@ -162,13 +163,17 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
     if not overwrite:
         _refuse_existing(out, config, op)
     stream = TableStream(parts, fmt, columns, dt, window_bytes=window, progress=progress)
-    rows = iter(stream)
+    tables = stream.tables()
     try:
-        first = next(rows)  # the whole first part is checked before anything is written
-        shape = (PROVISIONAL_ROWS, first.shape[1])
-        block_shape = block_shape or default_block_shape(first.shape[1], dt)
-        matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config,
-                                  overwrite=overwrite)  # fmt: skip
+        part, table = next(tables)
+        # the whole first part is checked (and converted) before anything is written
+        first = np.empty((table.num_rows, table.num_columns), dt)
+        fill(first, table, part, op=op)
+        del part, table
+        n_cols = first.shape[1]
+        block_shape = block_shape or default_block_shape(n_cols, dt)
+        matrix = BigMatrix.create(url, (PROVISIONAL_ROWS, n_cols), block_shape, dt,
+                                  storage=config, overwrite=overwrite)  # fmt: skip
     except BaseException:
         stream.close()
         raise
@@ -176,10 +181,10 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
         array = backend.open_array(matrix.location, config)
         with translate_errors(op, out), Window(window) as w:
             writer = RowWriter(array, block_shape[0], w)
-            writer.add(first)
+            writer.add_rows(first)
             del first
-            for x in rows:
-                writer.add(x)
+            for part, table in tables:
+                writer.add_table(part, table, op=op)
             writer.finish()  # the last, ragged block row, in flight with the others
             check = stream.start_check()  # the parts' re-check overlaps the writes
         stream.check_unchanged(check)

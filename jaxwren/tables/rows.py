@@ -1,24 +1,36 @@
 """Appending rows of unknown total count to a BigMatrix, each block written once.
 
-Parts end anywhere; blocks are ``block_rows`` tall. :class:`RowWriter` writes every run of
-whole block rows straight from the part's array (one write per part, aligned to blocks, so
-no block is read back or written twice) and carries the rows left over into the next part.
-The last, ragged block row is written by :meth:`RowWriter.finish` into the matrix at its
-provisional row count (a zarr chunk on the edge is stored whole either way, so it is the
-same chunk once the matrix is resized to the exact count).
+Parts end anywhere; blocks are ``block_rows`` tall. :class:`RowWriter` converts each
+part's table straight into whole-block buffers (a part may fill the end of one block and
+the start of the next) and writes every block once, when it is full. The last, ragged
+block row is written by :meth:`RowWriter.finish` into the matrix at its provisional row
+count (a zarr chunk on the edge is stored whole either way, so it is the same chunk once
+the matrix is resized to the exact count).
 
-The arrays written are never modified afterwards, so TensorStore references them instead
-of copying each block (``can_reference_source_data_indefinitely``).
+Block buffers come from pyarrow's memory pool, which keeps freed memory for the next
+ones (fresh pages from the system cost a page fault each), and are never modified once
+written, so TensorStore references them instead of copying each block
+(``can_reference_source_data_indefinitely``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pyarrow as pa
 import tensorstore as ts
 
 from jaxwren.storage.window import Window
+from jaxwren.tables.convert import fill
+from jaxwren.tables.glob import Part
 
 __all__ = ["RowWriter"]
+
+
+def _block_buffer(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+    buf = pa.allocate_buffer(rows * cols * dtype.itemsize)
+    return np.frombuffer(buf, dtype).reshape(rows, cols)
 
 
 class RowWriter:
@@ -28,33 +40,46 @@ class RowWriter:
     def __init__(self, array: ts.TensorStore, block_rows: int, window: Window) -> None:
         self.array, self.window = array, window
         self.block_rows = block_rows
+        self.dtype = np.dtype(array.dtype.numpy_dtype)
+        self.cols = array.shape[1]
         self.rows = 0  # rows written (whole block rows only)
-        self._carry: list[np.ndarray] = []
-        self._carried = 0
+        self._buf: np.ndarray | None = None  # the block row being filled
+        self._filled = 0
 
     @property
     def total(self) -> int:
-        """Rows appended so far (written or carried)."""
-        return self.rows + self._carried
+        """Rows appended so far (written or buffered)."""
+        return self.rows + self._filled
 
-    def add(self, x: np.ndarray) -> None:
-        """Appends the rows of ``x`` (the matrix's columns and dtype; not modified later)."""
-        br = self.block_rows
-        if self._carried:
-            take = x[: br - self._carried]
-            self._carry.append(take)
-            self._carried += len(take)
-            x = x[len(take) :]
-            if self._carried < br:
-                return
-            self._write(np.concatenate(self._carry))
-            self._carry, self._carried = [], 0
-        whole = len(x) // br * br
-        if whole:
-            self._write(x[:whole])
-        if whole < len(x):  # a short tail is copied so that the part's array can go
-            rest = x[whole:] if 2 * whole <= len(x) else x[whole:].copy()
-            self._carry, self._carried = [rest], len(x) - whole
+    def add_table(self, part: Part, table: pa.Table, *, op: str) -> None:
+        """Appends a part's checked table (its columns in the matrix's order), converting
+        it into the block buffers.
+
+        Raises:
+          NonFiniteError: a value the dtype cannot hold (named by part, row and column).
+        """
+
+        def put(region: np.ndarray, r: int) -> None:
+            fill(region, table.slice(r, len(region)), part, op=op, first_row=r)
+
+        self._append(table.num_rows, put)
+
+    def add_rows(self, x: np.ndarray) -> None:
+        """Appends rows already converted (the matrix's columns and dtype)."""
+        self._append(len(x), lambda region, r: np.copyto(region, x[r : r + len(region)]))
+
+    def _append(self, n: int, put: Callable[[np.ndarray, int], None]) -> None:
+        r = 0
+        while r < n:
+            if self._buf is None:
+                self._buf = _block_buffer(self.block_rows, self.cols, self.dtype)
+            take = min(n - r, self.block_rows - self._filled)
+            put(self._buf[self._filled : self._filled + take], r)
+            self._filled += take
+            r += take
+            if self._filled == self.block_rows:
+                self._write(self._buf)
+                self._buf, self._filled = None, 0
 
     def _write(self, rows: np.ndarray) -> None:
         region = self.array[self.rows : self.rows + len(rows), :]
@@ -64,8 +89,8 @@ class RowWriter:
         self.rows += len(rows)
 
     def finish(self) -> None:
-        """Writes the carried rows (the last, ragged block row)."""
-        if self._carried:
-            rows = self._carry[0] if len(self._carry) == 1 else np.concatenate(self._carry)
-            self._write(rows)
-            self._carry, self._carried = [], 0
+        """Writes the buffered rows (the last, ragged block row)."""
+        if self._filled:
+            assert self._buf is not None
+            self._write(self._buf[: self._filled])
+            self._buf, self._filled = None, 0

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from jaxwren.errors import ConfigError, TableParseError
-from jaxwren.tables.convert import to_matrix
+from jaxwren.tables.convert import check_table, to_matrix
 from jaxwren.tables.glob import Part, Parts
 from jaxwren.tables.parse import Format, resolve_columns
 from jaxwren.tables.reader import (
@@ -88,7 +89,14 @@ class TableStream:
         self._iter: Iterator[np.ndarray] | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        self._iter = self._rows()
+        self._iter = self._rows(convert=True)
+        return self._iter
+
+    def tables(self) -> Iterator[tuple[Part, pa.Table]]:
+        """Each part and its table, checked by :func:`~jaxwren.tables.convert.check_table`
+        but not converted (the caller converts it with :func:`~jaxwren.tables.convert.fill`
+        wherever the rows belong)."""
+        self._iter = self._rows(convert=False)
         return self._iter
 
     def close(self) -> None:
@@ -96,7 +104,7 @@ class TableStream:
         if self._iter is not None:
             self._iter.close()  # type: ignore[attr-defined]
 
-    def _rows(self) -> Iterator[np.ndarray]:
+    def _rows(self, convert: bool) -> Iterator[Any]:
         op, n = self.fmt.op, len(self.order)
         bar = _progress_bar(n, f"{op}: {self.parts.pattern}", self.progress)
         in_flight: collections.deque[tuple[Part, concurrent.futures.Future[Any]]] = (
@@ -109,7 +117,7 @@ class TableStream:
                 while nxt < n and fits(len(in_flight), self._largest, self.window_bytes):
                     part = self.parts.parts[self.order[nxt]]
                     read = issue_read(self.parts, part, op=op)
-                    in_flight.append((part, pool.submit(self._job, nxt, part, read)))
+                    in_flight.append((part, pool.submit(self._job, nxt, part, read, convert)))
                     nxt += 1
                 self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
                 if not in_flight:
@@ -128,7 +136,7 @@ class TableStream:
                 self.nbytes += nbytes
                 if bar is not None:
                     bar.update(1)
-                yield x
+                yield x if convert else (part, x)
                 del x
         finally:
             self._named.set()  # no job waits for a first part that will not come
@@ -136,8 +144,8 @@ class TableStream:
             if bar is not None:
                 bar.close()
 
-    def _job(self, pos: int, part: Part, read: Any) -> tuple[np.ndarray, bytes, int]:
-        """One part on a worker thread: its bytes, columns, parse and conversion."""
+    def _job(self, pos: int, part: Part, read: Any, convert: bool) -> tuple[Any, bytes, int]:
+        """One part on a worker thread: its bytes, columns, parse, checks, conversion."""
         if pos == 0:
             try:
                 got, nbytes = self._read(part, read)
@@ -154,7 +162,10 @@ class TableStream:
         table = self.fmt.parse(got.data, part, self.selected)
         generation = got.generation
         del got
-        return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
+        if convert:
+            return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
+        check_table(table, self.dtype, part, op=self.fmt.op)
+        return table, generation, nbytes
 
     def _read(self, part: Part, read: Any) -> tuple[PartData, int]:
         got = part_data(self.parts, part, read, op=self.fmt.op)
