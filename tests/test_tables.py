@@ -291,6 +291,7 @@ def test_window_reads_ahead_within_the_bound(monkeypatch):
 
     monkeypatch.setattr(stream_mod, "part_data", spy)
     counted = dataclasses.replace(parts, kv=CountingKv())
+    size = max(size, 20 * 3 * 8)  # a part counts as the larger of its text and its table
     stream = TableStream(counted, CSV, None, np.dtype("float64"), window_bytes=4 * size)
     taken = []
     for x in stream:
@@ -300,6 +301,19 @@ def test_window_reads_ahead_within_the_bound(monkeypatch):
     # the first part alone (its size unknown), then up to 4 in flight (4 * size fit)
     assert issued_at_first == [1] and stream.peak_in_flight == 4, (issued_at_first, stream)
     assert stream.nbytes == sum(len(b) for b in files.values())
+
+
+def test_window_counts_a_part_at_its_parsed_table_when_that_is_larger():
+    # "0,1,2" rows: 6 bytes of text, 24 bytes of int64 table: the table sets the estimate
+    x = np.tile(np.arange(3), (200, 1))
+    files = {f"p{i}.csv": csv_bytes(x) for i in range(12)}
+    text = max(len(b) for b in files.values())
+    table = x.size * 8
+    assert table > 3 * text
+    parts = expand(f"{put(mem('p'), files)}/p*.csv", resolve_storage(None), op="from_csv")
+    stream = TableStream(parts, CSV, None, np.dtype("float32"), window_bytes=4 * table)
+    np.testing.assert_array_equal(np.concatenate(list(stream)), np.concatenate([x] * 12))
+    assert stream.peak_in_flight == 4
 
 
 def test_a_part_larger_than_the_window_is_read_alone():

@@ -75,7 +75,8 @@ def iter_table_batches(
       sharding: the batches' sharding (None: rows over the default mesh as far as it
         divides them); a ragged last batch it does not divide gets the default sharding.
       drop_remainder: skip a last batch shorter than ``batch_size``.
-      window_bytes: bytes of part files read ahead.
+      window_bytes: bytes of part files in flight (read ahead, parsed on worker
+        threads; a part counts as the larger of its bytes and its parsed table).
 
     In a multi-process run each process reads only its own parts (``parts[i::n]`` of
     the sorted list) and contributes ``batch_size / n`` rows to each global batch; the

@@ -63,7 +63,8 @@ def from_csv(
 
     Rows follow the parts in sorted key order, then the rows within each part (as
     ``np.concatenate([pd.read_csv(p)[columns] for p in sorted(parts)])``). Parts are read
-    whole, ahead, under ``window_bytes`` and parsed by pyarrow; every block is written once.
+    whole, ahead, under ``window_bytes`` and parsed by pyarrow, several at once on worker
+    threads; every block is written once.
     In a multi-process run process 0 ingests and the others wait and open the result (an
     error on process 0 is raised on every process).
 
@@ -83,8 +84,10 @@ def from_csv(
       storage: StorageConfig for both the parts and the matrix; None: the environment.
       overwrite: replace a matrix stored at ``url`` (it is deleted when the first part
         has been checked, so a later error leaves nothing there).
-      window_bytes: bytes of part files read ahead (bytes or ``"128MiB"``); writes in
-        flight are held to the same bound. A part larger than it is read alone.
+      window_bytes: bytes of part files in flight, read ahead and parsed on worker
+        threads (bytes or ``"128MiB"``; a part counts as the larger of its bytes and its
+        parsed table, at the largest seen); writes in flight are held to the same bound.
+        A part larger than it is read alone.
       progress: a progress bar over the parts (None: when stderr is a terminal).
 
     Returns:

@@ -62,7 +62,8 @@ class TableStream:
 
     Parts are read, parsed and converted on worker threads, several at once, while the
     caller takes the finished ones in order; the parts in flight (being read, parsed or
-    waiting to be taken) fit in ``window_bytes`` at the largest part size seen. The first
+    waiting to be taken) fit in ``window_bytes`` at the largest size seen of a part's
+    bytes or of its parsed table. The first
     part fixes the column names; every later part must have the same set (any order),
     and the selected columns are taken by name. After iterating, :meth:`check_unchanged`
     verifies no part changed since it was read.
@@ -114,7 +115,8 @@ class TableStream:
         nxt = 0
         try:
             while True:
-                while nxt < n and fits(len(in_flight), self._largest, self.window_bytes):
+                largest = self._largest if self._sized.done() else 0
+                while nxt < n and fits(len(in_flight), largest, self.window_bytes):
                     part = self.parts.parts[self.order[nxt]]
                     read = issue_read(self.parts, part, op=op)
                     in_flight.append((part, pool.submit(self._job, nxt, part, read, convert)))
@@ -123,7 +125,7 @@ class TableStream:
                 if not in_flight:
                     return
                 part, job = in_flight[0]
-                if nxt < n and not self._largest:  # a size known lets more parts in
+                if nxt < n and not self._sized.done():  # a size known lets more parts in
                     concurrent.futures.wait(
                         [job, self._sized], return_when=concurrent.futures.FIRST_COMPLETED
                     )
@@ -162,6 +164,7 @@ class TableStream:
         table = self.fmt.parse(got.data, part, self.selected)
         generation = got.generation
         del got
+        self._grow(table.nbytes, sized=True)  # a part in flight may hold its table
         if convert:
             return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
         check_table(table, self.dtype, part, op=self.fmt.op)
@@ -170,11 +173,17 @@ class TableStream:
     def _read(self, part: Part, read: Any) -> tuple[PartData, int]:
         got = part_data(self.parts, part, read, op=self.fmt.op)
         nbytes = len(got.data)
-        with self._lock:  # the size lets the caller read further ahead
-            self._largest = max(self._largest, nbytes)
-            if not self._sized.done():
-                self._sized.set_result(None)
+        self._grow(nbytes)
         return got, nbytes
+
+    def _grow(self, nbytes: int, sized: bool = False) -> None:
+        """The size estimate of a part in flight: the largest part or table seen (a
+        table of small integers takes several times the bytes of its text). The caller
+        reads further ahead once the first table is known (``sized``)."""
+        with self._lock:
+            self._largest = max(self._largest, nbytes)
+            if sized and not self._sized.done():
+                self._sized.set_result(None)
 
     def _first_columns(self, names: list[str], part: Part) -> None:
         selected = resolve_columns(self.columns, names, part, op=self.fmt.op,
