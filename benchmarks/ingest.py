@@ -19,9 +19,11 @@ Parquet, then times, best of ``--repeats`` after a warm-up, interleaved:
   store only: dask reads S3 through s3fs, which jaxwren does not use)
 
 Ratios are throughput ratios in the same run: ``vs pyarrow`` = pyarrow seconds / jaxwren
-seconds (1.0 = as fast as pyarrow's in-memory read). ``--rss_gb`` also ingests that many
-GB of CSV from the file store in a fresh process with ``--rss_window`` and reports its
-peak RSS next to the RSS of the same process before the ingest (jax and jaxwren loaded).
+seconds (1.0 = as fast as pyarrow's in-memory read). ``CPU-s`` columns: process CPU
+seconds (all threads) of each kind of call, the least of the timed repeats.
+``--rss_gb`` also ingests that many GB of CSV from the file store in a fresh process with
+``--rss_window`` and reports its peak RSS next to the RSS of the same process before the
+ingest (jax and jaxwren loaded).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -147,6 +150,23 @@ def dask_to_zarr(paths: list[str], out: str) -> None:
 
 
 # ---------------------------------------------------------------------------- benchmark
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_timed(fn: Any, into: list[float]) -> Any:
+    """``fn`` recording the process CPU seconds (all threads) of each call in ``into``:
+    on a 2-core machine the ingest is CPU-bound, so CPU-s says where a ratio comes from."""
+
+    def call() -> None:
+        c0 = _cpu_seconds()
+        fn()
+        into.append(_cpu_seconds() - c0)
+
+    return call
+
+
 def bench_format(store: common.Store, rows: int, fmt: str, config: Config) -> dict:
     blobs = make_parts(rows, config.parts, fmt)
     nbytes = sum(len(b) for b in blobs)
@@ -175,7 +195,9 @@ def bench_format(store: common.Store, rows: int, fmt: str, config: Config) -> di
     }
     if config.dask and fmt == "csv" and paths:
         fns["dask"] = lambda: dask_to_zarr(paths, f"{tmp}/z")
-    secs = common.best_of(fns, config.repeats, setup=fresh)
+    cpu: dict[str, list[float]] = {name: [] for name in fns}  # process CPU-s per call
+    secs = common.best_of({name: _cpu_timed(fn, cpu[name]) for name, fn in fns.items()},
+                          config.repeats, setup=fresh)  # fmt: skip
     got = jw.BigMatrix.open(written[-1], storage=store.config)
     if got.shape != (rows, 9):
         raise AssertionError(f"{store.kind}/{fmt}: ingested {got.shape}, expected ({rows}, 9)")
@@ -186,6 +208,7 @@ def bench_format(store: common.Store, rows: int, fmt: str, config: Config) -> di
                            "parts": len(blobs), "mbytes": nbytes / 1e6}  # fmt: skip
     for name, s in secs.items():
         row[f"{name}_s"] = s
+        row[f"{name}_cpu_s"] = min(cpu[name][1:])  # the warm-up call left out
     row["mb_per_s"] = nbytes / 1e6 / secs["jaxwren"]
     row["mrows_per_s"] = rows / 1e6 / secs["jaxwren"]
     for peer in ("pyarrow", "pandas", "dask"):
@@ -247,7 +270,8 @@ def run(config: Config) -> list[dict]:
 COLUMNS = (
     ("store", "store", ""), ("format", "format", ""), ("MB", "mbytes", ".0f"),
     ("rows", "rows", "d"), ("jaxwren s", "jaxwren_s", ".3f"), ("MB/s", "mb_per_s", ".0f"),
-    ("Mrows/s", "mrows_per_s", ".2f"), ("pyarrow s", "pyarrow_s", ".3f"),
+    ("Mrows/s", "mrows_per_s", ".2f"), ("CPU-s", "jaxwren_cpu_s", ".2f"),
+    ("pyarrow s", "pyarrow_s", ".3f"), ("pyarrow CPU-s", "pyarrow_cpu_s", ".2f"),
     ("vs pyarrow", "vs_pyarrow", ".2f"), ("pandas s", "pandas_s", ".3f"),
     ("vs pandas", "vs_pandas", ".2f"), ("dask s", "dask_s", ".3f"), ("vs dask", "vs_dask", ".2f"),
     ("peak RSS MiB", "rss_peak_mib", ".0f"), ("RSS before MiB", "rss_before_mib", ".0f"),
