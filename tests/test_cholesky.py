@@ -193,3 +193,20 @@ def test_resume_after_kill(tmp_path):
     assert any(m.endswith("complete") for m in stored.marks())
     again = run(Cholesky(), (A,), out, spec)  # complete: nothing runs again
     assert again.stats.steps_run == 0 and again.stats.bytes_read == 0
+
+
+def test_resume_inside_a_column_inverts_the_stored_diagonal_tile(tmp_path, caplog):
+    """Killed after the first column's diagonal tile and two of its solves: the rerun
+    skips those three and solves the rest of the column with the stored L[0, 0]."""
+    n, budget = 64, 16_000
+    a = spd(n, seed=8)
+    A = jw.from_numpy(a, str(tmp_path / "a"), (8, 8))
+    out = str(tmp_path / "l")
+    call = f"jw.cholesky(jw.BigMatrix.open({A.url!r}), {out!r}, memory_budget={budget})"
+    run_until_killed(tmp_path, call, after_marks=3)
+    done = {m.rsplit("-", 3)[-3] + "-" + m.rsplit("-", 2)[-2] + "-" + m.rsplit("-", 1)[-1]
+            for m in jw.BigMatrix.open(out).marks()}  # fmt: skip
+    assert done == {"t8-0-0", "t8-1-0", "t8-2-0"}, done
+    res = run(Cholesky(), (A,), out, RunSpec(memory_budget=budget))
+    assert res.stats.steps_skipped == 3
+    check_factor(res.value.numpy(), a)

@@ -259,8 +259,11 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
             jax.block_until_ready((carry, outs))
         del arrays
         if step.check is not None:
-            writer.drain()  # what earlier steps computed is valid: store it first
-            step.check(outs)
+            try:
+                step.check(outs)
+            except Exception:
+                writer.drain()  # what earlier steps computed is valid: store it first
+                raise
         for out, write in zip(outs, step.writes, strict=True):
             if write.target is None:
                 returned.append(out)

@@ -10,10 +10,11 @@ blocks above the diagonal (the run emptied ``out``; absent blocks read as zeros)
 
 Out-of-core: a left-looking tile plan over the store. Tile ``L[I, J]`` (``I >= J``) is
 ``A[I, J] - sum_K L[I, K] L[J, K]^T`` (one GEMM step per chunk of K tiles, as wide as the
-budget allows), then the diagonal tile is factored by the same kernel and the others
-solved against ``L[J, J]`` (read back from the store). Every finished tile is written
-once, then a completion record: a rerun with the same input and ``out`` skips finished
-tiles.
+budget allows), then the diagonal tile is factored (LAPACK, on one device) and the others
+multiplied by the inverse of ``L[J, J]``, carried through the column. Tiles are sharded by
+rows over all devices with the right-hand panels replicated: no collectives. Every
+finished tile is written once, then a completion record: a rerun with the same input and
+``out`` skips finished tiles.
 """
 
 from __future__ import annotations
@@ -39,22 +40,16 @@ from jaxwren.errors import NonFiniteError, NotPositiveDefiniteError, ShapeMismat
 from jaxwren.linalg import cholesky_kernel as ck
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import pad_identity, round_up
-from jaxwren.linalg.matmul import gemm_projected_bytes
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.tiles import replicas_shared
 from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.buffers import aligned_empty
 
 __all__ = ["Cholesky", "cholesky"]
 
 _KB = (256, 128, 64, 32, 16, 8, 4, 2, 1)
-
-
-def _kernel_block(size: int, mesh: Mesh) -> int:
-    """The cyclic kernel's block for a ``size`` x ``size`` (padded) problem."""
-    unit = math.lcm(mesh.shape[ROWS], mesh.shape[COLS])
-    return next(b for b in _KB if b * unit <= max(size, unit) and size % (b * unit) == 0)
 
 
 def _incore_block(n: int, mesh: Mesh) -> int:
@@ -102,13 +97,31 @@ def _check_factor(outs: tuple, *, kb: int, offset: int = 0) -> None:
         )
 
 
+def _diag(acc: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
+    """``(L, L^-1, info, finite)`` of a diagonal tile from its lower triangle (LAPACK potrf
+    and trsm; padding past ``valid`` as identity). ``info`` is 0 when the factor is not
+    finite (a non-positive pivot gives NaN), else -1; ``finite`` checks the input."""
+    lower = jnp.tril(jnp.ones(acc.shape, bool))
+    finite = jnp.all(jnp.where(lower, jnp.isfinite(acc), True))
+    low = lax.linalg.cholesky(pad_identity(acc, valid), symmetrize_input=False)
+    eye = jnp.eye(acc.shape[0], dtype=acc.dtype)
+    inv = lax.linalg.triangular_solve(low, eye, left_side=True, lower=True)
+    info = jnp.where(jnp.all(jnp.isfinite(low)), -1, 0).astype(jnp.int32)
+    return low, inv, info, finite
+
+
+def _inverse(low: jax.Array) -> jax.Array:
+    eye = jnp.eye(low.shape[0], dtype=low.dtype)
+    return lax.linalg.triangular_solve(low, eye, left_side=True, lower=True)
+
+
 @functools.cache
-def _tile_kernel(kind: str, first: bool, kb: int, mesh: Mesh):
-    """Out-of-core tile kernels; ``valid`` (rows/cols of the tile inside n) is traced so
-    every tile of a plan shares one compilation."""
-    sc = NamedSharding(mesh, P(ROWS, COLS))
-    si = NamedSharding(mesh, P(ROWS, None))
-    sj = NamedSharding(mesh, P(COLS, None))
+def _tile_kernel(kind: str, first: bool, mesh: Mesh):
+    """Out-of-core tile kernels. Every tile is sharded by rows over all devices and the
+    right-hand panels are replicated (one shared host buffer on CPU), so the updates and
+    solves are local GEMMs: no collective anywhere (XLA's emulated CPU collectives cost
+    more than the GEMMs at these sizes). ``valid`` is traced: one compile per plan."""
+    srow = NamedSharding(mesh, P((ROWS, COLS), None))
     rep = NamedSharding(mesh, P())
 
     def update(acc: jax.Array, li: jax.Array, lj: jax.Array) -> jax.Array:
@@ -117,25 +130,44 @@ def _tile_kernel(kind: str, first: bool, kb: int, mesh: Mesh):
 
     if kind == "update":  # acc (or A) -= L[I, K] L[J, K]^T
         if first:
-            return jax.jit(lambda a, li, lj: update(a, li, lj), in_shardings=(sc, si, sj),
-                           out_shardings=sc)  # fmt: skip
-        return jax.jit(update, in_shardings=(sc, si, sj), out_shardings=sc, donate_argnums=0)
-    if kind == "diag":  # L[J, J] = chol(acc) with the padding as identity
+            return jax.jit(update, in_shardings=(srow, srow, rep), out_shardings=srow)
+        return jax.jit(update, in_shardings=(srow, srow, rep), out_shardings=srow,
+                       donate_argnums=0)  # fmt: skip
+    if kind == "solve":  # L[I, J] = acc L[J, J]^-T, a GEMM with the carried inverse
 
-        def diag(acc: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
-            return _factor(pad_identity(acc, valid), acc.shape[0], kb, mesh)
+        def solve(acc: jax.Array, inv: jax.Array) -> jax.Array:
+            return lax.dot_general(acc, inv, (((1,), (1,)), ((), ())),
+                                   precision=lax.Precision.HIGHEST)  # fmt: skip
 
-        return diag
-    # "solve": L[I, J] = acc L[J, J]^{-T}; rows over every device, L[J, J] replicated
-    srow = NamedSharding(mesh, P((ROWS, COLS), None))
+        return jax.jit(solve, in_shardings=(srow, rep), out_shardings=srow)
+    # "diag" (L[J, J] = chol(acc) and its inverse) and "inverse" (of a stored L[J, J], in
+    # a resumed column). One process: on one device (the tile is small; the other devices
+    # would only repeat it), the inverse then replicated (on CPU devices as one shared host
+    # buffer, as the engine's tiles). Several processes: computed replicated.
+    fn = _diag if kind == "diag" else _inverse
+    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+        return jax.jit(lambda x, *a: fn(lax.with_sharding_constraint(x, rep), *a),
+                       out_shardings=rep)  # fmt: skip
+    one, single = mesh.devices.flat[0], jax.jit(fn)
 
-    def solve(acc: jax.Array, ljj: jax.Array) -> jax.Array:
-        acc = lax.with_sharding_constraint(acc, srow)
-        x = lax.linalg.triangular_solve(ljj, acc, left_side=False, lower=True,
-                                        transpose_a=True)  # fmt: skip
-        return lax.with_sharding_constraint(x, sc)
+    def on_one(x: jax.Array, *args: jax.Array) -> Any:
+        outs = single(jax.device_put(x, one), *args)
+        if kind == "inverse":
+            return _replicate(outs, rep)
+        low, inv, info, finite = outs
+        return low, _replicate(inv, rep), info, finite
 
-    return jax.jit(solve, in_shardings=(sc, rep), out_shardings=sc)
+    return on_one
+
+
+def _replicate(x: jax.Array, rep: NamedSharding) -> jax.Array:
+    """``x`` (on one device) on every device of ``rep``; on CPU devices one host buffer
+    that every device adopts (no copies)."""
+    if not replicas_shared(rep):
+        return jax.device_put(x, rep)
+    host = aligned_empty(x.shape, x.dtype)
+    host[...] = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, rep, lambda _: host)
 
 
 # --------------------------------------------------------------------------------- plans
@@ -179,12 +211,16 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
 
 
 def _tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
-    """Peak bytes of the tile plan: the GEMM steps (as matmul's, with K panels ``kw``
-    wide), the A tiles in flight, and the diagonal factor replicated for the solves (one
-    shared buffer on CPU)."""
+    """Peak bytes of the tile plan: the K panels of the steps in flight (``L[I, K]`` by
+    rows, ``L[J, K]`` replicated: one shared buffer on CPU, a copy per device and host
+    staging elsewhere), the A tiles in flight, the accumulator (updated in place), the
+    GEMM's product or the diagonal factor's two temporaries, a tile being written, and the
+    replicated inverse of the column's diagonal tile."""
     copies = 1 if replicas_shared(NamedSharding(mesh, P())) else mesh.devices.size
-    gemm = gemm_projected_bytes((t, t, kw), mesh, (itemsize,) * 3, prefetch, True)
-    return gemm + (prefetch + 1) * t * t * itemsize + copies * t * t * itemsize
+    panels = (prefetch + 1) * t * kw * (1 + copies)
+    staging = 0 if copies == 1 else prefetch * 2 * t * kw
+    tiles = (prefetch + 1 + 4 + copies) * t * t
+    return (panels + staging + tiles) * itemsize
 
 
 def _update_steps(nt: int, kt: int) -> int:
@@ -192,66 +228,81 @@ def _update_steps(nt: int, kt: int) -> int:
     return sum((nt - jj) * -(-jj // kt) for jj in range(nt))
 
 
-def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> tuple[Plan, int]:
+def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> Plan:
+    """Left-looking over lower tiles, column by column. The carry is ``(acc, inv)``: the
+    tile being updated and ``L[J, J]^-1`` of the current column (from its diagonal step,
+    or, when a resumed run skips that step, from the stored ``L[J, J]``)."""
     t, kt = tiling  # tiles of t x t; each GEMM step takes kt K tiles (kw = kt * t wide)
     kw = kt * t
-    kb = _kernel_block(t, s.mesh)
     nt = -(-s.n // t)
-    sc = NamedSharding(s.mesh, P(ROWS, COLS))
-    si = NamedSharding(s.mesh, P(ROWS, None))
-    sj = NamedSharding(s.mesh, P(COLS, None))
+    srow = NamedSharding(s.mesh, P((ROWS, COLS), None))
     rep = NamedSharding(s.mesh, P())
     steps: list[Step] = []
     for jj in range(nt):
+        have_inv = False  # whether the carry holds L[J, J]^-1 when the next solve runs
         for ii in range(jj, nt):
             key = s.resume.key(f"t{t}-{ii}-{jj}")
             skip = s.resume.done(key)
-            a_read = Read(s.src, _reg(ii, jj, t), (t, t), sc, s.dtype)
+            a_read = Read(s.src, _reg(ii, jj, t), (t, t), srow, s.dtype)
             for q, k0 in enumerate(range(0, jj * t, kw)):  # acc -= L[I, K] L[J, K]^T
                 k1 = min(k0 + kw, jj * t)  # L's finished columns only; the rest reads zero
-                li = Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), si, s.dtype)
-                reads = (li, Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), sj, s.dtype))
-                fn = _tile_kernel("update", q == 0, kb, s.mesh)
-                kern = (lambda _c, a, li, lj, fn=fn: (fn(a, li, lj), ())) if q == 0 else \
-                       (lambda c, li, lj, fn=fn: (fn(c, li, lj), ()))  # fmt: skip
+                li = Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), srow, s.dtype)
+                reads = (li, Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), rep, s.dtype))
+                fn = _tile_kernel("update", q == 0, s.mesh)
+                kern = (lambda c, a, li, lj, fn=fn: ((fn(a, li, lj), c[1]), ())) if q == 0 else \
+                       (lambda c, li, lj, fn=fn: ((fn(c[0], li, lj), c[1]), ()))  # fmt: skip
                 label = f"L[{ii},{jj}] -= L[{ii},{k0}:{k1}] L[{jj},{k0}:{k1}]^T"
                 steps.append(Step((a_read, *reads) if q == 0 else reads, kern, skip=skip,
                                   label=label))  # fmt: skip
             size = (min(t, s.n - ii * t), min(t, s.n - jj * t))
             write = Write(s.out, (ii * t, jj * t), size, record=key)
-            steps.append(_final_step(ii, jj, t, kb, s, a_read, write, skip, (rep, sc)))
+            from_a = jj == 0  # no update steps: the tile is A itself
+            if ii == jj:
+                steps.append(_diag_step(jj, t, s, a_read if from_a else None, write, skip))
+                have_inv = not skip
+            else:
+                ljj = None if have_inv else Read(s.out, _reg(jj, jj, t), (t, t), rep, s.dtype)
+                steps.append(_solve_step(ii, jj, s, a_read if from_a else None, ljj, write,
+                                         skip))  # fmt: skip
+                have_inv = have_inv or not skip
     proj = _tile_bytes(t, kw, s.dtype.itemsize, s.mesh, prefetch)
-    desc = f"out-of-core, {nt}x{nt} lower tiles of {t}, K panels of {kw}, kernel block {kb}"
-    return Plan("cholesky", steps, None, proj, proj, desc), kb
+    desc = f"out-of-core, {nt}x{nt} lower tiles of {t}, K panels of {kw}"
+    return Plan("cholesky", steps, lambda: (None, None), proj, proj, desc)
 
 
 def _reg(i: int, j: int, t: int) -> tuple[int, int, int, int]:
     return (i * t, (i + 1) * t, j * t, (j + 1) * t)
 
 
-def _final_step(ii: int, jj: int, t: int, kb: int, s: _Setup, a_read: Read, write: Write,
-                skip: bool, shardings: tuple) -> Step:  # fmt: skip
-    rep, _ = shardings
-    from_a = jj == 0  # no update steps: the tile is A itself
-    if ii == jj:
-        diag = _tile_kernel("diag", False, kb, s.mesh)
-        valid = jnp.int32(min(t, s.n - jj * t))
+def _diag_step(jj: int, t: int, s: _Setup, a_read: Read | None, write: Write,
+               skip: bool) -> Step:  # fmt: skip
+    """``L[J, J] = chol(acc)``; its inverse goes into the carry for the column's solves."""
+    diag = _tile_kernel("diag", False, s.mesh)
+    valid = jnp.int32(min(t, s.n - jj * t))
 
-        def kern(carry: Any, *tiles: jax.Array) -> tuple[None, tuple]:
-            return None, diag(tiles[0] if from_a else carry, valid)
+    def kern(carry: Any, *tiles: jax.Array) -> tuple[tuple, tuple]:
+        low, inv, info, finite = diag(tiles[0] if tiles else carry[0], valid)
+        return (None, inv), (low, info, finite)
 
-        return Step((a_read,) if from_a else (), kern, (write, Write(None), Write(None)),
-                    label=f"L[{jj},{jj}] = chol", skip=skip,
-                    check=functools.partial(_check_factor, kb=kb, offset=jj * t))  # fmt: skip
-    solve = _tile_kernel("solve", False, kb, s.mesh)
-    ljj = Read(s.out, _reg(jj, jj, t), (t, t), rep, s.dtype)
+    return Step((a_read,) if a_read is not None else (), kern, (write, Write(None), Write(None)),
+                label=f"L[{jj},{jj}] = chol", skip=skip,
+                check=functools.partial(_check_factor, kb=t, offset=jj * t))  # fmt: skip
 
-    def kern2(carry: Any, *tiles: jax.Array) -> tuple[None, tuple]:
-        acc, l_jj = (tiles[0], tiles[1]) if from_a else (carry, tiles[0])
-        return None, (solve(acc, l_jj),)
 
-    return Step((a_read, ljj) if from_a else (ljj,), kern2, (write,),
-                label=f"L[{ii},{jj}] = A L[{jj},{jj}]^-T", skip=skip)  # fmt: skip
+def _solve_step(ii: int, jj: int, s: _Setup, a_read: Read | None, ljj: Read | None,
+                write: Write, skip: bool) -> Step:  # fmt: skip
+    """``L[I, J] = acc L[J, J]^-T``: a GEMM with the inverse in the carry, or, when this
+    run skipped the column's diagonal step, with the inverse of the stored ``L[J, J]``."""
+    solve = _tile_kernel("solve", False, s.mesh)
+    inverse = _tile_kernel("inverse", False, s.mesh)
+    reads = tuple(r for r in (a_read, ljj) if r is not None)
+
+    def kern(carry: Any, *tiles: jax.Array) -> tuple[tuple, tuple]:
+        acc = tiles[0] if a_read is not None else carry[0]
+        inv = inverse(tiles[-1]) if ljj is not None else carry[1]
+        return (None, inv), (solve(acc, inv),)
+
+    return Step(reads, kern, (write,), label=f"L[{ii},{jj}] = A L[{jj},{jj}]^-T", skip=skip)
 
 
 # ---------------------------------------------------------------------------------- op
@@ -283,7 +334,7 @@ class Cholesky(Op):
         a = problem.data
         out_block = targets["L"] or problem.outputs[0].block_shape or (min(n, 1024),)
         granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1, out_block[0])
-        unit = math.lcm(granule, math.lcm(mesh.shape[ROWS], mesh.shape[COLS]))
+        unit = math.lcm(granule, mesh.devices.size)  # tiles are sharded by rows over all
         for t in range(unit, round_up(n, unit) + unit, unit):
             nt = -(-n // t)
             for kt in range(1, max(nt - 1, 1) + 1):  # fewest steps first, then least memory
@@ -299,7 +350,7 @@ class Cholesky(Op):
                        targets["L"], resume)  # fmt: skip
         if tiling is None:
             return _incore_plan(setup)[0]
-        return _outofcore_plan(setup, tiling, prefetch)[0]
+        return _outofcore_plan(setup, tiling, prefetch)
 
 
 def cholesky(
