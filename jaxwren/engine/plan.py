@@ -90,6 +90,9 @@ class Plan:
       projected_bytes: peak bytes held on the devices and in host staging.
       min_budget: the smallest budget for which this operation can build a plan.
       tiles: a human description of the tiling, for messages and logs.
+      write_behind: bytes of finished output that ``projected_bytes`` allows in flight to
+        the store even without prefetch (one output queued, writes up to this many bytes
+        in progress); 0: without prefetch each output is stored before the next step.
     """
 
     name: str
@@ -98,6 +101,7 @@ class Plan:
     projected_bytes: int
     min_budget: int
     tiles: str = ""
+    write_behind: int = 0
 
     def check(self, budget: int) -> None:
         """Refuses the plan when it needs more than ``budget`` bytes."""

@@ -184,7 +184,8 @@ def execute(
       plan: the plan.
       budget: bytes the run may hold; a plan projected over it is refused before it runs.
       prefetch: how many steps' reads are in flight ahead of the step computing; 0 also
-        stores each output tile before the next step (no write-behind).
+        stores each output tile before the next step (no write-behind) unless the plan's
+        projection allows some (``Plan.write_behind``).
       progress: show a progress bar (None: when stderr is a terminal).
       write_bytes: bytes of finished output in flight to the store (default: budget / 4).
 
@@ -210,7 +211,8 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
     log.info("%s: %d steps (%d already stored), %s", plan.name, len(steps),
              stats.steps_skipped, plan.tiles)  # fmt: skip
     carry = plan.init() if plan.init is not None else None
-    writer = _Writer(write_bytes or max(budget // 4, 1), stats, behind=prefetch > 0)
+    window = max(budget // 4, 1) if prefetch > 0 else plan.write_behind
+    writer = _Writer(write_bytes or window, stats, behind=prefetch > 0 or plan.write_behind > 0)
     returned: list[jax.Array] = []
     bar = _progress(len(steps), plan.name, progress)
 

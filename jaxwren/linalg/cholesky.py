@@ -151,7 +151,10 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     one, single = mesh.devices.flat[0], jax.jit(fn)
 
     def on_one(x: jax.Array, *args: jax.Array) -> Any:
-        outs = single(jax.device_put(x, one), *args)
+        x1 = jax.device_put(x, one)
+        if kind == "diag":
+            x.delete()  # the accumulator (or A tile) is not used again: free it now
+        outs = single(x1, *args)
         if kind == "inverse":
             return _replicate(outs, rep)
         low, inv, info, finite = outs
@@ -213,13 +216,15 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
 def _tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
     """Peak bytes of the tile plan: the K panels of the steps in flight (``L[I, K]`` by
     rows, ``L[J, K]`` replicated: one shared buffer on CPU, a copy per device and host
-    staging elsewhere), the A tiles in flight, the accumulator (updated in place), the
-    GEMM's product or the diagonal factor's two temporaries, a tile being written, and the
-    replicated inverse of the column's diagonal tile."""
+    staging elsewhere) and, in tiles, the A tiles in flight, the accumulator (updated in
+    place) with the GEMM's product (or the diagonal step's gathered tile, factor, inverse
+    and its host copy, after the accumulator is freed), two finished tiles on their way to
+    the store (write-behind, also without prefetch) and the replicated inverse of the
+    column's diagonal tile."""
     copies = 1 if replicas_shared(NamedSharding(mesh, P())) else mesh.devices.size
     panels = (prefetch + 1) * t * kw * (1 + copies)
     staging = 0 if copies == 1 else prefetch * 2 * t * kw
-    tiles = (prefetch + 1 + 4 + copies) * t * t
+    tiles = (prefetch + 1 + 2 + 2 + copies) * t * t
     return (panels + staging + tiles) * itemsize
 
 
@@ -267,7 +272,8 @@ def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> Plan:
                 have_inv = have_inv or not skip
     proj = _tile_bytes(t, kw, s.dtype.itemsize, s.mesh, prefetch)
     desc = f"out-of-core, {nt}x{nt} lower tiles of {t}, K panels of {kw}"
-    return Plan("cholesky", steps, lambda: (None, None), proj, proj, desc)
+    return Plan("cholesky", steps, lambda: (None, None), proj, proj, desc,
+                write_behind=t * t * s.dtype.itemsize)  # fmt: skip
 
 
 def _reg(i: int, j: int, t: int) -> tuple[int, int, int, int]:
