@@ -171,9 +171,21 @@ def test_out_of_core_takes_several_k_tiles_per_step(caplog):
     t, kw = map(int, re.search(r"tiles of (\d+), K panels of (\d+)", caplog.text).groups())
     nt, kt = -(-96 // t), kw // t
     assert kt > 1  # each GEMM step takes several K tiles: fewer steps than one per tile
-    gemms = sum((nt - j) * -(-j // kt) for j in range(nt))
+    widths = [w for w in range(kt, 0, -1) if w == kt or w & (w - 1) == 0]  # kt, 2^i < kt
+
+    def chunks(j: int) -> int:  # greedy: no step multiplies zero padding
+        count = 0
+        while j:
+            j -= next(w for w in widths if w <= j)
+            count += 1
+        return count
+
+    gemms = sum((nt - j) * chunks(j) for j in range(nt))
     assert got.stats.steps_run == gemms + nt * (nt + 1) // 2
     assert gemms < sum((nt - j) * j for j in range(nt))
+    l_reads = sum((nt - j) * 2 * t * j * t for j in range(nt)) * 8
+    a_reads = sum((nt - j) * t * t for j in range(nt)) * 8
+    assert got.stats.bytes_read == l_reads + a_reads  # K panels read unpadded
 
 
 def test_resume_after_kill(tmp_path):

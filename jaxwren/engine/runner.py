@@ -239,9 +239,15 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                         return True
         return False
 
+    multi = jax.process_count() > 1
+
     def issue(k: int) -> None:
         for r in steps[k].reads:
             writer.before_read(r.source, r.region)
+        if multi and depends(k, 0):
+            # this step reads what earlier steps wrote, and other processes wrote their
+            # shards of it: each waited for its own writes just now; meet before reading
+            multihost.sync(f"{plan.name}: reads of step {k}")
         tiles = [start_tile(r.source, r.region, r.sharding, r.shape, r.dtype, share_replicas=True)
                  for r in steps[k].reads]  # fmt: skip
         stats.bytes_read += sum(t.nbytes for t in tiles)

@@ -228,9 +228,22 @@ def _tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> in
     return (panels + staging + tiles) * itemsize
 
 
+def _k_chunks(jj: int, kt: int) -> list[int]:
+    """Widths (in tiles) of the GEMM steps of a tile in column ``jj``: greedily the widest
+    of ``kt`` and the powers of two below it, so no step multiplies zero padding and at
+    most ``1 + log2(kt)`` widths are compiled."""
+    widths = sorted({kt} | {1 << i for i in range(kt.bit_length()) if 1 << i < kt}, reverse=True)
+    chunks, left = [], jj
+    while left:
+        w = next(w for w in widths if w <= left)
+        chunks.append(w)
+        left -= w
+    return chunks
+
+
 def _update_steps(nt: int, kt: int) -> int:
-    """GEMM steps of the tile plan: tile ``(I, J)`` takes ``ceil(J / kt)`` of them."""
-    return sum((nt - jj) * -(-jj // kt) for jj in range(nt))
+    """GEMM steps of the tile plan."""
+    return sum((nt - jj) * len(_k_chunks(jj, kt)) for jj in range(nt))
 
 
 def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> Plan:
@@ -249,16 +262,18 @@ def _outofcore_plan(s: _Setup, tiling: tuple[int, int], prefetch: int) -> Plan:
             key = s.resume.key(f"t{t}-{ii}-{jj}")
             skip = s.resume.done(key)
             a_read = Read(s.src, _reg(ii, jj, t), (t, t), srow, s.dtype)
-            for q, k0 in enumerate(range(0, jj * t, kw)):  # acc -= L[I, K] L[J, K]^T
-                k1 = min(k0 + kw, jj * t)  # L's finished columns only; the rest reads zero
-                li = Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kw), srow, s.dtype)
-                reads = (li, Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kw), rep, s.dtype))
+            k0 = 0
+            for q, width in enumerate(_k_chunks(jj, kt)):  # acc -= L[I, K] L[J, K]^T
+                k1, kwq = k0 + width * t, width * t
+                li = Read(s.out, (ii * t, ii * t + t, k0, k1), (t, kwq), srow, s.dtype)
+                reads = (li, Read(s.out, (jj * t, jj * t + t, k0, k1), (t, kwq), rep, s.dtype))
                 fn = _tile_kernel("update", q == 0, s.mesh)
                 kern = (lambda c, a, li, lj, fn=fn: ((fn(a, li, lj), c[1]), ())) if q == 0 else \
                        (lambda c, li, lj, fn=fn: ((fn(c[0], li, lj), c[1]), ()))  # fmt: skip
                 label = f"L[{ii},{jj}] -= L[{ii},{k0}:{k1}] L[{jj},{k0}:{k1}]^T"
                 steps.append(Step((a_read, *reads) if q == 0 else reads, kern, skip=skip,
                                   label=label))  # fmt: skip
+                k0 = k1
             size = (min(t, s.n - ii * t), min(t, s.n - jj * t))
             write = Write(s.out, (ii * t, jj * t), size, record=key)
             from_a = jj == 0  # no update steps: the tile is A itself
