@@ -58,8 +58,14 @@ class Format:
     def op(self) -> str:
         return f"from_{self.name}"
 
-    def column_names(self, data: bytes, part: Part) -> list[str]:
-        """The part's column names, from its header line or Parquet footer."""
+    def open(self, data: bytes, part: Part) -> Any:
+        """What :meth:`column_names` and :meth:`parse` take: the bytes of a CSV part, or
+        a Parquet part with its footer read once."""
+        return self._parquet(data, part) if self.name == "parquet" else data
+
+    def column_names(self, data: Any, part: Part) -> list[str]:
+        """The part's column names, from its header line or Parquet footer (``data``:
+        the part's bytes or :meth:`open`'s result)."""
         if self.name == "parquet":
             return list(self._parquet(data, part).schema_arrow.names)
         end = data.find(b"\n")
@@ -75,8 +81,9 @@ class Format:
             return self._csv(first, part, None).column_names
         return fields if self.header else [f"f{i}" for i in range(len(fields))]
 
-    def parse(self, data: bytes, part: Part, names: list[str]) -> pa.Table:
-        """The columns ``names`` of a part, in that order."""
+    def parse(self, data: Any, part: Part, names: list[str]) -> pa.Table:
+        """The columns ``names`` of a part, in that order (``data``: as
+        :meth:`column_names`)."""
         if self.name == "parquet":
             return self._parquet(data, part).read(columns=names, use_threads=True)
         return self._csv(data, part, names)
@@ -113,7 +120,9 @@ class Format:
                 ) from None
             raise TableParseError(f"{self.op}: cannot parse the part {part.url}: {msg}") from None
 
-    def _parquet(self, data: bytes, part: Part) -> pq.ParquetFile:
+    def _parquet(self, data: Any, part: Part) -> pq.ParquetFile:
+        if isinstance(data, pq.ParquetFile):
+            return data
         try:
             return pq.ParquetFile(pa.BufferReader(data))
         except (pa.ArrowInvalid, OSError) as e:

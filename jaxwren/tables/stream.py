@@ -151,19 +151,22 @@ class TableStream:
         if pos == 0:
             try:
                 got, nbytes = self._read(part, read)
-                self._first_columns(self.fmt.column_names(got.data, part), part)
+                source = self.fmt.open(got.data, part)
+                self._first_columns(self.fmt.column_names(source, part), part)
             finally:  # the later parts' jobs wait for this, even when it failed
                 self._named.set()
         else:
             got, nbytes = self._read(part, read)
-            names = self.fmt.column_names(got.data, part)
+            source = self.fmt.open(got.data, part)
+            names = self.fmt.column_names(source, part)
             self._named.wait()
             if not self.selected:
                 raise _FirstPartError
             self._same_columns(names, part)
-        table = self.fmt.parse(got.data, part, self.selected)
         generation = got.generation
         del got
+        table = self.fmt.parse(source, part, self.selected)
+        del source
         self._grow(table.nbytes, sized=True)  # a part in flight may hold its table
         if convert:
             return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
