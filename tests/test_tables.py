@@ -224,6 +224,20 @@ def test_non_finite_row_is_counted_across_blocks_and_overwrite_keeps_the_old_mat
     np.testing.assert_array_equal(jw.BigMatrix.open(old.url).numpy(), np.ones((3, 3)))
 
 
+def test_a_failing_create_is_the_error_raised(monkeypatch):
+    # the matrix is created on a helper thread while the first blocks are converted
+    from jaxwren.tables import ingest
+
+    def refuse(*args, **kwargs):
+        raise jw.StorageError("create failed")
+
+    monkeypatch.setattr(ingest.BigMatrix, "create", refuse)
+    parts = put(mem("parts"), {f"p{i}.csv": csv_bytes(parts_data([9])[0]) for i in range(3)})
+    with pytest.raises(jw.StorageError, match="create failed"):
+        jw.from_csv(f"{parts}/p*.csv", mem("out"), block_shape=(2, 3))
+    assert keys_under(mem("out"), None) == []
+
+
 def test_float_into_int_and_dup_columns_and_bad_arguments():
     parts = put(mem("p"), {"p.csv": b"a,b\n1.5,2\n"})
     with pytest.raises(jw.DTypeMismatchError, match="holds floating-point numbers"):

@@ -11,6 +11,7 @@ and the whole first part. A later error removes exactly the matrix this call cre
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 from typing import Any
@@ -175,15 +176,16 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
         del part, table
         n_cols = first.shape[1]
         block_shape = block_shape or default_block_shape(n_cols, dt)
-        matrix = BigMatrix.create(url, (PROVISIONAL_ROWS, n_cols), block_shape, dt,
-                                  storage=config, overwrite=overwrite)  # fmt: skip
+        created = _create_async(url, (PROVISIONAL_ROWS, n_cols), block_shape, dt, config,
+                                overwrite)  # fmt: skip
     except BaseException:
         stream.close()
         raise
     try:
-        array = backend.open_array(matrix.location, config)
         with translate_errors(op, out), Window(window) as w:
-            writer = RowWriter(array, block_shape[0], w)
+            # the blocks are converted while the matrix is being created; the first
+            # write waits for it
+            writer = RowWriter(lambda: created.result()[1], block_shape[0], n_cols, dt, w)
             writer.add_rows(first)
             del first
             for part, table in tables:
@@ -191,12 +193,32 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
             writer.finish()  # the last, ragged block row, in flight with the others
             check = stream.start_check()  # the parts' re-check overlaps the writes
         stream.check_unchanged(check)
+        matrix, array = created.result()
         return _finish(matrix, array, writer.total, op)
     except BaseException:
         stream.close()
         with contextlib.suppress(Exception):  # the first error is the one to raise
-            matrix.destroy()
+            created.result()[0].destroy()  # (once created: nothing when creating failed)
         raise
+
+
+def _create_async(url: Any, shape: tuple[int, int], block_shape: tuple[int, int],
+                  dt: np.dtype, config: StorageConfig, overwrite: bool
+                  ) -> concurrent.futures.Future[tuple[BigMatrix, Any]]:  # fmt: skip
+    """``BigMatrix.create`` and a TensorStore handle on the new matrix, on a helper
+    thread (its header and generation token writes overlap the conversion of the
+    first blocks)."""
+
+    def create() -> tuple[BigMatrix, Any]:
+        matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config,
+                                  overwrite=overwrite)  # fmt: skip
+        return matrix, backend.open_array(matrix.location, config)
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-create")
+    try:
+        return pool.submit(create)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _finish(matrix: BigMatrix, array: Any, rows: int, op: str) -> BigMatrix:

@@ -34,14 +34,14 @@ def _block_buffer(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
 
 
 class RowWriter:
-    """Writes appended rows into ``array`` (the matrix's TensorStore, ``block_rows`` tall
-    blocks) through ``window`` (bounded bytes in flight)."""
+    """Writes appended rows into the matrix's TensorStore (``block_rows`` tall blocks of
+    ``dtype``, ``cols`` columns) through ``window`` (bounded bytes in flight).
+    ``array_of()`` gives the TensorStore; it is first called for the first write."""
 
-    def __init__(self, array: ts.TensorStore, block_rows: int, window: Window) -> None:
-        self.array, self.window = array, window
-        self.block_rows = block_rows
-        self.dtype = np.dtype(array.dtype.numpy_dtype)
-        self.cols = array.shape[1]
+    def __init__(self, array_of: Callable[[], ts.TensorStore], block_rows: int, cols: int,
+                 dtype: np.dtype, window: Window) -> None:  # fmt: skip
+        self.array_of, self.window = array_of, window
+        self.block_rows, self.cols, self.dtype = block_rows, cols, dtype
         self.rows = 0  # rows written (whole block rows only)
         self._buf: np.ndarray | None = None  # the block row being filled
         self._filled = 0
@@ -82,7 +82,7 @@ class RowWriter:
                 self._buf, self._filled = None, 0
 
     def _write(self, rows: np.ndarray) -> None:
-        region = self.array[self.rows : self.rows + len(rows), :]
+        region = self.array_of()[self.rows : self.rows + len(rows), :]
         self.window.submit(
             lambda: region.write(rows, can_reference_source_data_indefinitely=True), rows.nbytes
         )
