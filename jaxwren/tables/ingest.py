@@ -181,6 +181,7 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
     except BaseException:
         stream.close()
         raise
+    writer: RowWriter | None = None
     try:
         with translate_errors(op, out), Window(window) as w:
             # the blocks are converted while the matrix is being created; the first
@@ -188,15 +189,22 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
             writer = RowWriter(lambda: created.result()[1], block_shape[0], n_cols, dt, w)
             writer.add_rows(first)
             del first
-            for part, table in tables:
-                writer.add_table(part, table, op=op)
+            try:
+                for part, table in tables:
+                    writer.add_table(part, table, op=op)
+            except Exception:
+                writer.raise_pending()  # an earlier part's conversion error comes first
+                raise
             writer.finish()  # the last, ragged block row, in flight with the others
             check = stream.start_check()  # the parts' re-check overlaps the writes
+        writer.close()
         stream.check_unchanged(check)
         matrix, array = created.result()
         return _finish(matrix, array, writer.total, op)
     except BaseException:
         stream.close()
+        if writer is not None:
+            writer.close()
         with contextlib.suppress(Exception):  # the first error is the one to raise
             created.result()[0].destroy()  # (once created: nothing when creating failed)
         raise
