@@ -203,6 +203,14 @@ def test_errors_follow_part_order_with_parts_in_flight():
         with pytest.raises(jw.NonFiniteError, match=r"part-003\.csv, row 2, column 'hour'"):
             jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
         assert keys_under(out, None) == []
+    # two conversion errors: the earlier part's
+    files["part-004.csv"] = good
+    files["part-005.csv"] = b"fare,dist,hour\n1e39,2,3\n"
+    parts = put(mem("parts"), files)
+    for _ in range(3):
+        with pytest.raises(jw.NonFiniteError, match=r"part-003\.csv, row 2, column 'hour'"):
+            jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
+        assert keys_under(out, None) == []
     # a first part that fails before its columns are known stops the parts behind it
     files["part-000.csv"] = b""
     parts = put(mem("parts"), files)

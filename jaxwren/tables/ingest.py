@@ -189,12 +189,16 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
             writer = RowWriter(lambda: created.result()[1], block_shape[0], n_cols, dt, w)
             writer.add_rows(first)
             del first
-            try:
-                for part, table in tables:
-                    writer.add_table(part, table, op=op)
-            except Exception:
-                writer.raise_pending()  # an earlier part's conversion error comes first
-                raise
+            while True:
+                try:
+                    item = next(tables, None)
+                except Exception:  # a part's error: an earlier part's conversion error
+                    writer.raise_pending()  # comes first
+                    raise
+                if item is None:
+                    break
+                writer.add_table(*item, op=op)
+                del item
             writer.finish()  # the last, ragged block row, in flight with the others
             check = stream.start_check()  # the parts' re-check overlaps the writes
         writer.close()
