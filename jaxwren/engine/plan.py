@@ -69,6 +69,9 @@ class Step:
       skip: the step's effect is already stored (resume) and it need not run.
       check: called with the kernel's outputs before any is written; raises to stop the
         run (e.g. a failed factorisation) so that nothing wrong is stored.
+      warm: compiles the kernel ahead of time (e.g. ``jitted.lower(spec).compile()``); the
+        runner calls it on a background thread when the run starts, so that a first call
+        compiles while its reads are in flight, and waits for it before the kernel runs.
     """
 
     reads: tuple[Read, ...]
@@ -77,6 +80,7 @@ class Step:
     label: str = ""
     skip: bool = False
     check: Callable[[tuple[jax.Array, ...]], None] | None = None
+    warm: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ steps are copied off the devices and written, shard by shard, under a byte windo
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import sys
 import time
@@ -160,6 +161,18 @@ def _host_pieces(out: np.ndarray, write: Write) -> list[tuple[int, int, np.ndarr
     return pieces
 
 
+def _start_warm(steps: list[Any]) -> dict[int, concurrent.futures.Future[Any]]:
+    """Starts the steps' ahead-of-time compiles on a background thread (XLA compiles
+    without the GIL, so a first call compiles while its reads are in flight)."""
+    warm = [(i, s.warm) for i, s in enumerate(steps) if s.warm is not None]
+    if not warm:
+        return {}
+    pool = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-warm")
+    futures = {i: pool.submit(fn) for i, fn in warm}
+    pool.shutdown(wait=False)  # the thread ends once the compiles are done
+    return futures
+
+
 def _progress(total: int, label: str, enabled: bool | None) -> Any:
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -253,6 +266,7 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
         stats.bytes_read += sum(t.nbytes for t in tiles)
         issued[k] = tiles
 
+    warming = _start_warm(steps)
     for i, step in enumerate(steps):
         # prefetch: reads of the next steps go out now unless they read this plan's own
         # output that earlier, not yet computed steps will write (then they wait)
@@ -262,6 +276,8 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                     break
                 issue(k)
         arrays = [t.result() for t in issued.pop(i)]
+        if i in warming:
+            warming.pop(i).result()
         carry, outs = step.kernel(carry, *arrays)
         if pace:
             jax.block_until_ready((carry, outs))

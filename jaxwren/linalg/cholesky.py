@@ -197,17 +197,21 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
     write = Write(s.out, (0, 0), (s.n, s.n), lower=True)
     if isinstance(s.src, jax.Array):  # on accelerators: permuted on the devices
         read = Read(s.src, (0, s.n, 0, s.n), (n_pad, n_pad), sharding, s.dtype)
-        factor = _factor
+        factor, warm = _factor, None
     else:  # read from the host (store or memory) straight into the cyclic layout
         src = CyclicSource(s.src, kb, s.mesh)
         read = Read(src, (0, n_pad, 0, n_pad), (n_pad, n_pad), sharding, s.dtype)
         factor = functools.partial(_factor_cyclic, src=src, stored=s.out is not None)
+        spec = jax.ShapeDtypeStruct((n_pad, n_pad), s.dtype, sharding=sharding)
+        # compiled while A is read (the kernel takes exactly this input)
+        warm = functools.partial(ck.compile_ahead, s.n, spec, kb, s.mesh)
     step = Step(
         reads=(read,),
         kernel=lambda _carry, x: (None, factor(x, s.n, kb, s.mesh)),
         writes=(write, Write(None), Write(None)),
         label="factor",
         check=functools.partial(_check_factor, kb=kb),
+        warm=warm,
     )
     proj = _incore_bytes(s.n, s.dtype.itemsize, s.mesh)
     return Plan("cholesky", [step], None, proj, proj, f"in-core, kernel block {kb}"), kb
