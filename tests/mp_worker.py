@@ -45,6 +45,16 @@ def main(root: str) -> None:
     for budget in (None, 15_000):  # in-core; out-of-core (5x5 tiles, several K widths)
         low = jw.cholesky(S, f"{root}/l{budget}", memory_budget=budget)
         np.testing.assert_allclose(low.numpy(), ref, rtol=1e-9, atol=1e-10)
+    # out-of-core, every finished tile is gathered and stored whole by one process (no
+    # chunk written in parts by two processes: not atomic on S3)
+    from jaxwren.config import RunSpec
+    from jaxwren.engine.run import run
+    from jaxwren.linalg.cholesky import Cholesky
+
+    res = run(Cholesky(), (S,), f"{root}/l-whole", RunSpec(memory_budget=15_000))
+    np.testing.assert_allclose(res.value.numpy(), ref, rtol=1e-9, atol=1e-10)
+    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written]))
+    assert written.ravel()[0] > 0 and written.ravel()[1] == 0, written
     x = jw.cho_solve(jw.BigMatrix.open(f"{root}/lNone"), np.ones((37, 8)))
     np.testing.assert_allclose(gather(x), np.linalg.solve(s, np.ones((37, 8))), rtol=1e-8)
 

@@ -123,6 +123,10 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     more than the GEMMs at these sizes). ``valid`` is traced: one compile per plan."""
     srow = NamedSharding(mesh, P((ROWS, COLS), None))
     rep = NamedSharding(mesh, P())
+    # several processes: a finished tile is gathered and stored whole by one process (a
+    # chunk written in parts by two processes relies on a conditional read-modify-write
+    # that S3 does not make atomic)
+    multi = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
 
     def update(acc: jax.Array, li: jax.Array, lj: jax.Array) -> jax.Array:
         return acc - lax.dot_general(li, lj, (((1,), (1,)), ((), ())),
@@ -139,13 +143,13 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
             return lax.dot_general(acc, inv, (((1,), (1,)), ((), ())),
                                    precision=lax.Precision.HIGHEST)  # fmt: skip
 
-        return jax.jit(solve, in_shardings=(srow, rep), out_shardings=srow)
+        return jax.jit(solve, in_shardings=(srow, rep), out_shardings=rep if multi else srow)
     # "diag" (L[J, J] = chol(acc) and its inverse) and "inverse" (of a stored L[J, J], in
     # a resumed column). One process: on one device (the tile is small; the other devices
     # would only repeat it), the inverse then replicated (on CPU devices as one shared host
     # buffer, as the engine's tiles). Several processes: computed replicated.
     fn = _diag if kind == "diag" else _inverse
-    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+    if multi:
         return jax.jit(lambda x, *a: fn(lax.with_sharding_constraint(x, rep), *a),
                        out_shardings=rep)  # fmt: skip
     one, single = mesh.devices.flat[0], jax.jit(fn)
