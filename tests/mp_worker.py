@@ -18,6 +18,11 @@ distributed.initialize()
 import jax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
+from jaxwren.config import RunSpec  # noqa: E402
+from jaxwren.engine.run import run  # noqa: E402
+from jaxwren.linalg.cholesky import Cholesky  # noqa: E402
+from jaxwren.linalg.matmul import Matmul  # noqa: E402
+
 
 def gather(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -40,6 +45,15 @@ def main(root: str) -> None:
     c2 = jw.matmul(A, B, f"{root}/c2", memory_budget=20_000)  # out-of-core
     np.testing.assert_allclose(c2.numpy(), a @ b, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(gather(jw.matmul(A, B)), a @ b, rtol=1e-10, atol=1e-10)
+    # save: shards of 37 rows over 2 processes cut the 8-row blocks -> written whole
+    saved = jw.save(jw.matmul(A, B), f"{root}/c-saved", (8, 8))
+    np.testing.assert_allclose(saved.numpy(), a @ b, rtol=1e-10, atol=1e-10)
+    # C's row shards split its 8-row blocks between the processes: C is gathered and
+    # written whole by process 0 (parts of one block from two processes: not atomic on S3)
+    res = run(Matmul(), (A, B), f"{root}/c-whole", RunSpec())
+    np.testing.assert_allclose(res.value.numpy(), a @ b, rtol=1e-10, atol=1e-10)
+    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written])).ravel()
+    assert written[0] == 37 * 23 * 8 and written[1] == 0, written
 
     ref = np.linalg.cholesky(s)
     for budget in (None, 15_000):  # in-core; out-of-core (5x5 tiles, several K widths)
@@ -47,14 +61,10 @@ def main(root: str) -> None:
         np.testing.assert_allclose(low.numpy(), ref, rtol=1e-9, atol=1e-10)
     # out-of-core, every finished tile is gathered and stored whole by one process (no
     # chunk written in parts by two processes: not atomic on S3)
-    from jaxwren.config import RunSpec
-    from jaxwren.engine.run import run
-    from jaxwren.linalg.cholesky import Cholesky
-
     res = run(Cholesky(), (S,), f"{root}/l-whole", RunSpec(memory_budget=15_000))
     np.testing.assert_allclose(res.value.numpy(), ref, rtol=1e-9, atol=1e-10)
-    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written]))
-    assert written.ravel()[0] > 0 and written.ravel()[1] == 0, written
+    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written])).ravel()
+    assert written[0] > 0 and written[1] == 0, written
     x = jw.cho_solve(jw.BigMatrix.open(f"{root}/lNone"), np.ones((37, 8)))
     np.testing.assert_allclose(gather(x), np.linalg.solve(s, np.ones((37, 8))), rtol=1e-8)
 

@@ -21,7 +21,7 @@ from jaxwren.compile_cache import CompileCounter
 from jaxwren.engine.lapack_threads import single_threaded_blas
 from jaxwren.engine.plan import Plan, Write
 from jaxwren.sharding import multihost
-from jaxwren.sharding.tiles import PendingTile, shard_bounds, start_tile
+from jaxwren.sharding.tiles import PendingTile, shard_bounds, splits_blocks, start_tile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.window import Futures, Window
 
@@ -78,6 +78,13 @@ class _Writer:
         self._behind = behind  # False: each tile is stored before the next step runs
 
     def submit(self, out: jax.Array | np.ndarray, write: Write) -> None:
+        spans = isinstance(out, jax.Array) and not out.is_fully_addressable
+        if spans and splits_blocks(out, write.target, write.origin, write.size):  # type: ignore[arg-type]
+            # shards of other processes share a stored block with this process's: gathered
+            # and written whole by process 0 (a block written in parts by two processes
+            # relies on a conditional read-modify-write that S3 does not make atomic). Every
+            # process submits the same outputs in the same order: the gather is collective.
+            out = multihost.to_host(out)
         if isinstance(out, jax.Array):
             out.copy_to_host_async()
         self._queue.append((out, write))
@@ -98,7 +105,8 @@ class _Writer:
         r0, c0 = write.origin
         target = write.target
         if isinstance(out, np.ndarray):  # a host result: whole chunks, one write per row
-            pieces = _host_pieces(out[:h, :w], write)
+            # (several processes hold the same host result: process 0 writes it)
+            pieces = _host_pieces(out[:h, :w], write) if jax.process_index() == 0 else []
         else:
             pieces = []
             for shard in out.addressable_shards:

@@ -18,7 +18,7 @@ from jaxwren.dtypes import check_representable
 from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchError
 from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
-from jaxwren.sharding.tiles import shard_bounds, start_tile
+from jaxwren.sharding.tiles import shard_bounds, splits_blocks, start_tile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.ingest import from_numpy
@@ -122,7 +122,15 @@ def write_shards(
     budget_bytes: int = DEFAULT_IO_BYTES,
 ) -> None:
     """Writes the addressable shards of ``x`` with ``replica_id == 0`` into ``matrix`` at
-    ``offset``; each distinct shard is written once, writes overlap under the budget."""
+    ``offset``; each distinct shard is written once, writes overlap under the budget. In
+    a multi-process run whose shards cut stored blocks, ``x`` is gathered and process 0
+    writes it whole (every process calls this: the gather is collective)."""
+    if not x.is_fully_addressable and splits_blocks(x, matrix, offset):
+        host = multihost.to_host(x)
+        if jax.process_index() == 0:
+            with translate_errors("save", matrix.location):
+                matrix.write_region_async(offset[0], offset[1], host).result()
+        return
     with translate_errors("save", matrix.location), Window(budget_bytes) as window:
         for shard in x.addressable_shards:
             if shard.replica_id != 0:
@@ -150,7 +158,8 @@ def save(
 
     Args:
       x: the array. A sharded jax.Array is written shard by shard from the devices that
-        hold it; in a multi-process run each process writes only its own shards.
+        hold it; in a multi-process run each process writes only its own shards, unless
+        they cut stored blocks (then process 0 gathers and writes the whole array).
       url: a storage URL, or an existing BigMatrix of the same shape and dtype.
       block_shape: the block shape of a new matrix (required with a URL).
       storage: StorageConfig for a URL.

@@ -20,7 +20,15 @@ from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import aligned_empty
 from jaxwren.storage.window import Futures, Window
 
-__all__ = ["Source", "ArraySource", "as_source", "PendingTile", "start_tile", "shard_bounds"]
+__all__ = [
+    "Source",
+    "ArraySource",
+    "as_source",
+    "PendingTile",
+    "start_tile",
+    "shard_bounds",
+    "splits_blocks",
+]
 
 
 class Source(Protocol):
@@ -98,6 +106,29 @@ def shard_bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int,
     """``(r0, r1, c0, c1)`` of a device index (tuple of slices) into ``shape``."""
     (r0, r1, _), (c0, c1, _) = (s.indices(d) for s, d in zip(index, shape, strict=True))
     return r0, r1, c0, c1
+
+
+def splits_blocks(x: jax.Array, target: Any, origin: tuple[int, int] = (0, 0),
+                  size: tuple[int, int] | None = None) -> bool:  # fmt: skip
+    """Whether some shard of ``x`` (any process's), written into ``target`` at ``origin``
+    (keeping its top-left ``size``), covers only part of a stored block. In a
+    multi-process run such a block would be written in parts by two processes, which
+    relies on a conditional read-modify-write that S3 does not make atomic."""
+    blocks = getattr(target, "block_shape", None)
+    if blocks is None:
+        return False
+    h, w = size if size is not None else x.shape
+    (r0, c0), end = origin, target.shape
+    for index in x.sharding.devices_indices_map(x.shape).values():
+        a0, a1, b0, b1 = shard_bounds(index, x.shape)
+        a1, b1 = min(a1, h), min(b1, w)
+        if a1 <= a0 or b1 <= b0:
+            continue
+        for lo, hi, blk, stop in ((r0 + a0, r0 + a1, blocks[0], end[0]),
+                                  (c0 + b0, c0 + b1, blocks[1], end[1])):  # fmt: skip
+            if lo % blk or (hi % blk and hi != stop):
+                return True
+    return False
 
 
 @dataclasses.dataclass
