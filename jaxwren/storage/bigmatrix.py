@@ -362,16 +362,24 @@ class BigMatrix(StoredState):
             data.result()
         return out
 
-    def write_region_async(self, r0: int, c0: int, data: np.ndarray) -> ts.WriteFutures:
+    def write_region_async(self, r0: int, c0: int, data: np.ndarray, *,
+                           handover: bool = False) -> ts.WriteFutures:  # fmt: skip
         """Starts writing ``data`` at ``(r0, c0)``; wait on ``.commit`` for durability.
 
         The low-level write: it neither checks freshness nor replaces the generation
         token. Callers do both once per call or run (the engine and
         :func:`~jaxwren.storage.ingest.write_blocks` through :meth:`begin_write` or
         :meth:`new_generation`); single writes use :meth:`write_region` / :meth:`put_block`.
+        ``handover=True``: the caller never modifies ``data`` again, so TensorStore may
+        keep referencing it instead of copying it first.
         """
         r1, c1 = r0 + data.shape[0], c0 + data.shape[1]
-        return self._region(r0, r1, c0, c1).write(np.asarray(data, dtype=self.dtype))
+        data = np.asarray(data, dtype=self.dtype)
+        if handover:
+            return self._region(r0, r1, c0, c1).write(
+                data, can_reference_source_data_indefinitely=True
+            )
+        return self._region(r0, r1, c0, c1).write(data)
 
     def write_region(self, r0: int, c0: int, data: np.ndarray) -> None:
         """Writes ``data`` at ``(r0, c0)`` and waits until it is stored (a new generation:
