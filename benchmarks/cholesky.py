@@ -7,6 +7,8 @@ Usage::
     python -m benchmarks.cholesky --n=8192 --block=512 --memory_budget=64MiB \
         --modes=jaxwren_store --peers=
     python -m benchmarks.cholesky --n=1024 --modes= --peers= --compile_scan=8,16,32,64
+    python -m benchmarks.cholesky --n=4096 --block=512 --modes=jaxwren_store \
+        --ooc_fractions=4,8 --peers=numpy
 
 Modes (jaxwren): ``jaxwren_store`` store -> store (out-of-core when ``--memory_budget`` is
 below what the in-core plan needs), ``jaxwren_incore`` sharded device array -> device
@@ -52,6 +54,13 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats after the first cal
 _FILE_DIR = flags.DEFINE_string("file_dir", None, "Directory for the file store.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 _PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
+_OOC = flags.DEFINE_list(
+    "ooc_fractions",
+    [],
+    "Also run store -> store out-of-core with a memory_budget of 1/f of the matrix's bytes "
+    "for each f (e.g. 4,8): rows jaxwren_ooc_1/f, compared with jaxwren_store in the same "
+    "run (column x jaxwren_store; --block must let such tiles fit, e.g. --block=512).",
+)
 _SCAN = flags.DEFINE_list(
     "compile_scan",
     [],
@@ -72,6 +81,7 @@ class Config:
     repeats: int = 2
     file_dir: str | None = None
     compile_scan: tuple[int, ...] = ()
+    ooc_fractions: tuple[int, ...] = ()
 
 
 def write_spd(store: common.Store, cfg: Config) -> jw.BigMatrix:
@@ -103,15 +113,17 @@ def residual(l_mat: jw.BigMatrix | jax.Array | np.ndarray, a: np.ndarray) -> tup
     return float(np.linalg.norm(lm @ (lm.T @ v) - av) / np.linalg.norm(av)), "probe"
 
 
-def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config) -> tuple:
+def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str = "L") -> tuple:
     box: list = []
     if mode == "jaxwren_store":
 
-        def f() -> None:
+        def f() -> None:  # each call factors afresh into an emptied out
             if box:
                 store.delete(box.pop().value.url)
             spec = RunSpec(memory_budget=cfg.memory_budget, progress=False)
-            box.append(run_op(Cholesky(), (a,), store.url("L"), spec))
+            box.append(run_op(Cholesky(), (a,), store.url(out), spec))
+            assert box[-1].stats.steps_run > 0, "a stored result was reused: not a timing"
+
     elif mode == "jaxwren_incore":
         x = a.to_jax(NamedSharding(jw.default_mesh(), P("rows", "cols")))
 
@@ -188,13 +200,18 @@ def run(cfg: Config) -> list[dict]:
     with common.open_store(cfg.store, cfg.file_dir) as store:
         a = write_spd(store, cfg)
         x = a.numpy()
-        runs = [(m, lambda m=m: _mode(m, a, store, cfg)) for m in cfg.modes]
-        runs += [(p, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
-        for name, fn in runs:
+        runs = [(m, cfg, lambda m=m: _mode(m, a, store, cfg)) for m in cfg.modes]
+        for f in cfg.ooc_fractions:  # the same store -> store run under 1/f of the bytes
+            ooc = dataclasses.replace(cfg, memory_budget=cfg.n**2 * a.dtype.itemsize // f)
+            runs.append((f"jaxwren_ooc_1/{f}", ooc,
+                         lambda ooc=ooc, f=f: _mode("jaxwren_store", a, store, ooc,
+                                                    out=f"L-ooc{f}")))  # fmt: skip
+        runs += [(p, cfg, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
+        for name, run_cfg, fn in runs:
             first, best, out, io = fn()
             res, kind = residual(out, x)
             row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
-                   "store": cfg.store, "memory_budget": cfg.memory_budget, "seconds": best,
+                   "store": cfg.store, "memory_budget": run_cfg.memory_budget, "seconds": best,
                    "first_call_extra_s": max(first - best, 0.0), "gflops": flops / best / 1e9,
                    "residual": res, "residual_kind": kind, **io}  # fmt: skip
             results.append(row)
@@ -217,7 +234,8 @@ COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("block", "block", "d"),
            ("dtype", "dtype", ""), ("seconds", "seconds", ".3f"), ("GFLOP/s", "gflops", ".1f"),
            ("first call extra s", "first_call_extra_s", ".2f"), ("x numpy", "x_numpy", ".2f"),
            ("x scipy", "x_scipy", ".2f"), ("x dask", "x_dask", ".2f"),
-           ("x jnp sharded", "x_jax_sharded", ".1f"), ("residual", "residual", ".1e"),
+           ("x jnp sharded", "x_jax_sharded", ".1f"),
+           ("x jaxwren_store", "x_jaxwren_store", ".2f"), ("residual", "residual", ".1e"),
            ("read MiB", "read_mib", ".0f"), ("written MiB", "written_mib", ".0f")]  # fmt: skip
 
 
@@ -228,7 +246,8 @@ def main(argv: list[str]) -> None:
                  memory_budget=parse_bytes(_BUDGET.value), modes=tuple(_MODES.value),
                  peers=tuple(p for p in _PEERS.value if p), repeats=_REPEATS.value,
                  file_dir=_FILE_DIR.value,
-                 compile_scan=tuple(int(c) for c in _SCAN.value))  # fmt: skip
+                 compile_scan=tuple(int(c) for c in _SCAN.value),
+                 ooc_fractions=tuple(int(f) for f in _OOC.value))  # fmt: skip
 
     common.run_and_report(
         run,
