@@ -110,24 +110,27 @@ def shard_bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int,
 
 def splits_blocks(x: jax.Array, target: Any, origin: tuple[int, int] = (0, 0),
                   size: tuple[int, int] | None = None) -> bool:  # fmt: skip
-    """Whether some shard of ``x`` (any process's), written into ``target`` at ``origin``
-    (keeping its top-left ``size``), covers only part of a stored block. In a
-    multi-process run such a block would be written in parts by two processes, which
-    relies on a conditional read-modify-write that S3 does not make atomic."""
+    """Whether some stored block of ``target`` would be written in parts by two processes
+    when the distinct shards of ``x`` (each by the process holding its first replica,
+    as the engine and ``save`` write them) go to ``target`` at ``origin``, keeping the
+    top-left ``size``: that relies on a conditional read-modify-write of the block that S3
+    does not make atomic."""
     blocks = getattr(target, "block_shape", None)
     if blocks is None:
         return False
-    h, w = size if size is not None else x.shape
-    (r0, c0), end = origin, target.shape
-    for index in x.sharding.devices_indices_map(x.shape).values():
-        a0, a1, b0, b1 = shard_bounds(index, x.shape)
+    (h, w), (r0, c0) = size if size is not None else x.shape, origin
+    owner: dict[tuple[int, int], int] = {}
+    seen: set[tuple[int, int, int, int]] = set()
+    for device, index in x.sharding.devices_indices_map(x.shape).items():
+        a0, a1, b0, b1 = bounds = shard_bounds(index, x.shape)
         a1, b1 = min(a1, h), min(b1, w)
-        if a1 <= a0 or b1 <= b0:
-            continue
-        for lo, hi, blk, stop in ((r0 + a0, r0 + a1, blocks[0], end[0]),
-                                  (c0 + b0, c0 + b1, blocks[1], end[1])):  # fmt: skip
-            if lo % blk or (hi % blk and hi != stop):
-                return True
+        if bounds in seen or a1 <= a0 or b1 <= b0:
+            continue  # a replica (written by the first holder only), or nothing kept
+        seen.add(bounds)
+        for bi in range((r0 + a0) // blocks[0], (r0 + a1 - 1) // blocks[0] + 1):
+            for bj in range((c0 + b0) // blocks[1], (c0 + b1 - 1) // blocks[1] + 1):
+                if owner.setdefault((bi, bj), device.process_index) != device.process_index:
+                    return True
     return False
 
 
