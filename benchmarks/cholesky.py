@@ -208,7 +208,10 @@ def run(cfg: Config) -> list[dict]:
                                                     out=f"L-ooc{f}")))  # fmt: skip
         runs += [(p, cfg, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
         for name, run_cfg, fn in runs:
-            first, best, out, io = fn()
+            try:
+                first, best, out, io = fn()
+            except jw.MemoryBudgetError as err:  # an --ooc_fractions budget below any plan
+                raise app.UsageError(f"{name}: {err}") from None
             res, kind = residual(out, x)
             row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
                    "store": cfg.store, "memory_budget": run_cfg.memory_budget, "seconds": best,
