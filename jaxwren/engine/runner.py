@@ -104,7 +104,8 @@ class _Writer:
         h, w = write.size if write.size is not None else out.shape
         r0, c0 = write.origin
         target = write.target
-        if isinstance(out, np.ndarray):  # a host result: whole chunks, one write per row
+        host = isinstance(out, np.ndarray)  # the run's own buffer, never touched again
+        if host:  # a host result: whole chunks, one write per row
             # (several processes hold the same host result: process 0 writes it)
             pieces = _host_pieces(out[:h, :w], write) if jax.process_index() == 0 else []
         else:
@@ -118,8 +119,6 @@ class _Writer:
                     pieces.append((a0, b0, np.asarray(shard.data)[: a1 - a0, : b1 - b0]))
         nbytes = sum(p[2].nbytes for p in pieces)
         self._stats.bytes_written += nbytes
-
-        host = isinstance(out, np.ndarray)  # the run's own buffer, never touched again
 
         def start() -> _OutputWrite:
             with translate_errors(f"writing {target!r}", target.location):

@@ -104,13 +104,12 @@ def _diag(acc: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
     lower = jnp.tril(jnp.ones(acc.shape, bool))
     finite = jnp.all(jnp.where(lower, jnp.isfinite(acc), True))
     low = lax.linalg.cholesky(pad_identity(acc, valid), symmetrize_input=False)
-    eye = jnp.eye(acc.shape[0], dtype=acc.dtype)
-    inv = lax.linalg.triangular_solve(low, eye, left_side=True, lower=True)
     info = jnp.where(jnp.all(jnp.isfinite(low)), -1, 0).astype(jnp.int32)
-    return low, inv, info, finite
+    return low, _inverse(low), info, finite
 
 
 def _inverse(low: jax.Array) -> jax.Array:
+    """``L^-1`` of a lower-triangular tile (LAPACK trsm against the identity)."""
     eye = jnp.eye(low.shape[0], dtype=low.dtype)
     return lax.linalg.triangular_solve(low, eye, left_side=True, lower=True)
 
@@ -123,9 +122,8 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     more than the GEMMs at these sizes). ``valid`` is traced: one compile per plan."""
     srow = NamedSharding(mesh, P((ROWS, COLS), None))
     rep = NamedSharding(mesh, P())
-    # several processes: a finished tile is gathered and stored whole by one process (a
-    # chunk written in parts by two processes relies on a conditional read-modify-write
-    # that S3 does not make atomic)
+    # (several processes: the runner's writer gathers a finished tile whose row shards
+    # cut a block between processes and stores it whole from process 0)
     multi = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
 
     def update(acc: jax.Array, li: jax.Array, lj: jax.Array) -> jax.Array:
@@ -143,7 +141,7 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
             return lax.dot_general(acc, inv, (((1,), (1,)), ((), ())),
                                    precision=lax.Precision.HIGHEST)  # fmt: skip
 
-        return jax.jit(solve, in_shardings=(srow, rep), out_shardings=rep if multi else srow)
+        return jax.jit(solve, in_shardings=(srow, rep), out_shardings=srow)
     # "diag" (L[J, J] = chol(acc) and its inverse) and "inverse" (of a stored L[J, J], in
     # a resumed column). One process: on one device (the tile is small; the other devices
     # would only repeat it), the inverse then replicated (on CPU devices as one shared host
