@@ -90,9 +90,10 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
         return sketch(x, w), jnp.all(jnp.isfinite(x))
 
     def project(z, x, q):  # noqa: ANN001, ANN202
-        # Qᵀ A contracted over rows, then transposed: 95 ms vs 127 ms for Aᵀ Q (which
-        # XLA lays out as a transpose of the tile) at 20,480 x 4,000 x 60 on 8 CPU devices
-        qt_x = lax.dot_general(q, x, (((0,), (0,)), ((), ())), precision=_HI)
+        # Qᵀ A with Qᵀ materialised first (the barrier keeps XLA from folding the
+        # transpose into the dot): an NN GEMM, 65 ms against 96 ms for Qᵀ A contracted
+        # over rows and 127 ms for Aᵀ Q, at 20,480 x 4,000 x 60 f32 on 8 CPU devices
+        qt_x = jnp.matmul(lax.optimization_barrier(q.T), x, precision=_HI)
         return z + qt_x.T
 
     def top(z, k):  # noqa: ANN001, ANN202
