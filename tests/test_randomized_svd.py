@@ -63,6 +63,36 @@ def test_randomized_svd_bad_input():
         jw.randomized_svd(a, 5)
 
 
+@pytest.mark.parametrize(
+    # Ω's width l_total: padded to 16 (12), or 16 already; streamed: a budget that makes
+    # the plan read 2 row tiles in 4 passes (below the plan that keeps them)
+    "bad, dtype, l_total, streamed",
+    [(np.nan, "float32", 12, 1_300_000), (np.inf, "float64", 16, 3_000_000),
+     (-np.inf, "float32", 16, 1_600_000), (np.inf, "float32", 12, 1_300_000),
+     (np.nan, "float64", 16, 3_000_000)],
+)  # fmt: skip
+def test_randomized_svd_finds_any_non_finite_entry(tmp_path, bad, dtype, l_total, streamed):
+    """The finiteness check rides on the sketch's zero columns (0 * Inf = NaN): every kind
+    of bad value, in the first and last row and column and in both row tiles, read once
+    and kept or streamed in several passes."""
+    a = decaying(2500, 40).astype(dtype)
+    src = jw.from_numpy(a, f"file://{tmp_path}/A", block_shape=(512, 40))
+    for i, j in [(0, 0), (2499, 39), (1500, 7)]:
+        b = a.copy()
+        b[i, j] = bad
+        src.write_region(i, 0, b[i : i + 1])
+        for budget in (None, streamed):
+            with pytest.raises(jw.NonFiniteError, match="NaN or Inf"):
+                jw.randomized_svd(src, l_total - 2, n_oversamples=2, n_iter=1,
+                                  memory_budget=budget)  # fmt: skip
+        src.write_region(i, 0, a[i : i + 1])
+    for budget, passes in ((None, 1), (streamed, 4)):  # clean again: both plans run
+        op = RandomizedSVD(l_total - 2, 2, 1)
+        out = run(op, (src,), None, RunSpec(memory_budget=budget, progress=False))
+        assert out.stats.bytes_read == passes * 2 * 2048 * 40 * a.itemsize  # (padded tiles)
+        assert np.all(np.isfinite(np.asarray(out.value[1])))
+
+
 def test_pca_example_matches_sklearn(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)

@@ -43,9 +43,8 @@ from jaxwren.linalg.common import pad_identity, round_up
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS
-from jaxwren.sharding.tiles import replicas_shared
+from jaxwren.sharding.tiles import replicas_shared, replicate
 from jaxwren.storage.bigmatrix import BigMatrix
-from jaxwren.storage.buffers import aligned_empty
 
 __all__ = ["Cholesky", "cholesky"]
 
@@ -158,21 +157,11 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
             x.delete()  # the accumulator (or A tile) is not used again: free it now
         outs = single(x1, *args)
         if kind == "inverse":
-            return _replicate(outs, rep)
+            return replicate(outs, rep)
         low, inv, info, finite = outs
-        return low, _replicate(inv, rep), info, finite
+        return low, replicate(inv, rep), info, finite
 
     return on_one
-
-
-def _replicate(x: jax.Array, rep: NamedSharding) -> jax.Array:
-    """``x`` (on one device) on every device of ``rep``; on CPU devices one host buffer
-    that every device adopts (no copies)."""
-    if not replicas_shared(rep):
-        return jax.device_put(x, rep)
-    host = aligned_empty(x.shape, x.dtype)
-    host[...] = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, rep, lambda _: host)
 
 
 # --------------------------------------------------------------------------------- plans

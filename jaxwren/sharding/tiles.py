@@ -247,6 +247,39 @@ def replicas_shared(sharding: jax.sharding.Sharding) -> bool:
     return all(d.platform == "cpu" for d in sharding.device_set)
 
 
+def replicate(x: jax.Array, rep: jax.sharding.Sharding) -> jax.Array:
+    """``x`` (on one device) on every device of ``rep``; on CPU devices one host buffer
+    that every device adopts (no copies)."""
+    if not replicas_shared(rep):
+        return jax.device_put(x, rep)
+    host = aligned_empty(x.shape, x.dtype)
+    host[...] = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, rep, lambda _: host)
+
+
+def on_one_device(fn: Any, rep: jax.sharding.NamedSharding, static_argnums: Any = ()) -> Any:
+    """``fn`` (jitted) on the first device of ``rep``'s mesh, its replicated array
+    arguments taken from that device and its array results replicated over ``rep``: a
+    small LAPACK factor (QR, SVD of ``n x l``) computed once instead of on every device
+    (on a few CPU cores the replicas only compete). Meshes spanning processes compute
+    replicated instead (every process needs the result)."""
+    devices = rep.mesh.devices.flat
+    if any(d.process_index != jax.process_index() for d in devices):
+        return jax.jit(fn, out_shardings=rep, static_argnums=static_argnums)
+    one, single = devices[0], jax.jit(fn, static_argnums=static_argnums)
+
+    def local(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return next(s.data for s in x.addressable_shards if s.device == one)
+        return x
+
+    def call(*args: Any) -> Any:
+        outs = single(*(local(a) for a in args))
+        return jax.tree.map(lambda y: replicate(y, rep), outs)
+
+    return call
+
+
 def _keep(box: list[Any], fut: Any) -> Any:
     box.append(fut)
     return fut
