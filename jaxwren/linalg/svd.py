@@ -167,7 +167,7 @@ class RandomizedSVD(Op):
         for rows in tile_candidates(m, granule, 1):
             t_rows = round_up(rows, unit)
             nt = -(-m // rows)
-            held = 4 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, U; Z, Ω, Vt
+            held = 5 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, TSQR's, U; Z, Ω, Vt
             tile = t_rows * n * s
             resident = functools.partial(_held, nt * tile + held)
             streamed = functools.partial(_streamed, tile, held, shared)
@@ -268,7 +268,7 @@ def _orth(mesh: Mesh, leaf: int, where: str, carry: dict, *_: Any) -> tuple:
         )
     carry["ok"] = []
     ys = [carry["y"][i] for i in sorted(carry["y"])]
-    carry["q"] = tk.tsqr_tiles(ys, mesh, leaf)[0]
+    carry["q"] = tk.tsqr_tiles(ys, mesh, leaf, keep_q=True)[0]
     return carry, ()
 
 
