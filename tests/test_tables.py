@@ -294,6 +294,42 @@ def test_a_part_that_changes_during_the_ingest_is_detected(store):
         stream.check_unchanged()
 
 
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_a_local_part_changed_after_its_generation_was_read(tmp_path, monkeypatch, change):
+    """A file part is read by the OS after TensorStore took its generation: a part
+    rewritten in between fails the final check (nothing is left behind), a part deleted
+    in between is named."""
+    from jaxwren.tables import stream as stream_mod
+
+    parts = put(str(tmp_path / "parts"), {"p0.csv": b"a\n1\n", "p1.csv": b"a\n2\n"})
+    orig = stream_mod.issue_read
+
+    def issue(parts_, part, op):
+        fut = orig(parts_, part, op=op)
+        if part.key == "p1.csv":
+            assert fut.result().stamp.generation  # the generation is taken, no data
+            if change == "deleted":
+                (tmp_path / "parts" / "p1.csv").unlink()
+            else:
+                put(parts, {"p1.csv": b"a\n2\n3\n"})
+        return fut
+
+    monkeypatch.setattr(stream_mod, "issue_read", issue)
+    out = str(tmp_path / "m")
+    if change == "deleted":
+        with pytest.raises(jw.PartsNotFoundError, match=r"p1\.csv was listed but is gone"):
+            jw.from_csv(f"{parts}/p*.csv", out)
+    else:
+        with pytest.raises(jw.StorageError, match=r"changed while the ingest ran, first .*p1"):
+            jw.from_csv(f"{parts}/p*.csv", out)
+    assert [p for p in (tmp_path / "m").rglob("*") if p.is_file()] == []  # no key left
+    monkeypatch.undo()
+    assert (
+        jw.from_csv(f"{parts}/p*.csv", out).numpy().tolist()
+        == [[1.0], [2.0], [3.0]][: 3 if change == "rewritten" else 1]
+    )  # a rerun takes the data set as it is now
+
+
 def test_window_reads_ahead_within_the_bound(monkeypatch):
     import dataclasses
 

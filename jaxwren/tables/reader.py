@@ -11,6 +11,7 @@ rewritten) while the ingest ran.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from jaxwren.errors import PartsNotFoundError, StorageError
@@ -37,13 +38,22 @@ def fits(in_flight: int, largest: int, window_bytes: int) -> bool:
 
 
 def issue_read(parts: Parts, part: Part, *, op: str) -> Any:
-    """Starts reading a whole part (a TensorStore future of its ReadResult)."""
+    """Starts reading a whole part (a TensorStore future of its ReadResult). On a file
+    store only its generation is read here; :func:`part_data` then reads the file."""
     with translate_errors(f"{op}: reading {part.url}", parts.loc):
+        if parts.loc.scheme == "file":
+            return parts.kv.read(part.key, byte_range=slice(0, 0))
         return parts.kv.read(part.key)
 
 
 def part_data(parts: Parts, part: Part, fut: Any, *, op: str) -> PartData:
     """The finished read of :func:`issue_read` (on any thread).
+
+    A local part is read with one ``read`` of the file *after* its generation was taken:
+    TensorStore's file kvstore cost 6x the CPU of a plain read (118 MB of CSV: 165-726
+    against 27 CPU-ms), a third of a whole CSV ingest on 2 cores. A part rewritten in
+    between has a new generation, which :func:`check_unchanged` catches at the end, as
+    for a part rewritten after its read.
 
     Raises:
       PartsNotFoundError: the part was deleted after it was listed.
@@ -51,12 +61,24 @@ def part_data(parts: Parts, part: Part, fut: Any, *, op: str) -> PartData:
     """
     with translate_errors(f"{op}: reading {part.url}", parts.loc):
         got = fut.result()
-    if got.state != "value":
+        data = got.value
+        if got.state == "value" and parts.loc.scheme == "file":
+            try:
+                with open(os.path.join(parts.directory, part.key), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                got = None
+            except OSError as e:
+                raise StorageError(
+                    f"{op}: cannot read the part {part.url}: {e.strerror}; check that this "
+                    "process may read it."
+                ) from None
+    if got is None or got.state != "value":
         raise PartsNotFoundError(
             f"{op}: the part {part.url} was listed but is gone; it was deleted while the "
             "ingest ran. Rerun once the data set is complete."
         )
-    return PartData(part, got.value, got.stamp.generation)
+    return PartData(part, data, got.stamp.generation)
 
 
 def start_check(parts: Parts, seen: list[tuple[Part, bytes]], *, op: str) -> list[Any]:
