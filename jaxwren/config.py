@@ -105,6 +105,12 @@ class StorageConfig:
       s3_retry_max_delay: longest backoff delay.
       file_io_concurrency: at most this many concurrent local-file operations.
       file_sync: fsync each file write (durable against power loss, slower).
+      file_memmap: read local files through ``mmap`` (TensorStore's ``file_io_mode``
+        ``memmap``): a third of the CPU per byte read, 2-3x faster reads (320 MB of
+        blocks: 52 vs 100-170 ms on 2 cores). A file that another program truncates in
+        place *while* it is being read would end the process with SIGBUS; TensorStore
+        (hence jaxwren) and zarr-python replace files atomically, so their writes are
+        safe. Set False for stores that other tools rewrite in place during reads.
     """
 
     s3_endpoint: str | None = None
@@ -117,6 +123,7 @@ class StorageConfig:
     s3_retry_max_delay: str = "8s"
     file_io_concurrency: int = 32
     file_sync: bool = False
+    file_memmap: bool = True
 
     def __post_init__(self) -> None:
         if self.s3_endpoint is not None and not re.match(r"^https?://[^/]+", self.s3_endpoint):

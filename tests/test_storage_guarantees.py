@@ -340,3 +340,24 @@ def test_low_level_read_of_a_recreated_matrix_is_typed(store):
         translate_errors("load", old.location),
     ):
         old.read_region_into_async(0, 2, 0, 3, np.empty((2, 3))).result()
+
+
+@pytest.mark.parametrize("memmap", [True, False])
+def test_file_reads_with_and_without_memmap(tmp_path, memmap):
+    """Local files are read through mmap by default (StorageConfig.file_memmap); both
+    modes read the same values, ragged edge blocks and missing (fill) blocks included,
+    and see a block rewritten by another handle."""
+    from jaxwren.storage.urls import kvstore_spec, parse_url
+
+    config = jw.StorageConfig(file_memmap=memmap)
+    spec = kvstore_spec(parse_url(str(tmp_path / "m")), config)
+    assert spec["file_io_mode"] == {"mode": "memmap" if memmap else "default"}
+    x = rand((70, 45), seed=3)
+    a = jw.BigMatrix.create(str(tmp_path / "m"), (70, 45), (32, 16), "float64", storage=config)
+    a.write_region(0, 0, x[:64])  # the last block row stays missing: zeros
+    want = x.copy()
+    want[64:] = 0
+    np.testing.assert_array_equal(a.numpy(), want)
+    other = jw.BigMatrix.open(str(tmp_path / "m"), storage=jw.StorageConfig(file_memmap=not memmap))
+    other.write_region(64, 0, x[64:])
+    np.testing.assert_array_equal(a.read_region(0, 70, 0, 45), x)

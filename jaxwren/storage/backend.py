@@ -58,7 +58,7 @@ def shared_context() -> ts.Context:
     return ts.Context({"cache_pool": {"total_bytes_limit": 0}})
 
 
-_RESOURCES = ("file_io_concurrency", "file_io_sync", "s3_request_concurrency",
+_RESOURCES = ("file_io_concurrency", "file_io_sync", "file_io_mode", "s3_request_concurrency",
               "s3_request_retries", "gcs_request_retries", "aws_credentials")  # fmt: skip
 
 

@@ -111,6 +111,7 @@ def kvstore_spec(loc: Location, config: StorageConfig) -> dict[str, Any]:
             "path": loc.path,
             "file_io_concurrency": {"limit": config.file_io_concurrency},
             "file_io_sync": config.file_sync,
+            "file_io_mode": {"mode": "memmap" if config.file_memmap else "default"},
         }
     retries = {
         "max_retries": config.s3_max_retries,
