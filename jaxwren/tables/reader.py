@@ -50,10 +50,13 @@ def part_data(parts: Parts, part: Part, fut: Any, *, op: str) -> PartData:
     """The finished read of :func:`issue_read` (on any thread).
 
     A local part is read with one ``read`` of the file *after* its generation was taken:
-    TensorStore's file kvstore cost 6x the CPU of a plain read (118 MB of CSV: 165-726
-    against 27 CPU-ms), a third of a whole CSV ingest on 2 cores. A part rewritten in
-    between has a new generation, which :func:`check_unchanged` catches at the end, as
-    for a part rewritten after its read.
+    TensorStore's default file reads cost 6x the CPU of a plain read (118 MB of CSV:
+    165-726 against 27 CPU-ms), a third of a whole CSV ingest on 2 cores; its ``memmap``
+    mode (``StorageConfig.file_memmap``) is nearly as cheap, but part files are often
+    rewritten in place by other tools, and a file truncated while mapped ends the process
+    (SIGBUS) where a plain read only sees other bytes. A part rewritten in between has a
+    new generation, which :func:`check_unchanged` catches at the end, as for a part
+    rewritten after its read.
 
     Raises:
       PartsNotFoundError: the part was deleted after it was listed.
