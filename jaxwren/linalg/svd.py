@@ -116,9 +116,9 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
         "project": jax.jit(
             project, in_shardings=(rep, rows, rows), out_shardings=rep, donate_argnums=0
         ),  # fmt: skip
+        "project0": jax.jit(project0, in_shardings=(rows, rows), out_shardings=rep),
         # the n x l factors: LAPACK on one device, the result replicated (8 replicas on 2
         # CPU cores: 12 vs 6 ms a QR at 4,000 x 60)
-        "project0": jax.jit(project0, in_shardings=(rows, rows), out_shardings=rep),
         "rotate": on_one_device(lambda z: jnp.linalg.qr(z)[0], rep),
         "top": on_one_device(top, rep, static_argnums=1),
         "u": jax.jit(

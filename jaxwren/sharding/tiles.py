@@ -269,9 +269,11 @@ def on_one_device(fn: Any, rep: jax.sharding.NamedSharding, static_argnums: Any 
     one, single = devices[0], jax.jit(fn, static_argnums=static_argnums)
 
     def local(x: Any) -> Any:
-        if isinstance(x, jax.Array):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_replicated:  # the copy on `one`, no transfer
             return next(s.data for s in x.addressable_shards if s.device == one)
-        return x
+        return jax.device_put(x, one)  # a sharded argument: gathered
 
     def call(*args: Any) -> Any:
         outs = single(*(local(a) for a in args))
