@@ -123,6 +123,29 @@ def test_nan_and_inf(budget):
         jw.cholesky(b)
 
 
+@pytest.mark.parametrize("kind", ["stored", "device", "numpy"])
+def test_any_non_finite_lower_entry_is_named_in_core(kind):
+    """The in-core kernel makes no pass of its own over the input: a NaN or Inf anywhere
+    in the lower triangle fails the factor, and only then is the input checked to name
+    the cause. Every kind of bad value, on and below the diagonal, first and last rows."""
+    import jax
+
+    base = spd(37, seed=6)  # not a multiple of the kernel block
+    for (i, j), bad in [((0, 0), np.nan), ((36, 36), np.inf), ((36, 0), -np.inf),
+                        ((20, 19), np.nan), ((1, 0), np.inf)]:  # fmt: skip
+        a = base.copy()
+        a[i, j] = bad
+        if kind == "stored":
+            x = jw.from_numpy(a, mem(f"nf-{i}-{j}"), (8, 8))
+        else:
+            x = jax.numpy.asarray(a) if kind == "device" else a
+        with pytest.raises(jw.NonFiniteError, match="NaN or Inf on or below the diagonal"):
+            jw.cholesky(x)
+    b = base.copy()
+    b[0, 36] = np.nan  # above the diagonal: never read
+    check_factor(np.asarray(jw.cholesky(b)), base)
+
+
 def test_bad_input_errors():
     with pytest.raises(jw.ShapeMismatchError, match=r"must be square, got shape \(3, 4\)"):
         jw.cholesky(np.ones((3, 4)))

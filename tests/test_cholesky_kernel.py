@@ -29,7 +29,7 @@ def factor(a: np.ndarray, block: int, mesh, n: int | None = None):
     """Natural (garbage allowed) matrix -> (L natural, full padded L, info)."""
     n = a.shape[0] if n is None else n
     a_cyc = ck.to_cyclic(jnp.asarray(a), block, mesh)
-    l_cyc, info, _ = ck.cholesky_cyclic(a_cyc, block=block, n=n, mesh=mesh)
+    l_cyc, info = ck.cholesky_cyclic(a_cyc, block=block, n=n, mesh=mesh)
     assert l_cyc.sharding == NamedSharding(mesh, P("rows", "cols"))
     full = np.asarray(ck.from_cyclic(l_cyc, block, mesh))
     return full[:n, :n], full, int(info)
@@ -140,7 +140,7 @@ def test_no_recompilation_and_donation():
     mesh, n, b = default_mesh(), 37, 8
     a_cyc = ck.to_cyclic(jnp.asarray(spd(n)), b, mesh)
     for _ in range(2):
-        l_cyc, _, _ = ck.cholesky_cyclic(a_cyc.copy(), block=b, n=n, mesh=mesh)
+        l_cyc, _ = ck.cholesky_cyclic(a_cyc.copy(), block=b, n=n, mesh=mesh)
     fn = ck._factor_fn(n, a_cyc.shape[0], b, mesh)
     assert fn._cache_size() == 1
     ck.cholesky_cyclic(a_cyc, block=b, n=n, mesh=mesh)

@@ -43,8 +43,10 @@ from jaxwren.linalg.common import pad_identity, round_up
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.multihost import to_host
 from jaxwren.sharding.tiles import replicas_shared, replicate
 from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.buffers import aligned_empty
 
 __all__ = ["Cholesky", "cholesky"]
 
@@ -62,30 +64,43 @@ def _incore_block(n: int, mesh: Mesh) -> int:
 
 # ------------------------------------------------------------------------------ kernels
 def _factor(x: jax.Array, n: int, kb: int, mesh: Mesh) -> tuple[jax.Array, ...]:
-    """x (natural layout, n_pad x n_pad, P(rows, cols)) -> (L natural, info, finite):
-    permuted to block-cyclic on the devices, factored by the shard_map kernel, and back."""
+    """x (natural layout, n_pad x n_pad, P(rows, cols)) -> (L natural, info): permuted to
+    block-cyclic on the devices, factored by the shard_map kernel, and back."""
     return _factor_cyclic(ck.to_cyclic(x, kb, mesh), n, kb, mesh)
 
 
 def _factor_cyclic(x_cyc: jax.Array, n: int, kb: int, mesh: Mesh, src: CyclicSource | None = None,
                    stored: bool = False) -> tuple[jax.Array, ...]:  # fmt: skip
-    """x in cyclic layout (read so from the host by ``src``) -> (L natural n x n, info,
-    finite). ``L`` is assembled in ``src``'s host buffer (no fresh pages); a ``stored``
-    result (only written to the store) stays there, a host array (written as is)."""
-    l_cyc, info, finite = ck.cholesky_cyclic(x_cyc, block=kb, n=n, mesh=mesh)
+    """x in cyclic layout (read so from the host by ``src``) -> (L natural n x n, info).
+    ``L`` is assembled in ``src``'s host buffer (no fresh pages); a ``stored`` result
+    (only written to the store) stays there, a host array (written as is)."""
+    l_cyc, info = ck.cholesky_cyclic(x_cyc, block=kb, n=n, mesh=mesh)
     buffer = None if src is None else src.take_buffer()
-    return natural_from_cyclic(l_cyc, kb, mesh, n, buffer=buffer, host=stored), info, finite
+    return natural_from_cyclic(l_cyc, kb, mesh, n, buffer=buffer, host=stored), info
 
 
 def _check_factor(outs: tuple, *, kb: int, offset: int = 0) -> None:
+    """A factor step's ``(L, info, finite)`` (out-of-core diagonal tiles)."""
     _, info, finite = outs
-    if not bool(finite):
+    _raise_failed(bool(finite), int(info), kb=kb, offset=offset)
+
+
+def _check_incore(outs: tuple, *, kb: int, src: Any, n: int) -> None:
+    """The in-core kernel's ``(L, info)``. A NaN or Inf in the lower triangle always fails
+    the factor (see :func:`ck.cholesky_cyclic`), so the input is checked only then, to
+    name the right cause (a separate pass on every call cost ~20 ms at n = 4096)."""
+    k = int(outs[1])
+    if k >= 0:
+        _raise_failed(_lower_finite(src, n), k, kb=kb)
+
+
+def _raise_failed(finite: bool, k: int, *, kb: int, offset: int = 0) -> None:
+    if not finite:
         raise NonFiniteError(
             "cholesky: the input holds NaN or Inf on or below the diagonal"
             + (f" (in rows/columns from {offset})" if offset else "")
             + "; clean the matrix (e.g. np.nan_to_num) before factoring."
         )
-    k = int(info)
     if k >= 0:
         col = offset + k * kb
         raise NotPositiveDefiniteError(
@@ -94,6 +109,27 @@ def _check_factor(outs: tuple, *, kb: int, offset: int = 0) -> None:
             "leading minor there has a non-positive pivot. Check symmetry and conditioning "
             "(adding a small multiple of the identity regularises it)."
         )
+
+
+@jax.jit
+def _tril_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(jnp.tril(x)))
+
+
+def _lower_finite(src: Any, n: int) -> bool:
+    """Whether the input's lower triangle is finite: a device array at once, a host or
+    stored source by strips of rows (at most ~64 MiB read at a time)."""
+    if isinstance(src, jax.Array):
+        return bool(to_host(_tril_finite(src)))
+    rows = max(1, (64 << 20) // (n * np.dtype(src.dtype).itemsize))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        strip = aligned_empty((r1 - r0, r1), src.dtype)
+        src.read_region_into_async(r0, r1, 0, r1, strip).result()
+        lower = np.arange(r1)[None, :] <= np.arange(r0, r1)[:, None]
+        if not np.isfinite(strip[lower]).all():
+            return False
+    return True
 
 
 def _diag(acc: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
@@ -199,9 +235,9 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
     step = Step(
         reads=(read,),
         kernel=lambda _carry, x: (None, factor(x, s.n, kb, s.mesh)),
-        writes=(write, Write(None), Write(None)),
+        writes=(write, Write(None)),
         label="factor",
-        check=functools.partial(_check_factor, kb=kb),
+        check=functools.partial(_check_incore, kb=kb, src=s.src, n=s.n),
         warm=warm,
     )
     proj = _incore_bytes(s.n, s.dtype.itemsize, s.mesh)

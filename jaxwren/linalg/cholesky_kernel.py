@@ -266,24 +266,19 @@ def _global_index(me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
     return (ri + (lr // b) * g.r) * b + lr % b, (ci + (lc // b) * g.c) * b + lc % b
 
 
-def _finite_lower(a: jax.Array, me: tuple, g: _Grid) -> jax.Array:
-    """Whether the lower triangle (inside ``n``) of the input is finite, on every device."""
-    gr, gc = _global_index(me, g)
-    valid = (gr[:, None] >= gc[None, :]) & (gr[:, None] < g.n)
-    bad = jnp.any(valid & ~jnp.isfinite(a)).astype(jnp.int32)
-    return lax.psum(bad, (ROWS, COLS)) == 0
-
-
 def _finish(a: jax.Array, me: tuple, g: _Grid) -> tuple[jax.Array, jax.Array]:
     """Zeros above the diagonal; ``info``: the first block column whose diagonal is not
-    finite and positive (a failed factor poisons its own diagonal), else -1."""
-    b = g.b
+    finite and positive (a failed factor poisons its own diagonal), else -1. Only this
+    device's diagonal entries are looked at (a gather of one per local row)."""
+    b, ci = g.b, me[1]
     gr, gc = _global_index(me, g)
     a = jnp.where(gr[:, None] >= gc[None, :], a, 0)
-    on = (gr[:, None] == gc[None, :]) & (gr[:, None] < g.n)
-    bad = on & ~(jnp.isfinite(a) & (a > 0))
-    first = jnp.min(jnp.where(bad, gr[:, None] // b, g.nb))
-    first = lax.pmin(first, (ROWS, COLS))
+    blk = gr // b  # block column of the diagonal entry of each local row
+    mine = (blk % g.c == ci) & (gr < g.n)  # ... and whether it lives on this device
+    local_col = jnp.clip((blk // g.c) * b + gr % b, 0, g.nbc * b - 1)
+    d = a[jnp.arange(g.nbr * b), local_col]
+    bad = mine & ~(jnp.isfinite(d) & (d > 0))
+    first = lax.pmin(jnp.min(jnp.where(bad, blk, g.nb)), (ROWS, COLS))
     return a, jnp.where(first < g.nb, first, -1).astype(jnp.int32)
 
 
@@ -291,11 +286,10 @@ def _factor_local(a: jax.Array, g: _Grid) -> tuple[jax.Array, ...]:
     """The per-device program: a few phases (static trailing windows), each a
     ``fori_loop`` over its block columns, so the program size does not grow with ``nb``."""
     me = (lax.axis_index(ROWS), lax.axis_index(COLS))
-    finite = _finite_lower(a, me, g)
     for k0, k1 in _phases(g):
         body = functools.partial(_step, me=me, lr0=k0 // g.r, lc0=k0 // g.c, g=g)
         a = lax.fori_loop(k0, k1, body, a)
-    return (*_finish(a, me, g), finite)
+    return _finish(a, me, g)
 
 
 @functools.cache
@@ -307,10 +301,10 @@ def _factor_fn(n: int, n_pad: int, block: int, mesh: Mesh) -> Any:
         functools.partial(_factor_local, g=g),
         mesh=mesh,
         in_specs=P(ROWS, COLS),
-        out_specs=(P(ROWS, COLS), P(), P()),
+        out_specs=(P(ROWS, COLS), P()),
     )
     rep = NamedSharding(mesh, P())
-    return jax.jit(body, in_shardings=spec, out_shardings=(spec, rep, rep), donate_argnums=0)
+    return jax.jit(body, in_shardings=spec, out_shardings=(spec, rep), donate_argnums=0)
 
 
 def _check_call(shape: tuple, dtype: Any, block: int, n: int, mesh: Mesh, where: str) -> int:
@@ -333,7 +327,7 @@ def _check_call(shape: tuple, dtype: Any, block: int, n: int, mesh: Mesh, where:
 
 def cholesky_cyclic(
     a_cyc: jax.Array, *, block: int, n: int, mesh: Mesh | None = None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Lower Cholesky factor of a padded SPD matrix in cyclic layout (``numpy.linalg.cholesky``).
 
     Only blocks on and below the diagonal are read (the upper part may hold anything).
@@ -348,12 +342,14 @@ def cholesky_cyclic(
       mesh: the ``('rows', 'cols')`` mesh (None: all devices).
 
     Returns:
-      ``(l_cyc, info, finite)``: ``L`` in the same cyclic layout and sharding, strictly upper part
+      ``(l_cyc, info)``: ``L`` in the same cyclic layout and sharding, strictly upper part
       zero (padding: identity); ``info`` an int32 scalar (replicated), ``-1`` on success,
       else the first block column whose diagonal factor failed (non-positive pivot, NaN or
-      Inf) — then ``l_cyc`` is garbage and the caller raises NotPositiveDefiniteError;
-      ``finite`` a bool scalar: whether the input's lower triangle inside ``n`` was finite
-      (if not, ``info`` flags where the NaN/Inf first reached a diagonal block).
+      Inf) — then ``l_cyc`` is garbage. A NaN or Inf anywhere in the lower triangle
+      always fails the factor (it reaches the diagonal of its row's block column, through
+      the panel solve and the trailing update); a caller that must tell such input from
+      a matrix that is not positive definite checks the input then (the factor costs no
+      separate pass over it).
 
     Raises:
       ShapeMismatchError: ``a_cyc`` is not ``(n_pad, n_pad)``.
