@@ -29,9 +29,13 @@ The cyclic layout is made and undone on the host by the callers (:class:`CyclicS
 :func:`natural_from_cyclic` in ``jaxwren.sharding.cyclic``): XLA's all-to-all over
 emulated CPU devices cost ~0.3 s each way at n = 4096.
 
-No LAPACK: potrf/trsm run on OpenBLAS, whose worker threads spin after each call and
-starve the GEMMs of the other emulated devices of a small host (measured up to 5x slower
-overall); the ``b x b`` factor and inverse are blocked XLA loops around GEMMs instead.
+The ``b x b`` factor and inverse are LAPACK ``potrf``/``trsm`` (un-batched custom
+calls). On CPU they run on OpenBLAS, whose worker threads spin after each call and starve
+the other emulated devices: the runner limits BLAS to one thread while a plan runs
+(``engine/lapack_threads.py``); called directly, wrap the call in
+:func:`jaxwren.engine.lapack_threads.single_threaded_blas` (n = 4096: 0.59 s inside it,
+0.8-0.9 s outside). Before, blocked XLA loops factored the block: the same run time, and
+0.2 s more compile.
 
 Memory per device (``memory_per_device``): the local matrix (the donated input, aliased by
 the output) and ``O(n_pad * b)`` of panels.
@@ -76,7 +80,6 @@ __all__ = [
 DEFAULT_BLOCK = 256  # n = 4096 f64, 8 CPU devices: 0.52 s (b=128: 0.57 s, b=512: 0.64 s)
 _PHASES = 2  # static panel windows (more: smaller collectives, ~0.35 s compile each)
 _HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 passes on accelerators
-_LEAF = 32  # diagonal blocks are factored in leaf panels of at most this many columns
 _DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
 
@@ -108,70 +111,19 @@ def _dot(x: jax.Array, y: jax.Array, *, trans_y: bool = False) -> jax.Array:
     return lax.dot_general(x, y, dims, precision=_HIGHEST)
 
 
-def _chol_inv_leaf(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(L, L^-1)`` of a small SPD block: right-looking Cholesky, then forward
-    substitution, one column (row) per loop step. A non-positive pivot gives NaN/Inf."""
-    m = a.shape[0]
-    idx = jnp.arange(m)
-
-    def factor(j: jax.Array, carry: tuple) -> tuple:
-        rest, low = carry
-        col = lax.dynamic_index_in_dim(rest, j, axis=1, keepdims=False)
-        v = jnp.where(idx >= j, col / jnp.sqrt(col[j]), 0)
-        return rest - v[:, None] * v[None, :], low.at[:, j].set(v)
-
-    _, low = lax.fori_loop(0, m, factor, (a, jnp.zeros_like(a)))
-
-    def invert(j: jax.Array, inv: jax.Array) -> jax.Array:
-        row = lax.dynamic_index_in_dim(low, j, axis=0, keepdims=False)
-        new = ((idx == j).astype(a.dtype) - row @ inv) / row[j]
-        return lax.dynamic_update_index_in_dim(inv, new, j, axis=0)
-
-    return low, lax.fori_loop(0, m, invert, jnp.zeros_like(a))
-
-
-def _chol_inv(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(L, L^-1)`` of an SPD block: a blocked right-looking Cholesky over leaf panels of
-    at most ``_LEAF`` columns, then blocked forward substitution, each one ``fori_loop``
-    (a small program whatever the block size; no LAPACK, see the module docstring)."""
-    m = a.shape[0]
-    t = max(d for d in range(1, min(m, _LEAF) + 1) if m % d == 0)  # leaf size
-    if t == m:
-        return _chol_inv_leaf(a)
-    idx = jnp.arange(m)
-
-    def factor(j: jax.Array, carry: tuple) -> tuple:
-        rest, low, diag_inv = carry
-        o = j * t
-        ld, ldi = _chol_inv_leaf(lax.dynamic_slice(rest, (o, o), (t, t)))
-        panel = _dot(lax.dynamic_slice(rest, (0, o), (m, t)), ldi, trans_y=True)
-        panel = jnp.where((idx >= o + t)[:, None], panel, 0)  # the rows below the leaf
-        rest = rest - _dot(panel, panel, trans_y=True)  # the trailing part is all that changes
-        low = lax.dynamic_update_slice(low, lax.dynamic_update_slice(panel, ld, (o, 0)), (0, o))
-        return rest, low, lax.dynamic_update_index_in_dim(diag_inv, ldi, j, axis=0)
-
-    init = (a, jnp.zeros_like(a), jnp.broadcast_to(jnp.zeros_like(a[:t, :t]), (m // t, t, t)))
-    _, low, diag_inv = lax.fori_loop(0, m // t, factor, init)
-
-    def invert(j: jax.Array, inv: jax.Array) -> jax.Array:
-        o = j * t
-        eye_rows = (idx[None, :] == o + jnp.arange(t)[:, None]).astype(a.dtype)
-        rows = eye_rows - _dot(lax.dynamic_slice(low, (o, 0), (t, m)), inv)
-        return lax.dynamic_update_slice(inv, _dot(diag_inv[j], rows), (o, 0))
-
-    return low, lax.fori_loop(0, m // t, invert, jnp.zeros_like(a))
-
-
 def _factor_block(blk: jax.Array, k: int, g: _Grid) -> jax.Array:
     """``[L; L^-1]`` (``2b x b``) of a diagonal block, read from its lower triangle only,
-    rows/cols past ``n`` set to identity; NaN/Inf where the factorisation fails."""
+    rows/cols past ``n`` set to identity; NaN where the factorisation fails. LAPACK
+    ``potrf`` and ``trsm`` (one un-batched call each; see the module docstring)."""
     b = g.b
     idx = jnp.arange(b)
     lower = idx[:, None] >= idx[None, :]
     pad = k * b + idx >= g.n
     blk = jnp.where(lower, blk, blk.T)
     blk = jnp.where(pad[:, None] | pad[None, :], jnp.eye(b, dtype=blk.dtype), blk)
-    return jnp.concatenate(_chol_inv(blk))
+    low = lax.linalg.cholesky(blk, symmetrize_input=False)
+    eye = jnp.eye(b, dtype=blk.dtype)
+    return jnp.concatenate([low, lax.linalg.triangular_solve(low, eye, left_side=True, lower=True)])
 
 
 def _varying_zeros(shape: tuple[int, ...], dtype: Any) -> jax.Array:
