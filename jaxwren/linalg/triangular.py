@@ -30,7 +30,7 @@ from jaxwren.errors import NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import pad_identity, round_up
 from jaxwren.sharding.mesh import COLS, ROWS
-from jaxwren.sharding.tiles import ArraySource
+from jaxwren.sharding.tiles import ArraySource, CpuShardsSource
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["SolveTriangular", "cho_logdet", "cho_solve", "solve_triangular"]
@@ -41,7 +41,7 @@ def _transposed(x: Any) -> Any:
         return x.T
     if isinstance(x, jax.Array):
         return x.T
-    return ArraySource(x.array.T)
+    return ArraySource(np.asarray(x.array).T)  # host arrays, CPU device arrays
 
 
 def _x_spec(k_pad: int, mesh: Mesh) -> P:
@@ -271,7 +271,8 @@ def cho_logdet(l: Any) -> float:  # noqa: E741
             [np.diagonal(l.get_block(i, i)) for i in range(min(l.grid_shape))]
         ) if l.block_shape[0] == l.block_shape[1] else np.diagonal(l.numpy())  # fmt: skip
     else:
-        diag = np.diagonal(np.asarray(l.array if isinstance(l, ArraySource) else l))
+        host = l.array if isinstance(l, ArraySource | CpuShardsSource) else l
+        diag = np.diagonal(np.asarray(host))
     if np.any(diag <= 0) or not np.all(np.isfinite(diag)):
         raise NonFiniteError(
             "cho_logdet: the factor's diagonal must be positive and finite; pass the "
