@@ -80,6 +80,10 @@ class BigMatrix(StoredState):
         self._base_block = block_shape
         self._transposed = transposed
         self._view = array.T if transposed else array
+        # fixed for this handle (a resize makes a new handle): asked on every read and
+        # write, and a TensorStore property access each time cost ~30 ms of a 1 s plan
+        self._shape = tuple(int(s) for s in self._view.shape)
+        self._dtype = np.dtype(self._view.dtype.numpy_dtype)
         self.parent_fn = parent_fn
         if metadata is None:  # the stored zarr.json as this handle saw it when opened
             metadata = parse_json(read_json_async(array.kvstore).result()) or {}
@@ -164,11 +168,11 @@ class BigMatrix(StoredState):
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(int(s) for s in self._view.shape)  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._view.dtype.numpy_dtype)
+        return self._dtype
 
     @property
     def block_shape(self) -> tuple[int, int]:
