@@ -43,10 +43,10 @@ class Source(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class ArraySource:
-    """An in-memory array (numpy, or a jax.Array gathered to the host) as a Source."""
+class _InMemory:
+    """A matrix already in this process's memory (host, or CPU devices) as a Source."""
 
-    array: np.ndarray
+    array: Any
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,7 +54,12 @@ class ArraySource:
 
     @property
     def dtype(self) -> np.dtype:
-        return self.array.dtype
+        return np.dtype(self.array.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource(_InMemory):
+    """A host array (numpy) as a Source."""
 
     def read_region_into_async(
         self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
@@ -64,20 +69,10 @@ class ArraySource:
 
 
 @dataclasses.dataclass(frozen=True)
-class CpuShardsSource:
+class CpuShardsSource(_InMemory):
     """A jax.Array on this process's CPU devices as a Source: a region is copied straight
     out of the shards' host buffers (no gathered copy of the whole array first: that
     costs a fresh full-size allocation, which jax also keeps cached on the array)."""
-
-    array: jax.Array
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.array.shape  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
 
     def read_region_into_async(
         self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
