@@ -189,28 +189,24 @@ def test_errors_follow_part_order_with_parts_in_flight():
     files = {f"part-{i:03d}.csv": good for i in range(8)}
     files["part-003.csv"] = b"fare,dist,hour\n1,x,3\n"
     files["part-005.csv"] = b"fare,dist,hour\n1,2\n"
-    parts = put(mem("parts"), files)
     out = mem("out")
-    for _ in range(3):
-        with pytest.raises(jw.TableParseError, match=r"part-003\.csv, row 1, column 'dist'"):
-            jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
-        assert keys_under(out, None) == []
+
+    def fails_in_order(error: type, match: str) -> None:  # the same error, run after run
+        parts = put(mem("parts"), files)
+        for _ in range(3):
+            with pytest.raises(error, match=match):
+                jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
+            assert keys_under(out, None) == []
+
+    fails_in_order(jw.TableParseError, r"part-003\.csv, row 1, column 'dist'")
     # a value found only in conversion (on worker threads) is still named in part order
     files["part-003.csv"] = b"fare,dist,hour\n1,2,3\n1,2,inf\n"
     files["part-004.csv"] = b"fare,dist,hour\n1,y,3\n"
-    parts = put(mem("parts"), files)
-    for _ in range(3):
-        with pytest.raises(jw.NonFiniteError, match=r"part-003\.csv, row 2, column 'hour'"):
-            jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
-        assert keys_under(out, None) == []
+    fails_in_order(jw.NonFiniteError, r"part-003\.csv, row 2, column 'hour'")
     # two conversion errors: the earlier part's
     files["part-004.csv"] = good
     files["part-005.csv"] = b"fare,dist,hour\n1e39,2,3\n"
-    parts = put(mem("parts"), files)
-    for _ in range(3):
-        with pytest.raises(jw.NonFiniteError, match=r"part-003\.csv, row 2, column 'hour'"):
-            jw.from_csv(f"{parts}/part-*.csv", out, block_shape=(2, 3))
-        assert keys_under(out, None) == []
+    fails_in_order(jw.NonFiniteError, r"part-003\.csv, row 2, column 'hour'")
     # a first part that fails before its columns are known stops the parts behind it
     files["part-000.csv"] = b""
     parts = put(mem("parts"), files)

@@ -77,12 +77,10 @@ class CpuShardsSource(_InMemory):
     def read_region_into_async(
         self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray
     ) -> Futures:
-        seen: set[tuple[int, int, int, int]] = set()
         for shard in self.array.addressable_shards:
-            a0, a1, b0, b1 = bounds = shard_bounds(shard.index, self.shape)
-            if bounds in seen:
-                continue  # a replica
-            seen.add(bounds)
+            if shard.replica_id:
+                continue  # a replica: replica 0 of each index is here (fully addressable)
+            a0, a1, b0, b1 = shard_bounds(shard.index, self.shape)
             v0, v1, w0, w1 = max(a0, r0), min(a1, r1), max(b0, c0), min(b1, c1)
             if v1 > v0 and w1 > w0:
                 data = np.asarray(shard.data)  # the CPU buffer itself, no copy
