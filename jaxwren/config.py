@@ -148,6 +148,11 @@ class StorageConfig:
                 raise ConfigError(
                     f"StorageConfig({name}={getattr(self, name)!r}) must be an int >= 1."
                 )
+        for name in ("file_sync", "file_memmap"):  # "false" would read as True
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"StorageConfig({name}={getattr(self, name)!r}) must be True or False."
+                )
         if isinstance(self.credentials, Mapping):  # keep the dataclass hashable
             object.__setattr__(self, "credentials", _FrozenDict(self.credentials))
 

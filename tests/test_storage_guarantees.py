@@ -361,3 +361,11 @@ def test_file_reads_with_and_without_memmap(tmp_path, memmap):
     other = jw.BigMatrix.open(str(tmp_path / "m"), storage=jw.StorageConfig(file_memmap=not memmap))
     other.write_region(64, 0, x[64:])
     np.testing.assert_array_equal(a.read_region(0, 70, 0, 45), x)
+
+
+@pytest.mark.parametrize("name", ["file_memmap", "file_sync"])
+def test_file_switches_must_be_booleans(name):
+    with pytest.raises(
+        jw.ConfigError, match=rf"StorageConfig\({name}='false'\) must be True or False"
+    ):
+        jw.StorageConfig(**{name: "false"})
