@@ -123,27 +123,33 @@ def test_nan_and_inf(budget):
         jw.cholesky(b)
 
 
-@pytest.mark.parametrize("kind", ["stored", "device", "numpy"])
-def test_any_non_finite_lower_entry_is_named_in_core(kind):
-    """The in-core kernel makes no pass of its own over the input: a NaN or Inf anywhere
-    in the lower triangle fails the factor, and only then is the input checked to name
-    the cause. Every kind of bad value, on and below the diagonal, first and last rows."""
+@pytest.mark.parametrize("kind", ["stored", "device", "numpy", "out-of-core"])
+def test_any_non_finite_lower_entry_is_named(kind):
+    """Neither plan makes a pass of its own over the input: a NaN or Inf anywhere in the
+    lower triangle fails the factor (in-core kernel, or a diagonal tile's LAPACK factor
+    out-of-core), and only then is the input checked to name the cause. Every kind of
+    bad value, on and below the diagonal, first and last rows."""
     import jax
 
-    base = spd(37, seed=6)  # not a multiple of the kernel block
+    base = spd(37, seed=6)  # not a multiple of the kernel block or the tiles
     for (i, j), bad in [((0, 0), np.nan), ((36, 36), np.inf), ((36, 0), -np.inf),
-                        ((20, 19), np.nan), ((1, 0), np.inf)]:  # fmt: skip
+                        ((20, 19), np.nan), ((1, 0), np.inf), ((30, 29), np.inf)]:  # fmt: skip
         a = base.copy()
         a[i, j] = bad
-        if kind == "stored":
+        budget, out = None, None
+        if kind in ("stored", "out-of-core"):
             x = jw.from_numpy(a, mem(f"nf-{i}-{j}"), (8, 8))
+            if kind == "out-of-core":
+                budget, out = OOC // 4, mem(f"nf-l-{i}-{j}")
         else:
             x = jax.numpy.asarray(a) if kind == "device" else a
         with pytest.raises(jw.NonFiniteError, match="NaN or Inf on or below the diagonal"):
-            jw.cholesky(x)
+            jw.cholesky(x, out, memory_budget=budget)
     b = base.copy()
     b[0, 36] = np.nan  # above the diagonal: never read
     check_factor(np.asarray(jw.cholesky(b)), base)
+    B = jw.from_numpy(b, mem("nf-upper"), (8, 8))
+    check_factor(jw.cholesky(B, mem("nf-upper-l"), memory_budget=OOC // 4).numpy(), base)
 
 
 def test_bad_input_errors():

@@ -28,6 +28,7 @@ __all__ = [
     "PendingTile",
     "start_tile",
     "shard_bounds",
+    "host_copy",
     "splits_blocks",
 ]
 
@@ -274,13 +275,27 @@ def replicas_shared(sharding: jax.sharding.Sharding) -> bool:
     return all(d.platform == "cpu" for d in sharding.device_set)
 
 
-def replicate(x: jax.Array, rep: jax.sharding.Sharding) -> jax.Array:
-    """``x`` (on one device) on every device of ``rep``; on CPU devices one host buffer
-    that every device adopts (no copies)."""
+def host_copy(x: jax.Array) -> np.ndarray:
+    """A fully addressable array copied shard by shard into a fresh, writable host buffer
+    of the caller's own (``np.asarray`` gives a cached, read-only one)."""
+    out = aligned_empty(x.shape, x.dtype)
+    for shard in x.addressable_shards:
+        if shard.replica_id == 0:
+            out[shard.index] = np.asarray(shard.data)
+    return out
+
+
+def replicate(x: Any, rep: jax.sharding.Sharding, *, adopt: bool = False) -> jax.Array:
+    """``x`` (on one device, or a host array) on every device of ``rep``; on CPU devices
+    one host buffer that every device adopts (no copies). ``adopt``: ``x`` is an aligned
+    host buffer the caller hands over (never written again), used as that buffer."""
     if not replicas_shared(rep):
         return jax.device_put(x, rep)
-    host = aligned_empty(x.shape, x.dtype)
-    host[...] = np.asarray(x)
+    if adopt:
+        host = x
+    else:
+        host = aligned_empty(x.shape, x.dtype)
+        host[...] = np.asarray(x)
     return jax.make_array_from_callback(x.shape, rep, lambda _: host)
 
 
