@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import jax
@@ -13,6 +14,8 @@ import jaxwren as jw
 from jaxwren.config import RunSpec
 from jaxwren.engine.run import run
 from jaxwren.linalg.cholesky import Cholesky
+
+chol_mod = importlib.import_module("jaxwren.linalg.cholesky")
 from tests.helpers import mem, run_until_killed, tolerance
 
 
@@ -31,9 +34,19 @@ def check_factor(l_mat: np.ndarray, a: np.ndarray) -> None:
 
 
 OOC = 60_000  # bytes: forces the out-of-core tile plan for the sizes below
+PLANS = ["tiles", "kernel", "out-of-core"]
 
 
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
+@pytest.fixture(params=PLANS)
+def budget(request, monkeypatch):
+    """The three ways a stored factor is computed: the default on CPU devices (the tile
+    plan with everything fitting), the in-core kernel (what accelerators and returned
+    factors take; forced here), and the tile plan at a budget below the matrix."""
+    if request.param == "kernel":
+        monkeypatch.setattr(chol_mod, "tiles_first", lambda _mesh: False)
+    return OOC if request.param == "out-of-core" else None
+
+
 def test_store_to_store(store, budget):
     a = spd(45)
     A = jw.from_numpy(a, store.url("a"), (8, 8), storage=store.config)
@@ -62,7 +75,6 @@ def test_out_of_core_ragged(dtype):
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8), (8, 1), (2, 2)])
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
 def test_meshes(mesh_shape, budget):
     r, c = mesh_shape
     mesh = jax.make_mesh(
@@ -74,7 +86,6 @@ def test_meshes(mesh_shape, budget):
     check_factor(L.numpy(), a)
 
 
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
 def test_upper_triangle_absent_or_garbage(budget):
     a = spd(40, seed=3)
     A = jw.BigMatrix.create(mem("lower-a"), (40, 40), (8, 8), "float64")
@@ -87,7 +98,6 @@ def test_upper_triangle_absent_or_garbage(budget):
     check_factor(jw.cholesky(G, mem("garbage-l"), memory_budget=budget).numpy(), a)
 
 
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
 def test_not_positive_definite(budget):
     a = spd(40, seed=4)
     a[30, 30] = -50.0  # fails in the block column holding column 30
@@ -110,7 +120,6 @@ def test_not_positive_definite(budget):
         jw.cholesky(-np.eye(3))
 
 
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
 def test_nan_and_inf(budget):
     a = spd(40, seed=5)
     a[20, 3] = np.nan
@@ -175,7 +184,6 @@ def test_bad_input_errors():
     assert wrong.block_idxs_exist == set()
 
 
-@pytest.mark.parametrize("budget", [None, OOC], ids=["in-core", "out-of-core"])
 def test_existing_out_with_stale_blocks_is_replaced(budget):
     a = spd(24, seed=6)
     out = jw.from_numpy(np.full((24, 24), 7.0), mem("stale"), (8, 8))
@@ -184,9 +192,14 @@ def test_existing_out_with_stale_blocks_is_replaced(budget):
     assert not np.any(np.triu(got, 1))  # the stale 7s above the diagonal are gone too
 
 
-def test_in_core_store_skips_blocks_above_the_diagonal():
+def test_stored_factor_skips_blocks_above_the_diagonal(budget, caplog):
     a = spd(40, seed=8)
-    L = jw.cholesky(a, mem("upper"), block_shape=(16, 16))
+    with caplog.at_level("INFO", logger="jaxwren"):
+        L = jw.cholesky(a, mem("upper"), block_shape=(16, 16), memory_budget=budget)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ("rows", "cols"))
+    kernel = budget is None and not chol_mod.tiles_first(mesh)  # the plan this param forces
+    assert ("in-core, kernel block" in caplog.text) == kernel
+    assert ("tile plan" in caplog.text) == (not kernel)
     assert L.block_idxs_exist == {(i, j) for i in range(3) for j in range(i + 1)}
     check_factor(L.numpy(), a)  # the absent blocks read as zeros
 

@@ -87,3 +87,31 @@ def test_output_tiles_whose_shards_cut_blocks_are_written_once_whole(monkeypatch
     want[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]] = x[: size[0], : size[1]]
     np.testing.assert_array_equal(got, want)
     assert len(calls) == (6 if spec == "aligned" else 1), calls
+
+
+@pytest.mark.parametrize("origin, size", [((0, 0), (90, 70)), ((32, 32), (40, 38)),
+                                          ((48, 32), (42, 38)), ((16, 48), (30, 22))])  # fmt: skip
+def test_lower_writes_skip_blocks_above_the_matrix_diagonal_at_any_origin(origin, size):
+    """A ``lower`` host result (e.g. a tile plan's diagonal tile) leaves the target's blocks
+    wholly above the matrix's diagonal unwritten, wherever the tile sits; every block on
+    or below it holds the tile's values."""
+    import numpy as np
+
+    from jaxwren.storage.bigmatrix import BigMatrix
+    from tests.helpers import mem
+
+    target = BigMatrix.create(mem(f"lower-{origin}"), (90, 70), (16, 16), "float64")
+    r, c = np.meshgrid(np.arange(size[0]) + origin[0], np.arange(size[1]) + origin[1],
+                       indexing="ij")  # fmt: skip
+    tile = np.where(c <= r, 1.0 + r * 100 + c, 0.0)  # strictly upper part zero
+    target.begin_write()
+    plan = Plan("t", [Step((), lambda _c: (None, (tile.copy(),)),
+                           (Write(target, origin, size, lower=True),))], None, 0, 0)  # fmt: skip
+    execute(plan, budget=1 << 30)
+    br = range(origin[0] // 16, -(-(origin[0] + size[0]) // 16))
+    bc = range(origin[1] // 16, -(-(origin[1] + size[1]) // 16))
+    below = {(i, j) for i in br for j in bc if j * 16 <= min(i * 16 + 15, 89)}
+    assert target.block_idxs_exist == below
+    want = np.zeros((90, 70))
+    want[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]] = tile
+    np.testing.assert_array_equal(target.numpy(), want)

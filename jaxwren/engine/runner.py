@@ -185,17 +185,21 @@ def _assembled(pieces: list[tuple[int, int, np.ndarray]], size: tuple[int, int],
 def _host_pieces(out: np.ndarray, write: Write) -> list[tuple[int, int, np.ndarray]]:
     """A host result as write pieces: all of it, or with ``write.lower`` (and a target
     without parent_fn, whose absent blocks read as zeros) one piece per block row of the
-    target, up to the block holding the diagonal."""
+    target, up to the block holding the matrix's diagonal (a tile anywhere: e.g. the
+    diagonal tiles of a tile plan)."""
     target = write.target
-    if (not write.lower or write.origin != (0, 0) or getattr(target, "parent_fn", None) is not None
+    if (not write.lower or getattr(target, "parent_fn", None) is not None
             or getattr(target, "transposed", False)):  # fmt: skip
         return [(0, 0, out)]
     br, bc = target.block_shape
-    pieces = []
-    for r0 in range(0, out.shape[0], br):
-        r1 = min(r0 + br, out.shape[0])
-        c1 = min(-(-r1 // bc) * bc, out.shape[1])
-        pieces.append((r0, 0, out[r0:r1, :c1]))
+    (o_r, o_c), (h, w) = write.origin, out.shape
+    pieces, r0 = [], 0
+    while r0 < h:
+        r1 = min((o_r + r0) // br * br + br - o_r, h)  # the end of this block row
+        c1 = min(-(-(o_r + r1) // bc) * bc - o_c, w)  # through the block of row r1 - 1
+        if c1 > 0:
+            pieces.append((r0, 0, out[r0:r1, :c1]))
+        r0 = r1
     return pieces
 
 
