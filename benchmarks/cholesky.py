@@ -10,9 +10,11 @@ Usage::
     python -m benchmarks.cholesky --n=4096 --block=512 --modes=jaxwren_store \
         --ooc_fractions=4,8 --peers=numpy
 
-Modes (jaxwren): ``jaxwren_store`` store -> store (out-of-core when ``--memory_budget`` is
-below what the in-core plan needs), ``jaxwren_incore`` sharded device array -> device
-array. Peers: ``numpy`` / ``scipy`` (in memory), ``dask`` (``from_zarr`` ->
+Modes (jaxwren): ``jaxwren_store`` store -> store (the default plan: on CPU devices the
+tile plan; out-of-core when ``--memory_budget`` is below what it needs),
+``jaxwren_kernel_store`` store -> store on the in-core ``shard_map`` kernel (the default
+on accelerators), ``jaxwren_incore`` sharded device array -> device array (the kernel).
+Peers: ``numpy`` / ``scipy`` (in memory), ``dask`` (``from_zarr`` ->
 ``da.linalg.cholesky`` -> ``to_zarr``, same blocks, threaded; file store), ``jax_sharded``
 (``jnp.linalg.cholesky`` on the input sharded ``P('rows', 'cols')`` over all devices).
 Each is timed best-of-``--repeats`` after a first call (the extra first-call time,
@@ -40,7 +42,7 @@ from jaxwren.engine.run import run as run_op  # noqa: E402
 from jaxwren.linalg import cholesky_kernel as ck  # noqa: E402
 from jaxwren.linalg.cholesky import Cholesky, _incore_block  # noqa: E402
 
-MODES = ("jaxwren_store", "jaxwren_incore")
+MODES = ("jaxwren_store", "jaxwren_kernel_store", "jaxwren_incore")
 PEERS = ("numpy", "scipy", "dask", "jax_sharded")
 
 _N = flags.DEFINE_integer("n", 4096, "Matrix size.")
@@ -115,13 +117,14 @@ def residual(l_mat: jw.BigMatrix | jax.Array | np.ndarray, a: np.ndarray) -> tup
 
 def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str = "L") -> tuple:
     box: list = []
-    if mode == "jaxwren_store":
+    if mode in ("jaxwren_store", "jaxwren_kernel_store"):
+        op = Cholesky("kernel" if mode == "jaxwren_kernel_store" else "auto")
 
         def f() -> None:  # each call factors afresh into an emptied out
             if box:
                 store.delete(box.pop().value.url)
             spec = RunSpec(memory_budget=cfg.memory_budget, progress=False)
-            box.append(run_op(Cholesky(), (a,), store.url(out), spec))
+            box.append(run_op(op, (a,), store.url(out), spec))
             assert box[-1].stats.steps_run > 0, "a stored result was reused: not a timing"
 
     elif mode == "jaxwren_incore":

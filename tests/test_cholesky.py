@@ -14,9 +14,9 @@ import jaxwren as jw
 from jaxwren.config import RunSpec
 from jaxwren.engine.run import run
 from jaxwren.linalg.cholesky import Cholesky
+from tests.helpers import mem, run_until_killed, tolerance
 
 chol_mod = importlib.import_module("jaxwren.linalg.cholesky")
-from tests.helpers import mem, run_until_killed, tolerance
 
 
 def spd(n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
@@ -42,7 +42,7 @@ def budget(request, monkeypatch):
     """The three ways a stored factor is computed: the default on CPU devices (the tile
     plan with everything fitting), the in-core kernel (what accelerators and returned
     factors take; forced here), and the tile plan at a budget below the matrix."""
-    if request.param == "kernel":
+    if request.param == "kernel":  # as Cholesky("kernel") ranks it
         monkeypatch.setattr(chol_mod, "tiles_first", lambda _mesh: False)
     return OOC if request.param == "out-of-core" else None
 
@@ -264,3 +264,22 @@ def test_resume_inside_a_column_inverts_the_stored_diagonal_tile(tmp_path, caplo
     res = run(Cholesky(), (A,), out, RunSpec(memory_budget=budget))
     assert res.stats.steps_skipped == 3
     check_factor(res.value.numpy(), a)
+
+
+def test_the_op_ranks_the_plan_it_is_asked_for(caplog):
+    """``Cholesky("kernel")`` / ``("tiles")`` (benchmarks compare the two) rank that plan
+    first for a stored factor; the result is the same; a returned factor always takes
+    the kernel (a tile plan only stores)."""
+    a = spd(50, seed=11)
+    for prefer, text in (("kernel", "in-core, kernel block"), ("tiles", "tile plan")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="jaxwren"):
+            spec = RunSpec(block_shape=(8, 8))
+            got = run(Cholesky(prefer), (a,), mem(f"prefer-{prefer}"), spec)
+        assert text in caplog.text
+        check_factor(got.value.numpy(), a)
+    with caplog.at_level("INFO", logger="jaxwren"):
+        check_factor(np.asarray(run(Cholesky("tiles"), (a,), None, RunSpec()).value), a)
+    assert "in-core, kernel block" in caplog.text
+    with pytest.raises(ValueError, match="plan='fast' must be"):
+        Cholesky("fast")

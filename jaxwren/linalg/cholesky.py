@@ -438,6 +438,14 @@ class Cholesky(Op):
     name = "cholesky"
     operand_names = ("a",)
 
+    def __init__(self, plan: str = "auto") -> None:
+        """``plan``: ``"auto"`` (see :func:`tiles_first`), or ``"kernel"`` / ``"tiles"`` to
+        rank the in-core kernel or the tile plan first for a stored factor whatever the
+        devices (benchmarks and tests compare them; the budget still decides)."""
+        if plan not in ("auto", "kernel", "tiles"):
+            raise ValueError(f"cholesky: plan={plan!r} must be 'auto', 'kernel' or 'tiles'")
+        self.prefer = plan
+
     def check(self, operands: Any, mesh: Mesh) -> Problem:
         (a,) = operands
         if a.shape[0] != a.shape[1]:
@@ -460,7 +468,8 @@ class Cholesky(Op):
         out_block = targets["L"] or problem.outputs[0].block_shape or (min(n, 1024),)
         granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1, out_block[0])
         unit = math.lcm(granule, mesh.devices.size)  # tiles are sharded by rows over all
-        first = max(_TILE_FIRST, unit) if tiles_first(mesh) else 0
+        tiles = tiles_first(mesh) if self.prefer == "auto" else self.prefer == "tiles"
+        first = max(_TILE_FIRST, unit) if tiles else 0
         for t in range(unit, round_up(n, unit) + unit, unit):
             nt = -(-n // t)
             rank = 0 if t <= first and nt >= 2 else 2  # 0: before the in-core kernel
