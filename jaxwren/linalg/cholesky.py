@@ -472,8 +472,10 @@ class Cholesky(Op):
         first = max(_TILE_FIRST, unit) if tiles else 0
         for t in range(unit, round_up(n, unit) + unit, unit):
             nt = -(-n // t)
-            rank = 0 if t <= first and nt >= 2 else 2  # 0: before the in-core kernel
             for kt in range(1, max(nt - 1, 1) + 1):  # fewest steps first, then least memory
+                # 0: before the in-core kernel, with K panels of at most 2 tiles (n = 8192
+                # in tiles of 1024: 2.95-3.1 s, against 3.1-3.6 s with 4-7 tile panels)
+                rank = 0 if t <= first and nt >= 2 and kt <= 2 else 2
                 proj = functools.partial(_tile_bytes, t, kt * t, dtype.itemsize, mesh)
                 steps = _update_steps(nt, kt) + nt * (nt + 1) // 2
                 cands.append(Candidate((t, kt), proj, (rank, steps, -t), False))
