@@ -33,8 +33,8 @@ def _outage_after_marks(monkeypatch, proxy: FlakyProxy, after: int, seconds: flo
     orig = jw.BigMatrix.mark
     count = {"n": 0}
 
-    def mark(self, key):
-        orig(self, key)
+    def mark(self, key, *value):
+        orig(self, key, *value)
         count["n"] += 1
         if count["n"] == after:
             proxy.down()

@@ -242,3 +242,35 @@ def test_cholesky_op_statistics_name_what_ran():
     res = run(Cholesky(), (S,), mem("st-l"), RunSpec(memory_budget=20_000))
     assert res.stats.steps_run > 1 and res.stats.bytes_written >= 32 * 32 * 8 * 0.5
     assert res.stats.bytes_read > 0
+
+
+def test_an_input_written_by_another_tool_is_seen_on_every_store(store):
+    """A write that bypasses jaxwren (here TensorStore directly, as zarr-python or any
+    zarr writer would) leaves the generation token alone; the chunks' storage
+    generations still change, so the stored result is not reused."""
+    s = spd(16, seed=9)
+    S = jw.from_numpy(s, store.url("foreign-s"), (8, 8), storage=store.config)
+    out = store.url("foreign-l")
+    jw.cholesky(S, out, storage=store.config)
+    assert run(Cholesky(), (S,), out, RunSpec(storage=store.config)).stats.steps_run == 0
+    s2 = s.copy()
+    s2[8:16, 8:16] += 2 * np.eye(8)  # one block changes
+    S._base[8:16, 8:16].write(s2[8:16, 8:16]).result()  # not a jaxwren write
+    res = run(Cholesky(), (S,), out, RunSpec(storage=store.config))
+    assert res.stats.steps_run > 0
+    np.testing.assert_allclose(res.value.numpy(), np.linalg.cholesky(s2), **tolerance("float64"))
+
+
+def test_a_result_written_by_another_tool_is_recomputed_on_every_store(store):
+    """A complete result's record holds its data stamp: a write to the stored result
+    that bypasses jaxwren (the token stays) makes the rerun compute it again instead of
+    handing back the altered matrix as the result."""
+    s = spd(16, seed=10)
+    S = jw.from_numpy(s, store.url("fresult-s"), (8, 8), storage=store.config)
+    L = jw.cholesky(S, store.url("fresult-l"), storage=store.config)
+    assert run(Cholesky(), (S,), L, RunSpec(storage=store.config)).stats.steps_run == 0
+    L._base[8:16, 0:8].write(np.full((8, 8), 9.0)).result()  # not a jaxwren write
+    res = run(Cholesky(), (S,), L, RunSpec(storage=store.config))
+    assert res.stats.steps_run > 0
+    np.testing.assert_allclose(res.value.numpy(), np.linalg.cholesky(s), **tolerance("float64"))
+    assert run(Cholesky(), (S,), L, RunSpec(storage=store.config)).stats.steps_run == 0

@@ -1,8 +1,11 @@
 """Resume that cannot lie: records bound to the operation, its inputs' data and its outputs.
 
 A run's records are named by a prefix that hashes the operation, its parameters, every
-input's place, view, shape, dtype and *generation* (a token every jaxwren write to a
-matrix replaces), the outputs' shapes and dtypes, and the outputs' own generations. A
+input's place, view, shape, dtype, *generation* (a token every jaxwren write to a matrix
+replaces) and *data stamp* (the storage generations of its chunks: writes by other
+tools, which leave the token alone, change it), the outputs' shapes and dtypes, and the
+outputs' own generations; a complete result's record holds the outputs' data stamps when
+it was finished, and a reuse checks them. A
 record is reused only under the same prefix: change an input (put_block, overwrite,
 being another run's out ...) or write to an output and the prefix no longer matches, so
 its old records are never believed. A run that cannot identify its inputs (arrays in
@@ -39,7 +42,9 @@ def identity(
         gen = x.generation()
         if gen is None:
             return None
-        parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{x.shape}|{x.dtype}")
+        stamp = x.data_stamp()  # writes by other tools leave the token as it was
+        parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{stamp}|{x.shape}|"
+                     f"{x.dtype}")  # fmt: skip
     for s in slots:
         parts.append(f"{s.output.name}|{s.output.shape}|{s.output.dtype.name}|{s.block_shape}")
     return "\n".join(parts)
@@ -61,7 +66,10 @@ def resume_state(name: str, ident: str | None, slots: Sequence[Slot]) -> tuple[R
     prefix = _prefix(name, ident, stored)
     per_output = [s.matrix.marks() for s in stored]  # one LIST per output
     if all(f"{prefix}-{COMPLETE}" in m for m in per_output):
-        return Resume(prefix), COMPLETE
+        key = f"{prefix}-{COMPLETE}"
+        if all(s.matrix.mark_value(key) == s.matrix.data_stamp() for s in stored):
+            return Resume(prefix), COMPLETE
+        return Resume(), "fresh"  # another tool wrote the stored result: compute again
     marks = set().union(*per_output)
     mine = {m.split(".p")[0] for m in marks if m.startswith(prefix + "-")}
     if not mine:

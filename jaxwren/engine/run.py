@@ -164,4 +164,7 @@ def _complete(slots: Sequence[Slot], resume: Resume) -> None:
         return
     for s in slots:
         if s.matrix is not None:
-            multihost.once(f"complete {s.matrix.url}", lambda m=s.matrix: m.mark(key))
+            # the record holds the result's data stamp: a reuse checks that no other
+            # tool has written the result since (such writes leave the token alone)
+            multihost.once(f"complete {s.matrix.url}",
+                           lambda m=s.matrix: m.mark(key, m.data_stamp()))  # fmt: skip

@@ -12,16 +12,19 @@ Everything lives under ``jaxwren/`` inside the matrix's prefix (zarr ignores it)
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import tensorstore as ts
 
 __all__ = [
     "GENERATION_KEY",
+    "data_stamp",
     "GENERATION_RANGE",
     "RECORDS_RANGE",
     "clear_marks",
     "list_marks",
+    "read_mark",
     "read_generation",
     "write_generation_async",
     "write_mark",
@@ -46,8 +49,14 @@ def write_generation_async(kv: ts.KvStore) -> tuple[str, ts.Future]:
     return token, kv.write(GENERATION_KEY, token.encode())
 
 
-def write_mark(kv: ts.KvStore, key: str) -> None:
-    kv.write(_MARKS_PREFIX + key, b"1").result()
+def write_mark(kv: ts.KvStore, key: str, value: bytes = b"1") -> None:
+    kv.write(_MARKS_PREFIX + key, value).result()
+
+
+def read_mark(kv: ts.KvStore, key: str) -> bytes | None:
+    """A record's value, or None when it is absent."""
+    got = kv.read(_MARKS_PREFIX + key).result()
+    return got.value if got.state == "value" else None
 
 
 def list_marks(kv: ts.KvStore) -> set[str]:
@@ -57,3 +66,19 @@ def list_marks(kv: ts.KvStore) -> set[str]:
 
 def clear_marks(kv: ts.KvStore) -> None:
     kv.delete_range(_MARKS).result()
+
+
+def data_stamp(kv: ts.KvStore) -> str:
+    """A digest of the storage generation of every key of the matrix but jaxwren's own
+    (its chunks and ``zarr.json``): one LIST and a zero-byte read per key, all in
+    flight together. Any write changes it, by jaxwren or by another tool (zarr-python
+    does not replace the generation token); so does a chunk appearing or vanishing.
+    65 keys on the file store: ~1.5 ms; 1,025 keys: 10-45 ms."""
+    keys = sorted(k for k in kv.list().result() if not k.startswith(b"jaxwren/"))
+    reads = [kv.read(k, byte_range=slice(0, 0)) for k in keys]
+    digest = hashlib.sha256()
+    for key, read in zip(keys, reads, strict=True):
+        got = read.result()
+        digest.update(b"%d:%s%d:%s" % (len(key), key, len(got.stamp.generation),
+                                       got.stamp.generation))  # fmt: skip
+    return digest.hexdigest()

@@ -39,6 +39,13 @@ class StoredState:
         with translate_errors("BigMatrix.generation", self._loc):
             return records.read_generation(self._base.kvstore)
 
+    def data_stamp(self) -> str:
+        """A digest of the storage generations of the matrix's chunks and header: it
+        changes with any write to them, by jaxwren or by another tool (which
+        :meth:`generation` cannot see). See :func:`records.data_stamp` for the cost."""
+        with translate_errors("BigMatrix.data_stamp", self._loc):
+            return records.data_stamp(self._base.kvstore)
+
     def new_generation(self) -> str:
         """Writes and returns a fresh generation token: results and completion records
         derived from the matrix's earlier contents no longer match it."""
@@ -94,15 +101,22 @@ class StoredState:
             )
 
     # -------------------------------------------------------------- completion records
-    def mark(self, key: str) -> None:
+    def mark(self, key: str, value: str = "1") -> None:
         """Records that part ``key`` of a computation writing this matrix is stored.
 
         Records live beside the blocks (``jaxwren/done/KEY``); written only after the
         data they vouch for, they let an interrupted run resume without trusting
-        half-written output. :meth:`free` and ``overwrite=True`` clear them.
+        half-written output. :meth:`free` and ``overwrite=True`` clear them. ``value``:
+        what the record holds (e.g. the result's :meth:`data_stamp`).
         """
         with translate_errors("BigMatrix.mark", self._loc):
-            records.write_mark(self._base.kvstore, key)
+            records.write_mark(self._base.kvstore, key, value.encode())
+
+    def mark_value(self, key: str) -> str | None:
+        """What record ``key`` holds; None when it is absent."""
+        with translate_errors("BigMatrix.mark_value", self._loc):
+            got = records.read_mark(self._base.kvstore, key)
+        return None if got is None else got.decode()
 
     def marks(self) -> set[str]:
         """The completion records present (one LIST of the store)."""
