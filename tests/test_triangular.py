@@ -79,3 +79,21 @@ def test_errors():
     with pytest.raises(jw.ShapeMismatchError, match="must be square"):
         jw.cho_logdet(np.ones((2, 3)))
     assert isinstance(jw.solve_triangular(jax.numpy.asarray(l_mat), np.ones(8)), jax.Array)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("budget", [None, 400_000], ids=["in-core", "tiles"])
+def test_few_columns_on_a_mesh_without_the_first_device(k, budget):
+    """Fewer columns than devices: X is replicated and one device of the mesh computes
+    each step (the others would repeat it); that device need not be jax's first."""
+    from jax.sharding import AxisType
+
+    devices = jax.devices()[4:8]
+    mesh = jax.make_mesh((2, 2), ("rows", "cols"), axis_types=(AxisType.Auto,) * 2,
+                         devices=devices)  # fmt: skip
+    s, low = factor(300, seed=4)
+    b = rand((300, k), seed=5)
+    L = jw.from_numpy(low, mem(f"few-{k}-{budget}"), (64, 64))
+    x = jw.cho_solve(L, b, mesh=mesh, memory_budget=budget)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(s, b), rtol=1e-9, atol=1e-9)
+    assert set(x.sharding.device_set) == set(devices)

@@ -30,7 +30,7 @@ from jaxwren.errors import NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import pad_identity, round_up
 from jaxwren.sharding.mesh import COLS, ROWS
-from jaxwren.sharding.tiles import ArraySource, CpuShardsSource
+from jaxwren.sharding.tiles import ArraySource, CpuShardsSource, on_one_device
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["SolveTriangular", "cho_logdet", "cho_solve", "solve_triangular"]
@@ -64,6 +64,11 @@ def _kernels(mesh: Mesh, xspec: P, lower: bool):
         xi = lax.linalg.triangular_solve(m, acc, left_side=True, lower=lower)
         return lax.dynamic_update_slice_in_dim(x, xi, ioff, axis=0)
 
+    if xspec == P():  # fewer columns than devices: X replicated, so every device would
+        # repeat the same solve; one computes it (n = 2048, one column, 8 CPU devices:
+        # 10-19 ms against 95-157 ms replicated) and the result is replicated
+        one = functools.partial(on_one_device, rep=rep)
+        return one(upd), one(upd), one(fin), one(fin)
     j = functools.partial(jax.jit, out_shardings=sx)
     first_update = j(lambda x, b, m, koff: upd(x, b, m, koff), in_shardings=(sx, sx, rep, None))
     update = j(upd, in_shardings=(sx, sx, rep, None), donate_argnums=1)

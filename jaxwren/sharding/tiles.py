@@ -313,9 +313,10 @@ def on_one_device(fn: Any, rep: jax.sharding.NamedSharding, static_argnums: Any 
     def local(x: Any) -> Any:
         if not isinstance(x, jax.Array):
             return x
-        if x.is_fully_replicated:  # the copy on `one`, no transfer
-            return next(s.data for s in x.addressable_shards if s.device == one)
-        return jax.device_put(x, one)  # a sharded argument: gathered
+        mine = [s.data for s in x.addressable_shards if s.device == one]
+        if x.is_fully_replicated and mine:  # the copy on `one`, no transfer
+            return mine[0]
+        return jax.device_put(x, one)  # a sharded argument (gathered), or elsewhere
 
     def call(*args: Any) -> Any:
         outs = single(*(local(a) for a in args))
