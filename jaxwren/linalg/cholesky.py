@@ -184,7 +184,7 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     if multi:
         return jax.jit(lambda x, *a: fn(lax.with_sharding_constraint(x, rep), *a),
                        out_shardings=rep)  # fmt: skip
-    if replicas_shared(rep):  # CPU devices: LAPACK on the host, with every core
+    if replicas_shared(rep):  # CPU devices: LAPACK on the host
         return functools.partial(_host_tile, kind, rep)
     one, single = mesh.devices.flat[0], jax.jit(fn)
 
