@@ -283,3 +283,25 @@ def test_the_op_ranks_the_plan_it_is_asked_for(caplog):
     assert "in-core, kernel block" in caplog.text
     with pytest.raises(ValueError, match="plan='fast' must be"):
         Cholesky("fast")
+
+
+def test_finished_tiles_stay_in_memory_when_the_budget_holds_them(caplog):
+    """On CPU devices, a fresh tile plan whose budget holds the lower triangle keeps its
+    finished tiles in host memory: the K panels are views of them, so only A's lower
+    tiles are read. A budget that cannot hold them reads the panels back from the store;
+    a resumed run (finished tiles in the store, not in memory) does too."""
+    a = spd(96, seed=12)
+    A = jw.from_numpy(a, mem("kept-a"), (8, 8))
+    with caplog.at_level("INFO", logger="jaxwren"):
+        got = run(Cholesky("tiles"), (A,), mem("kept-l"), RunSpec())
+    check_factor(got.value.numpy(), a)
+    assert "finished tiles kept in memory" in caplog.text
+    t = int(re.search(r"tiles of (\d+)", caplog.text).group(1))
+    nt = -(-96 // t)
+    assert got.stats.bytes_read == nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles only
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jaxwren"):
+        small = run(Cholesky("tiles"), (A,), mem("kept-l2"), RunSpec(memory_budget=16_000))
+    check_factor(small.value.numpy(), a)
+    assert "kept in memory" not in caplog.text
+    assert small.stats.bytes_read > got.stats.bytes_read
