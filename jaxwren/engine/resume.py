@@ -21,6 +21,7 @@ from typing import Any
 
 from jaxwren.engine.outputs import Slot, place_key
 from jaxwren.engine.problem import Problem, Resume
+from jaxwren.sharding import multihost
 from jaxwren.sharding.multihost import finished_records
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -42,7 +43,8 @@ def identity(
         gen = x.generation()
         if gen is None:
             return None
-        stamp = x.data_stamp()  # writes by other tools leave the token as it was
+        # writes by other tools leave the token as it was; process 0 reads the stamps
+        stamp = multihost.shared_text(f"data stamp of {x.url}", x.data_stamp)
         parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{stamp}|{x.shape}|"
                      f"{x.dtype}")  # fmt: skip
     for s in slots:
@@ -67,7 +69,12 @@ def resume_state(name: str, ident: str | None, slots: Sequence[Slot]) -> tuple[R
     per_output = [s.matrix.marks() for s in stored]  # one LIST per output
     if all(f"{prefix}-{COMPLETE}" in m for m in per_output):
         key = f"{prefix}-{COMPLETE}"
-        if all(s.matrix.mark_value(key) == s.matrix.data_stamp() for s in stored):
+
+        def unchanged() -> str:
+            return str(int(all(s.matrix.mark_value(key) == s.matrix.data_stamp()
+                               for s in stored)))  # fmt: skip
+
+        if multihost.shared_text(f"{name}: result unchanged", unchanged) == "1":
             return Resume(prefix), COMPLETE
         return Resume(), "fresh"  # another tool wrote the stored result: compute again
     marks = set().union(*per_output)

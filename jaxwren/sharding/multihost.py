@@ -14,7 +14,15 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["finished_records", "once", "once_shared", "record_key", "sync", "to_host"]
+__all__ = [
+    "finished_records",
+    "once",
+    "once_shared",
+    "record_key",
+    "shared_text",
+    "sync",
+    "to_host",
+]
 
 T = TypeVar("T")
 
@@ -73,6 +81,21 @@ def once_shared(name: str, fn: Callable[[], T], then: Callable[[], T]) -> T:
             cls = errors.JaxwrenError
         raise cls(f"{msg} (raised on process 0 during {name})")
     return then() if jax.process_index() != 0 else result  # type: ignore[return-value]
+
+
+def shared_text(name: str, fn: Callable[[], str]) -> str:
+    """``fn()`` (a short ASCII text, e.g. a digest) computed by process 0 and the same on
+    every process: one set of store requests instead of one per process, and no process
+    decides on a text another never saw. Errors are shared as :func:`once_shared` does."""
+    if jax.process_count() == 1:
+        return fn()
+    box: list[str] = []
+    once_shared(name, lambda: box.append(fn()), lambda: None)
+    code = np.zeros(_MSG_BYTES, np.uint8)
+    if box:
+        text = box[0].encode()
+        code[: len(text)] = np.frombuffer(text[:_MSG_BYTES], np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(code))).rstrip(b"\0").decode()
 
 
 def record_key(key: str) -> str:
