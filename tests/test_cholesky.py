@@ -281,7 +281,7 @@ def test_the_op_ranks_the_plan_it_is_asked_for(caplog):
     with caplog.at_level("INFO", logger="jaxwren"):
         check_factor(np.asarray(run(Cholesky("tiles"), (a,), None, RunSpec()).value), a)
     assert "in-core, kernel block" in caplog.text
-    with pytest.raises(ValueError, match="plan='fast' must be"):
+    with pytest.raises(jw.ConfigError, match="plan='fast' must be"):
         Cholesky("fast")
 
 

@@ -37,6 +37,7 @@ def identity(
     if problem.params is None:
         return None
     parts = [name, repr(problem.params)]
+    stamps: dict[str, str] = {}  # by matrix: A and A.T share one
     for x in operands:
         if not isinstance(x, BigMatrix) or x.parent_fn is not None:
             return None
@@ -44,7 +45,9 @@ def identity(
         if gen is None:
             return None
         # writes by other tools leave the token as it was; process 0 reads the stamps
-        stamp = multihost.shared_text(f"data stamp of {x.url}", x.data_stamp)
+        if x.url not in stamps:
+            stamps[x.url] = multihost.shared_text(f"data stamp of {x.url}", x.data_stamp)
+        stamp = stamps[x.url]
         parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{stamp}|{x.shape}|"
                      f"{x.dtype}")  # fmt: skip
     for s in slots:

@@ -8,13 +8,15 @@ ever holds the whole matrix), and put back in natural order on the host, in the 
 input was read into. A stored factor is written from there as whole chunks, skipping the
 blocks above the diagonal (the run emptied ``out``; absent blocks read as zeros).
 
-Out-of-core: a left-looking tile plan over the store. Tile ``L[I, J]`` (``I >= J``) is
-``A[I, J] - sum_K L[I, K] L[J, K]^T`` (one GEMM step per chunk of K tiles, as wide as the
-budget allows), then the diagonal tile is factored (LAPACK, on one device) and the others
-multiplied by the inverse of ``L[J, J]``, carried through the column. Tiles are sharded by
-rows over all devices with the right-hand panels replicated: no collectives. Every
-finished tile is written once, then a completion record: a rerun with the same input and
-``out`` skips finished tiles.
+On one process's CPU devices a stored factor takes the tile plan below even when the
+kernel fits (see :func:`tiles_first`), its finished tiles kept in host memory when the
+budget holds them. Out-of-core: a left-looking tile plan over the store. Tile ``L[I, J]``
+(``I >= J``) is ``A[I, J] - sum_K L[I, K] L[J, K]^T`` (one GEMM step per chunk of K tiles,
+as wide as the budget allows), then the diagonal tile is factored (LAPACK: on the host
+for CPU devices, else on one device) and the others multiplied by the inverse of
+``L[J, J]``, carried through the column. Tiles are sharded by rows over all devices with
+the right-hand panels replicated: no collectives. Every finished tile is written once,
+then a completion record: a rerun with the same input and ``out`` skips finished tiles.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
-from jaxwren.errors import NonFiniteError, NotPositiveDefiniteError, ShapeMismatchError
+from jaxwren.errors import (
+    ConfigError,
+    NonFiniteError,
+    NotPositiveDefiniteError,
+    ShapeMismatchError,
+)
 from jaxwren.linalg import cholesky_kernel as ck
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import pad_identity, round_up
@@ -161,8 +168,7 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     multi = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
 
     def update(acc: jax.Array, li: jax.Array, lj: jax.Array) -> jax.Array:
-        return acc - lax.dot_general(li, lj, (((1,), (1,)), ((), ())),
-                                     precision=lax.Precision.HIGHEST)  # fmt: skip
+        return _minus_products(acc, (li,), (lj,))
 
     if kind == "update":  # acc (or A) -= L[I, K] L[J, K]^T
         if first:
@@ -398,14 +404,15 @@ def _resident_update(first: bool, mesh: Mesh) -> Any:
     """``acc -= sum_q L[I, q] L[J, q]^T`` over K tiles given one by one (row-sharded and
     replicated views of host tiles); ``first``: acc is the A tile (not donated)."""
     srow = NamedSharding(mesh, P((ROWS, COLS), None))
+    return jax.jit(_minus_products, out_shardings=srow, donate_argnums=() if first else (0,))
 
-    def update(acc: jax.Array, lis: tuple, ljs: tuple) -> jax.Array:
-        for li, lj in zip(lis, ljs, strict=True):
-            acc = acc - lax.dot_general(li, lj, (((1,), (1,)), ((), ())),
-                                        precision=lax.Precision.HIGHEST)  # fmt: skip
-        return acc
 
-    return jax.jit(update, out_shardings=srow, donate_argnums=() if first else (0,))
+def _minus_products(acc: jax.Array, lis: tuple, ljs: tuple) -> jax.Array:
+    """``acc - sum_q lis[q] ljs[q]^T``: the update of every tile plan step."""
+    for li, lj in zip(lis, ljs, strict=True):
+        acc = acc - lax.dot_general(li, lj, (((1,), (1,)), ((), ())),
+                                    precision=lax.Precision.HIGHEST)  # fmt: skip
+    return acc
 
 
 class _Resident:
@@ -424,8 +431,8 @@ class _Resident:
         got = self.views.get((*key, rows))
         if got is None:
             host = self.tiles[key]
-            sharding = self.srow if rows else self.rep
-            got = jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+            got = (jax.make_array_from_callback(host.shape, self.srow, lambda idx: host[idx])
+                   if rows else replicate(host, self.rep, adopt=True))  # fmt: skip
             self.views[(*key, rows)] = got
         return got
 
@@ -520,7 +527,7 @@ class Cholesky(Op):
         rank the in-core kernel or the tile plan first for a stored factor whatever the
         devices (benchmarks and tests compare them; the budget still decides)."""
         if plan not in ("auto", "kernel", "tiles"):
-            raise ValueError(f"cholesky: plan={plan!r} must be 'auto', 'kernel' or 'tiles'")
+            raise ConfigError(f"cholesky: plan={plan!r} must be 'auto', 'kernel' or 'tiles'.")
         self.prefer = plan
 
     def check(self, operands: Any, mesh: Mesh) -> Problem:

@@ -276,12 +276,11 @@ def replicas_shared(sharding: jax.sharding.Sharding) -> bool:
 
 
 def host_copy(x: jax.Array) -> np.ndarray:
-    """A fully addressable array copied shard by shard into a fresh, writable host buffer
-    of the caller's own (``np.asarray`` gives a cached, read-only one)."""
+    """A 2-D array on this process's CPU devices copied shard by shard into a fresh,
+    writable host buffer of the caller's own (``np.asarray`` gives a cached, read-only
+    one)."""
     out = aligned_empty(x.shape, x.dtype)
-    for shard in x.addressable_shards:
-        if shard.replica_id == 0:
-            out[shard.index] = np.asarray(shard.data)
+    CpuShardsSource(x).read_region_into_async(0, x.shape[0], 0, x.shape[1], out)
     return out
 
 
