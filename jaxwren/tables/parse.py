@@ -1,9 +1,14 @@
 """CSV and Parquet part bytes -> pyarrow tables of the selected columns (pyarrow parses;
 this module names what is wrong: file, row, column).
 
-A :class:`Format` reads one part's column names cheaply (the CSV header line, the Parquet
-footer) and parses the selected columns. Rows are counted from 1 among the data rows (the
-header is not counted); ragged rows are located by re-parsing on the error path only.
+A :class:`Format` reads one part's column names cheaply (the CSV header record, the
+Parquet footer) and parses the selected columns. Rows are counted from 1 among the data
+rows (the header is not counted); ragged rows are located by re-parsing on the error path
+only. A quoted CSV field may hold newlines (in the header too): a part that may hold one
+is parsed with ``newlines_in_values`` (slower; see :func:`_parse_options`). Index columns
+that pandas (or dask) stored in a Parquet part (``__index_level_0__``,
+``__null_dask_index__``, a named index: the ``index_columns`` of its pandas metadata) are
+not data: they are left out unless named in ``columns``.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from jaxwren.errors import ConfigError, TableParseError
+from jaxwren.tables.convert import exact_integers
 from jaxwren.tables.glob import Part
 
 __all__ = ["CSV", "Format", "PARQUET", "csv_format", "resolve_columns"]
@@ -36,10 +44,47 @@ def _located_ragged(data: bytes, read: Any, parse: pacsv.ParseOptions) -> Any:
         autogenerate_column_names=read.autogenerate_column_names,
         block_size=read.block_size,
     )
-    parse = pacsv.ParseOptions(delimiter=parse.delimiter, invalid_row_handler=handler)
+    parse = pacsv.ParseOptions(
+        delimiter=parse.delimiter,
+        newlines_in_values=parse.newlines_in_values,
+        invalid_row_handler=handler,
+    )
     with contextlib.suppress(pa.ArrowInvalid):
         pacsv.read_csv(pa.BufferReader(data), read_options=opts, parse_options=parse)
     return found[0] if found else None
+
+
+def _header_record(data: bytes) -> bytes:
+    """The CSV's first record with its line end: up to the first newline outside quotes
+    (a quoted field may hold newlines; ``""`` inside quotes keeps the count even)."""
+    quotes, start = 0, 0
+    while (end := data.find(b"\n", start)) >= 0:
+        quotes += data.count(b'"', start, end)
+        if quotes % 2 == 0:
+            return data[: end + 1]
+        start = end + 1
+    return data
+
+
+def _parse_options(data: bytes) -> pacsv.ParseOptions:
+    """pyarrow's defaults, with newlines in quoted values where a part may hold one: a
+    quote after the first record, or a newline inside it (they make pyarrow's chunking
+    20-40% slower; a quoted header such as R's ``"x","y"`` alone needs none)."""
+    first = len(_header_record(data))
+    quoted = data.find(b"\n", 0, first - 1) >= 0 or data.find(b'"', first) >= 0
+    return pacsv.ParseOptions(newlines_in_values=quoted)
+
+
+def _pandas_index(schema: pa.Schema) -> list[str]:
+    """The columns of a Parquet schema that hold a pandas (or dask) index: the strings
+    among its pandas metadata's ``index_columns`` (a RangeIndex is a dict, not stored)."""
+    try:
+        meta = schema.pandas_metadata or {}
+    except (ValueError, TypeError):  # metadata that is not pandas' JSON: no index
+        return []
+    index = meta.get("index_columns") if isinstance(meta, dict) else None
+    names = set(schema.names)
+    return [c for c in index or [] if isinstance(c, str) and c in names]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,29 +109,63 @@ class Format:
         return self._parquet(data, part) if self.name == "parquet" else data
 
     def column_names(self, data: Any, part: Part) -> list[str]:
-        """The part's column names, from its header line or Parquet footer (``data``:
-        the part's bytes or :meth:`open`'s result)."""
+        """The part's data column names, from its header record or Parquet footer
+        (``data``: the part's bytes or :meth:`open`'s result); a Parquet part's pandas
+        index columns are not among them (see :meth:`index_names`)."""
         if self.name == "parquet":
-            return list(self._parquet(data, part).schema_arrow.names)
-        end = data.find(b"\n")
-        first = data if end < 0 else data[: end + 1]
+            schema = self._parquet(data, part).schema_arrow
+            index = set(_pandas_index(schema))
+            return [n for n in schema.names if n not in index]
+        first = _header_record(data)
         if not first.strip():
             raise TableParseError(
                 f"{self.op}: the part {part.url} is empty (no header, no rows); remove it "
                 "from the data set or fix the glob."
             )
+        if b'"' in first:  # quoted names (maybe holding newlines): as pyarrow reads them
+            return self._csv(first, part, None).column_names
         try:  # the header line alone: Python's csv module, as pyarrow's defaults read it
             fields = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]))
         except (UnicodeDecodeError, csv.Error, StopIteration):
             return self._csv(first, part, None).column_names
         return fields if self.header else [f"f{i}" for i in range(len(fields))]
 
-    def parse(self, data: Any, part: Part, names: list[str]) -> pa.Table:
+    def index_names(self, data: Any, part: Part) -> list[str]:
+        """The stored index columns of a Parquet part written by pandas or dask (not
+        data: selected only by name); none for a CSV part."""
+        if self.name != "parquet":
+            return []
+        return _pandas_index(self._parquet(data, part).schema_arrow)
+
+    def parse(
+        self, data: Any, part: Part, names: list[str], dtype: np.dtype | None = None
+    ) -> pa.Table:
         """The columns ``names`` of a part, in that order (``data``: as
-        :meth:`column_names`)."""
+        :meth:`column_names`). With ``dtype`` (the matrix dtype), a CSV's integer
+        literals that pyarrow read as floats are made exact in it or refused
+        (:func:`~jaxwren.tables.convert.exact_integers`).
+
+        Raises:
+          TableParseError: the part cannot be parsed, or lacks a column of ``names``.
+          DTypeMismatchError: an integer literal that ``dtype`` cannot hold exactly.
+        """
         if self.name == "parquet":
-            return self._parquet(data, part).read(columns=names, use_threads=True)
-        return self._csv(data, part, names)
+            pf = self._parquet(data, part)
+            missing = [n for n in names if n not in pf.schema_arrow.names]
+            if missing:
+                raise TableParseError(
+                    f"{self.op}: the part {part.url} has no column {missing[0]!r} (selected "
+                    "with columns=[...]); every part needs the selected columns."
+                )
+            return pf.read(columns=names, use_threads=True)
+        table = self._csv(data, part, names)
+        if dtype is None:
+            return table
+
+        def texts(cols: list[str]) -> pa.Table:
+            return self._csv(data, part, cols, text=True)
+
+        return exact_integers(table, dtype, part, op=self.op, texts=texts)
 
     # ----------------------------------------------------------------- the two kinds
     def _read_options(self) -> pacsv.ReadOptions:
@@ -94,12 +173,21 @@ class Format:
             use_threads=True, autogenerate_column_names=not self.header, block_size=1 << 21
         )
 
-    def _csv(self, data: bytes, part: Part, names: list[str] | None) -> pa.Table:
-        read, parse = self._read_options(), pacsv.ParseOptions()
-        convert = pacsv.ConvertOptions(include_columns=names, strings_can_be_null=True)
+    def _csv(self, data: bytes, part: Part, names: list[str] | None, *,
+             text: bool = False) -> pa.Table:  # fmt: skip
+        """The columns ``names`` (None: all) of a CSV part (``text``: as strings)."""
+        read, parse = self._read_options(), _parse_options(data)
+        types = {n: pa.string() for n in names or []} if text else None
+        convert = pacsv.ConvertOptions(include_columns=names, strings_can_be_null=True,
+                                       column_types=types)  # fmt: skip
         try:
             return pacsv.read_csv(pa.BufferReader(data), read_options=read,
                                   parse_options=parse, convert_options=convert)  # fmt: skip
+        except KeyError as e:  # pyarrow.ArrowKeyError: a selected column is not there
+            raise TableParseError(
+                f"{self.op}: the part {part.url} has no column among {names!r} as pyarrow "
+                f"parses its header ({e}); check the header's quoting and delimiters."
+            ) from None
         except pa.ArrowInvalid as e:
             msg = str(e)
             if "Expected" in msg and "columns, got" in msg:
@@ -143,9 +231,11 @@ def csv_format(header: bool) -> Format:
 
 
 def resolve_columns(
-    columns: Any, names: list[str], part: Part, *, op: str, header: bool
-) -> list[str]:
-    """The selected column names (all of ``names`` for None; ints index ``names``).
+    columns: Any, names: list[str], part: Part, *, op: str, header: bool,
+    index: Sequence[str] = (),
+) -> list[str]:  # fmt: skip
+    """The selected column names (all of ``names`` for None; ints index ``names``;
+    a Parquet part's pandas ``index`` columns only by name).
 
     Raises:
       ConfigError: a name or index that the first part does not have, or a bad value.
@@ -168,10 +258,12 @@ def resolve_columns(
                     f"{op}: column index {c} is out of range: {part.url} has {len(names)} columns."
                 )
             out.append(names[c])
-        elif isinstance(c, str) and c in names:
+        elif isinstance(c, str) and (c in names or c in index):
             out.append(c)
         else:
             hint = "" if header else " (header=False: select columns by index)"
+            if index:
+                hint += f" (and the pandas index {', '.join(map(repr, index))})"
             raise ConfigError(
                 f"{op}: column {c!r} is not in {part.url}; its columns are "
                 f"{', '.join(map(repr, names[:20]))}{hint}."

@@ -64,8 +64,9 @@ class TableStream:
     caller takes the finished ones in order; the parts in flight (being read, parsed or
     waiting to be taken) fit in ``window_bytes`` at the largest size seen of a part's
     bytes or of its parsed table. The first
-    part fixes the column names; every later part must have the same set (any order),
-    and the selected columns are taken by name. After iterating, :meth:`check_unchanged`
+    part fixes the column names; every later part must have the same set (any order;
+    a Parquet part's pandas index columns are not counted), and the selected columns
+    are taken by name. After iterating, :meth:`check_unchanged`
     verifies no part changed since it was read.
     """
 
@@ -152,7 +153,8 @@ class TableStream:
             try:
                 got, nbytes = self._read(part, read)
                 source = self.fmt.open(got.data, part)
-                self._first_columns(self.fmt.column_names(source, part), part)
+                self._first_columns(self.fmt.column_names(source, part),
+                                    self.fmt.index_names(source, part), part)  # fmt: skip
             finally:  # the later parts' jobs wait for this, even when it failed
                 self._named.set()
         else:
@@ -165,7 +167,7 @@ class TableStream:
             self._same_columns(names, part)
         generation = got.generation
         del got
-        table = self.fmt.parse(source, part, self.selected)
+        table = self.fmt.parse(source, part, self.selected, self.dtype)
         del source
         self._grow(table.nbytes, sized=True)  # a part in flight may hold its table
         if convert:
@@ -188,9 +190,9 @@ class TableStream:
             if sized and not self._sized.done():
                 self._sized.set_result(None)
 
-    def _first_columns(self, names: list[str], part: Part) -> None:
+    def _first_columns(self, names: list[str], index: list[str], part: Part) -> None:
         selected = resolve_columns(self.columns, names, part, op=self.fmt.op,
-                                   header=self.fmt.header)  # fmt: skip
+                                   header=self.fmt.header, index=index)  # fmt: skip
         self.names, self.first = names, part
         self.selected = selected
 
