@@ -103,6 +103,17 @@ class StorageConfig:
         with the defaults an unreachable store fails within about 30 s.
       s3_retry_initial_delay: first backoff delay, a TensorStore duration (``"0.1s"``).
       s3_retry_max_delay: longest backoff delay.
+      s3_stall_timeout: seconds (> 0, rounded up to whole seconds) an s3:// or gs://
+        request may go on transferring less than 256 bytes/s (a frozen endpoint that
+        accepted the connection and says nothing) before it is aborted; each of the
+        ``s3_max_retries`` attempts may wait this long, so a stalled store fails with a
+        StorageError after about ``(s3_max_retries + 1) * s3_stall_timeout`` seconds.
+        Process-wide: TensorStore reads it once, when its HTTP transport starts (the
+        process's first s3/gcs request), so the value of the first StorageConfig used
+        with s3:// or gs:// holds for the whole process (jaxwren passes it through the
+        ``TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS`` environment variable, which, when
+        already set, wins). Raise it for requests that legitimately stay silent longer
+        (e.g. listing a huge prefix through a slow proxy).
       file_io_concurrency: at most this many concurrent local-file operations.
       file_sync: fsync each file write (durable against power loss, slower).
       file_memmap: read local files through ``mmap`` (TensorStore's ``file_io_mode``
@@ -121,6 +132,7 @@ class StorageConfig:
     s3_max_retries: int = 8
     s3_retry_initial_delay: str = "0.1s"
     s3_retry_max_delay: str = "8s"
+    s3_stall_timeout: float = 60.0
     file_io_concurrency: int = 32
     file_sync: bool = False
     file_memmap: bool = True
@@ -148,6 +160,17 @@ class StorageConfig:
                 raise ConfigError(
                     f"StorageConfig({name}={getattr(self, name)!r}) must be an int >= 1."
                 )
+        stall = self.s3_stall_timeout
+        if (
+            isinstance(stall, bool)
+            or not isinstance(stall, int | float)
+            or not math.isfinite(stall)
+            or stall <= 0
+        ):
+            raise ConfigError(
+                f"StorageConfig(s3_stall_timeout={stall!r}) must be a positive number of "
+                "seconds, e.g. 60."
+            )
         for name in ("file_sync", "file_memmap"):  # "false" would read as True
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
@@ -173,6 +196,8 @@ class StorageConfig:
         credentials = self.credentials
         if credentials == "default":
             credentials = _default_credentials(environ)
+        elif isinstance(credentials, Mapping) and credentials.get("type") == "profile":
+            credentials = _with_profile_files(credentials, environ)
         return dataclasses.replace(
             self, s3_endpoint=endpoint, s3_region=region or None, credentials=credentials
         )
@@ -195,12 +220,7 @@ def _default_credentials(environ: Mapping[str, str]) -> str | dict[str, str]:
     profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE")
     if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):  # comes before profiles in the chain
         return {"type": "default", "profile": profile} if profile else "default"
-    aws_dir = os.path.join(
-        environ.get("HOME") or environ.get("USERPROFILE") or "/nonexistent", ".aws"
-    )
-    cred_file = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(aws_dir, "credentials")
-    config_file = environ.get("AWS_CONFIG_FILE") or os.path.join(aws_dir, "config")
-    config_file = config_file if os.path.isfile(config_file) else os.devnull
+    cred_file, config_file = _shared_files(environ)
     name = profile or "default"
     if _profile_in(cred_file, name):
         cred_file = os.path.abspath(cred_file)
@@ -209,6 +229,28 @@ def _default_credentials(environ: Mapping[str, str]) -> str | dict[str, str]:
     if profile:
         return {"type": "default", "profile": profile}
     return "default"
+
+
+def _shared_files(environ: Mapping[str, str]) -> tuple[str, str]:
+    """The AWS shared credentials and config files (the config file: os.devnull when
+    absent)."""
+    aws_dir = os.path.join(
+        environ.get("HOME") or environ.get("USERPROFILE") or "/nonexistent", ".aws"
+    )
+    cred_file = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(aws_dir, "credentials")
+    config_file = environ.get("AWS_CONFIG_FILE") or os.path.join(aws_dir, "config")
+    return cred_file, config_file if os.path.isfile(config_file) else os.devnull
+
+
+def _with_profile_files(credentials: Mapping[str, Any], environ: Mapping[str, str]) -> dict:
+    """An explicit ``{"type": "profile", ...}`` with the shared files' paths filled in
+    where not given: TensorStore 0.1.x finds no profile at all (not even an existing one)
+    without both paths."""
+    if "credentials_file" in credentials and "config_file" in credentials:
+        return dict(credentials)
+    cred_file, config_file = _shared_files(environ)
+    return {"credentials_file": os.path.abspath(cred_file), "config_file": config_file,
+            **credentials}  # fmt: skip
 
 
 def _profile_in(credentials_file: str, profile: str) -> bool:

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "CredentialsError",
     "DTypeMismatchError",
+    "ForkError",
     "JaxwrenError",
     "MatrixChangedError",
     "MatrixExistsError",
@@ -109,3 +110,9 @@ class OutputConflictError(JaxwrenError, ValueError):
 class MatrixChangedError(StorageError):
     """A BigMatrix handle's stored header changed (the matrix was recreated) since it
     was opened."""
+
+
+class ForkError(JaxwrenError, RuntimeError):
+    """Storage was used in a process forked (``os.fork``, multiprocessing's ``fork``
+    start method) after its parent had used TensorStore, whose threads do not survive a
+    fork: use the ``spawn`` or ``forkserver`` start method."""

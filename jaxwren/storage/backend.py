@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +22,13 @@ from jaxwren.config import StorageConfig
 from jaxwren.errors import (
     BucketNotFoundError,
     CredentialsError,
+    ForkError,
     JaxwrenError,
     MatrixChangedError,
     MatrixExistsError,
     MatrixNotFoundError,
     StorageError,
+    UnsupportedURLError,
 )
 from jaxwren.storage.chunkkeys import ChunkKeys
 from jaxwren.storage.records import RECORDS_RANGE
@@ -50,6 +54,18 @@ _CRED_WORDS = re.compile(
     r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|PERMISSION_DENIED|UNAUTHENTICATED"
     r"|Forbidden|ExpiredToken|InvalidToken"
 )
+# TensorStore's curl transport reads this once, when it starts (the first s3/gcs request).
+_STALL_ENV = "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"
+_forked_after_use = False  # this process was forked after its parent used TensorStore
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_use
+    _forked_after_use = _forked_after_use or shared_context.cache_info().currsize > 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @functools.cache
@@ -70,12 +86,26 @@ def _context_for(resources: str) -> ts.Context:
 def store_spec(loc: Location, config: StorageConfig) -> tuple[dict[str, Any], ts.Context]:
     """The kvstore spec of ``loc`` and the context to open it in.
 
+    Refuses (ForkError) in a child forked after this process used TensorStore. Before
+    the first s3/gcs open it sets TensorStore's stall limit from
+    ``config.s3_stall_timeout`` (process-wide; an explicit environment value wins).
+
     The spec's context resources (IO limits, retries, credentials) move into one context
     per distinct set of them, a child of :func:`shared_context`: every handle on a store
     then shares TensorStore's driver and caches (a handle sees a header rewritten in this
     process) and one set of IO limits. Resources written inline in a spec would make a
     new driver, cache and limit for every open.
     """
+    if _forked_after_use:  # TensorStore would abort the process on its first request
+        raise ForkError(
+            f"storage ({loc.url}) used in a process forked after its parent used "
+            "TensorStore, whose threads do not survive fork (os.fork, or multiprocessing's "
+            "'fork' start method, the default on Linux); use multiprocessing start method "
+            "'spawn' or 'forkserver': multiprocessing.get_context('spawn'), or "
+            "ProcessPoolExecutor(mp_context=multiprocessing.get_context('spawn'))."
+        )
+    if loc.scheme in ("s3", "gs"):  # before TensorStore's HTTP transport starts
+        os.environ.setdefault(_STALL_ENV, str(math.ceil(config.s3_stall_timeout)))
     spec = kvstore_spec(loc, config)
     resources = {k: spec.pop(k) for k in _RESOURCES if k in spec}
     return spec, _context_for(json.dumps(resources, sort_keys=True))
@@ -112,6 +142,17 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile, or "
             "StorageConfig(credentials=...)."
         )
+    if "Failed to create credentials provider" in msg:  # aws-c-auth, before any request
+        code = re.search(r"AWS_ERROR_[A-Z_]+", msg)
+        return CredentialsError(
+            f"{op}: TensorStore could not load the AWS credentials for {where} "
+            f"({code.group(0) if code else msg.split(':')[0]}). A profile (the 'profile' "
+            "setting of StorageConfig(credentials={'type': 'profile', 'profile': NAME}), or "
+            "AWS_PROFILE) must be a [NAME] section of the shared credentials file "
+            "(AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/credentials), and that file must "
+            "exist; fix the profile name or the file, or use credentials='environment' with "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."
+        )
     if "is incompatible with existing metadata" in msg:
         return MatrixChangedError(
             f"{op}: the stored matrix at {where} was recreated (shape, dtype or layout "
@@ -126,6 +167,14 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
         return MatrixNotFoundError(
             f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
             "jw.BigMatrix.create / jw.from_numpy, or fix the URL."
+        )
+    if "Operation too slow" in msg:  # curl's low-speed limit: s3_stall_timeout
+        return StorageError(
+            f"{op} on {where} failed: the store stalled: it took the connection but did not "
+            "answer (under 256 bytes/s) for StorageConfig.s3_stall_timeout seconds on each "
+            "of its StorageConfig.s3_max_retries attempts. Check the endpoint (a frozen "
+            "server or proxy?), then rerun: stored results resume where they stopped. Raise "
+            f"s3_stall_timeout only if its requests legitimately stay silent longer. ({msg})"
         )
     hint = ""
     if "retry attempts failed" in msg or "CURL error" in msg or msg.startswith("UNAVAILABLE"):
@@ -153,8 +202,10 @@ def probe_bucket(loc: Location, config: StorageConfig, op: str) -> None:
     """Checks that an S3/GCS bucket exists and the credentials work (one LIST request).
 
     TensorStore alone retries writes into a missing bucket for a long time, so this
-    check runs before anything is created.
+    check runs before anything is created. On the file store it refuses a path that is
+    a regular file (see :func:`_refuse_regular_file`).
     """
+    _refuse_regular_file(loc, op)
     if loc.scheme not in ("s3", "gs"):
         return
     with translate_errors(op, loc):
@@ -209,6 +260,27 @@ def open_array(loc: Location, config: StorageConfig) -> ts.TensorStore:
     except MatrixNotFoundError:
         _refuse_zarr_v2(loc, config)
         raise
+
+
+def _refuse_regular_file(loc: Location, op: str) -> None:
+    """A file-store matrix is a directory: refuses a path that is, or lies below, a
+    regular file (or anything else that is not a directory). Reads only."""
+    if loc.scheme != "file":
+        return
+    path = place = loc.path.rstrip("/")
+    while not os.path.isdir(place):
+        if os.path.exists(place):
+            what = "a regular file" if os.path.isfile(place) else "not a directory"
+            which = loc.url if place == path else f"{place!r}, above {loc.url},"
+            raise UnsupportedURLError(
+                f"{op}: {which} is {what}, not a matrix directory (a matrix on the file "
+                "store is a directory holding zarr.json). Choose a path that is a directory "
+                "or does not exist yet; nothing was written or deleted."
+            )
+        parent = os.path.dirname(place)
+        if parent == place:
+            return
+        place = parent
 
 
 def _refuse_zarr_v2(loc: Location, config: StorageConfig) -> None:

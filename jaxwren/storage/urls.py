@@ -42,7 +42,9 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
     """Parses a storage URL or a plain filesystem path.
 
     Raises:
-      UnsupportedURLError: unknown scheme, missing bucket or empty path.
+      UnsupportedURLError: unknown scheme, missing bucket or empty path; an s3/gs key or
+        a memory name with an empty, ``.`` or ``..`` segment (only one trailing ``/`` is
+        allowed). File paths are normalised instead (``os.path.normpath``).
     """
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
@@ -68,13 +70,14 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
             )
         return _file_location(os.path.normpath(rest))
     if scheme == "memory":
-        name = rest.strip("/")
+        name = rest.removesuffix("/")
         if not name:
             raise UnsupportedURLError(f"memory URL {url!r} needs a name: memory://name.")
+        _refuse_odd_segments(url, name, "memory://" + _plain(name))
         return Location("memory", None, name + "/", f"memory://{name}")
     bucket, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or not prefix:
+    prefix = prefix.removesuffix("/")
+    if not bucket or not prefix.strip("/"):
         raise UnsupportedURLError(
             f"{scheme} URL {url!r} needs a bucket and a prefix: {scheme}://bucket/prefix."
         )
@@ -83,7 +86,37 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
             f"{scheme} URL {url!r}: {bucket!r} is not a valid bucket name (3-63 characters: "
             "lowercase letters, digits, '.', '-'; starting and ending with a letter or digit)."
         )
+    _refuse_odd_segments(url, prefix, f"{scheme}://{bucket}/{_plain(prefix)}")
     return Location(scheme, bucket, prefix + "/", f"{scheme}://{bucket}/{prefix}")
+
+
+def _refuse_odd_segments(url: str, key: str, plain: str) -> None:
+    """Refuses a key (or memory name) with an empty, ``.`` or ``..`` segment.
+
+    HTTP clients (TensorStore's S3 and GCS drivers included) normalise such paths, so
+    ``s3://b/x/../B`` would read and write ``s3://b/B``: an ``out`` could overwrite an
+    input it does not seem to name. A single trailing ``/`` was dropped by the caller.
+    """
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            what = "an empty segment ('//')" if not seg else f"a {seg!r} segment"
+            raise UnsupportedURLError(
+                f"storage URL {url!r} has {what} in its key; S3 and GCS requests resolve "
+                "such keys to another one (an out could overwrite an input it does not "
+                f"seem to name), so jaxwren refuses them. Spell the key plainly, e.g. {plain!r}."
+            )
+
+
+def _plain(key: str) -> str:
+    """``key`` with ``.``, ``..`` and empty segments resolved, for the error message."""
+    out: list[str] = []
+    for seg in key.split("/"):
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg not in ("", "."):
+            out.append(seg)
+    return "/".join(out) or "name"
 
 
 def _file_location(path: str) -> Location:
