@@ -30,6 +30,8 @@ __all__ = [
     "TableParseError",
     "UnsupportedURLError",
     "BucketNotFoundError",
+    "ConcurrentWriteError",
+    "IncompleteMatrixError",
 ]
 
 
@@ -110,6 +112,17 @@ class OutputConflictError(JaxwrenError, ValueError):
 class MatrixChangedError(StorageError):
     """A BigMatrix handle's stored header changed (the matrix was recreated) since it
     was opened."""
+
+
+class IncompleteMatrixError(StorageError):
+    """The matrix was left uncommitted by a jaxwren writer (interrupted or failed):
+    blocks it never wrote would read as the fill value. Rerunning the same writer
+    resumes or replaces it."""
+
+
+class ConcurrentWriteError(OutputConflictError):
+    """Another run or tool wrote to a run's ``out`` while the run was writing it: the
+    stored result is not (only) this run's."""
 
 
 class ForkError(JaxwrenError, RuntimeError):

@@ -315,8 +315,8 @@ def test_stored_results_resume_and_reuse(tmp_path):
     calls = {"n": 0}
     orig = jw.BigMatrix.mark
 
-    def failing_mark(self, key):
-        orig(self, key)
+    def failing_mark(self, key, *value):
+        orig(self, key, *value)
         calls["n"] += 1
         if calls["n"] == 1:
             raise jw.StorageError("simulated outage after the first query tile")

@@ -243,7 +243,7 @@ def test_a_failing_create_is_the_error_raised(monkeypatch):
     def refuse(*args, **kwargs):
         raise jw.StorageError("create failed")
 
-    monkeypatch.setattr(ingest.BigMatrix, "create", refuse)
+    monkeypatch.setattr(ingest.BigMatrix, "create_uncommitted", refuse)
     parts = put(mem("parts"), {f"p{i}.csv": csv_bytes(parts_data([9])[0]) for i in range(3)})
     with pytest.raises(jw.StorageError, match="create failed"):
         jw.from_csv(f"{parts}/p*.csv", mem("out"), block_shape=(2, 3))

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorstore as ts
 
 from jaxwren.config import StorageConfig
@@ -36,6 +37,8 @@ class Slot:
     matrix: BigMatrix | None = None  # the stored matrix (existing, or once created)
     created: bool = False  # created by this call (removed again if the call fails)
     block_shape: tuple[int, int] | None = None
+    claim: str | None = None  # this run's writing claim on the matrix (lifecycle)
+    committed: bool = False  # this run committed it (a later refusal still discards it)
 
     @property
     def stored(self) -> bool:
@@ -92,7 +95,7 @@ def _slot(where: str, o: Output, out: Any, inputs: Sequence[Any],
         bs = block_shape or o.block_shape or (1024, 1024)
         bs = (min(bs[0], o.shape[0]), min(bs[1], o.shape[1]))
         return Slot(o, loc.url, None, False, bs)
-    matrix.check_fresh()
+    matrix.check_fresh(complete=False)  # an unfinished out is resumed or replaced
     if matrix.shape != o.shape or matrix.dtype != o.dtype:
         raise ShapeMismatchError(
             f"{where}: out {matrix!r} must have shape {o.shape} and dtype {o.dtype.name} to "
@@ -172,28 +175,81 @@ def _holds_matrix(loc: Location, config: StorageConfig, prefix: str) -> bool:
                    for name in ("zarr.json", ".zarray"))  # fmt: skip
 
 
-def materialize(slot: Slot, storage: StorageConfig | None) -> BigMatrix:
-    """Creates a stored output that does not exist yet (once, on process 0)."""
+def materialize(slot: Slot, storage: StorageConfig | None, where: str) -> BigMatrix:
+    """Creates a stored output that does not exist yet, uncommitted (once, on process 0)."""
     if slot.matrix is None:
         o, url = slot.output, slot.url
-        slot.matrix = multihost.once(
-            f"create {url}",
-            lambda: BigMatrix.create(url, o.shape, slot.block_shape, o.dtype, storage=storage),
-            lambda: BigMatrix.open(url, storage=storage),
+
+        def create() -> tuple[BigMatrix, str | None]:
+            return BigMatrix.create_uncommitted(url, o.shape, slot.block_shape, o.dtype,
+                                                writer=where, storage=storage)  # fmt: skip
+
+        slot.matrix, slot.claim = multihost.once(
+            f"create {url}", create, lambda: (BigMatrix.open(url, storage=storage), None)
         )
         slot.created = True
     return slot.matrix
 
 
-def discard(slots: Sequence[Slot]) -> None:
+def claim(slot: Slot, where: str) -> None:
+    """Takes an existing output over for this run (uncommitted until :func:`commit`)."""
+    m = slot.matrix
+    slot.claim = multihost.once(f"claim {m.url}", lambda: m.begin_writing(where))
+
+
+def fill_absent(slot: Slot) -> None:
+    """Writes zero blocks where the result left blocks unwritten (e.g. above a Cholesky
+    factor's diagonal) when absent blocks of ``out`` would not read as zeros for every
+    reader (a zarr ``fill_value`` of 7 or NaN, a ``parent_fn``): a result never relies
+    on a fill value that is not zero. Costs nothing for matrices jaxwren created."""
+    m = slot.matrix
+    if m is None or m.absent_reads_zero:
+        return
+
+    def fill() -> None:
+        base = m.T if m.transposed else m
+        stored = base.block_idxs_exist
+        with translate_errors("writing zeros", m.location):
+            futures = []
+            for i, j in base.block_idxs:
+                if (i, j) not in stored:
+                    r0, r1, c0, c1 = base.block_bounds(i, j)
+                    zeros = np.zeros((r1 - r0, c1 - c0), base.dtype)
+                    futures.append(base.write_region_async(r0, c0, zeros))
+            for f in futures:
+                f.result()
+
+    multihost.once(f"fill {m.url}", fill)
+
+
+def commit(slot: Slot, where: str) -> None:
+    """Ends this run's lifecycle on ``slot`` (process 0; raises ConcurrentWriteError when
+    another writer took it over)."""
+    m = slot.matrix
+    if m is not None and slot.claim is not None:
+        m.commit_writing(slot.claim, where)
+        slot.committed = True
+
+
+def discard(slots: Sequence[Slot], where: str) -> None:
     """After a failed run: removes the outputs this call created (exactly their keys);
-    outputs that existed before keep their bytes but lose every record (a new
-    generation), so nothing partial is ever taken for a result."""
+    outputs that existed before keep their bytes, lose every record (a new generation)
+    and stay uncommitted, so nothing partial is ever taken for a result. An output that
+    another writer took over meanwhile is left alone."""
     for slot in slots:
         m = slot.matrix
         if m is None:
             continue
-        if slot.created:
-            multihost.once(f"destroy {m.url}", m.destroy)
-        else:
-            multihost.once(f"invalidate {m.url}", lambda m=m: (m.clear_marks(), m.new_generation()))
+
+        def drop(m: BigMatrix = m, slot: Slot = slot) -> None:
+            if slot.claim is not None and not slot.committed and not m.owns(slot.claim):
+                return  # another writer took it over: theirs now
+            if slot.created:
+                m.destroy()
+            else:
+                m.clear_marks()
+                m.new_generation()
+                if slot.committed:  # a result refused after its commit is not one
+                    m.begin_writing(where)
+
+        multihost.once(f"discard {m.url}", drop)

@@ -24,7 +24,13 @@ from jaxwren.engine import outputs as outs_mod
 from jaxwren.engine.outputs import Slot
 from jaxwren.engine.plan import resolve_budget
 from jaxwren.engine.problem import Candidate, Problem, Resume
-from jaxwren.engine.resume import COMPLETE, fresh_resume, identity, resume_state
+from jaxwren.engine.provenance import (
+    COMPLETE,
+    check_written,
+    fresh_resume,
+    identity,
+    resume_state,
+)
 from jaxwren.engine.runner import RunStats, execute
 from jaxwren.errors import JaxwrenError, MemoryBudgetError, ShapeMismatchError, StorageError
 from jaxwren.sharding import multihost
@@ -110,6 +116,7 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
     blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
     cand, prefetch = choose(where, op.tilings(problem, blocks), budget, spec.prefetch,
                             returned=not all(s.stored for s in slots))  # fmt: skip
+    tokens = _input_tokens(sources)  # a read of the inputs is validated at the end
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
     multihost.sync(f"{where} decided")  # every process has looked before anything changes
@@ -122,16 +129,29 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
         plan = dataclasses.replace(plan, projected_bytes=cand.projected(prefetch))
         returned, stats = execute(plan, budget=budget, prefetch=prefetch,
                                   progress=spec.progress)  # fmt: skip
-        value = op.finish(problem, returned, _targets(slots))
+        _check_inputs(where, tokens)
+        _commit(where, slots, stats)
+        value = op.finish(problem, returned, _targets(slots))  # may still refuse it
     except BaseException as exc:
         # a wrong input (not positive definite, NaN ...) leaves no trace; an outage or an
         # interruption of a resumable run keeps its finished tiles for the rerun
         data_error = isinstance(exc, JaxwrenError) and not isinstance(exc, StorageError)
         if data_error or not resume.enabled:
-            outs_mod.discard(slots)
+            outs_mod.discard(slots, where)
         raise
-    _complete(slots, resume)
+    _record_complete(slots, resume)
     return Outcome(on_mesh(value, user_mesh), stats)
+
+
+def _input_tokens(sources: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """Starts reading each stored input's generation token and writing state."""
+    return [(x, x.read_token_async()) for x in sources if isinstance(x, BigMatrix)]
+
+
+def _check_inputs(where: str, tokens: list[tuple[Any, Any]]) -> None:
+    """No jaxwren writer changed an input while the run read it (torn data)."""
+    for x, before in tokens:
+        x.check_unchanged(before, x.read_token_async(), where)
 
 
 def _targets(slots: Sequence[Slot]) -> dict[str, BigMatrix | None]:
@@ -140,8 +160,12 @@ def _targets(slots: Sequence[Slot]) -> dict[str, BigMatrix | None]:
 
 def _prepare(where: str, ident: str | None, slots: Sequence[Slot], resume: Resume,
              state: str, spec: RunSpec) -> Resume:  # fmt: skip
-    """Creates missing outputs; a fresh run empties existing ones and gives them a new
-    generation (their old records and anything computed from them become unusable)."""
+    """Claims every stored output for this run (uncommitted until the end); creates
+    missing ones; a fresh run empties existing ones and gives them a new generation
+    (their old records and anything computed from them become unusable)."""
+    for s in slots:
+        if s.stored and s.matrix is not None:
+            outs_mod.claim(s, where)  # an earlier writer's claim is taken over
     if state == "partial":
         log.info("%s: resuming, %d tiles already stored", where, len(resume.finished))
         return resume
@@ -149,7 +173,7 @@ def _prepare(where: str, ident: str | None, slots: Sequence[Slot], resume: Resum
         if not s.stored:
             continue
         if s.matrix is None:
-            outs_mod.materialize(s, spec.storage)
+            outs_mod.materialize(s, spec.storage, where)
         else:
             m = s.matrix
             multihost.once(f"free {m.url}", lambda m=m: (m.free(), m.new_generation()))
@@ -157,7 +181,20 @@ def _prepare(where: str, ident: str | None, slots: Sequence[Slot], resume: Resum
     return fresh_resume(where, ident, slots)
 
 
-def _complete(slots: Sequence[Slot], resume: Resume) -> None:
+def _commit(where: str, slots: Sequence[Slot], stats: RunStats) -> None:
+    """Completes every stored output: zero blocks where a fill value would show, the
+    chunks this run recorded still its own, the claim still its own (then committed)."""
+    for s in slots:
+        if s.matrix is None:
+            continue
+        outs_mod.fill_absent(s)
+        written = stats.stamps.get(s.matrix.url, {})
+        multihost.once(f"check {s.matrix.url}",
+                       lambda m=s.matrix, w=written: check_written(where, m, w))  # fmt: skip
+        multihost.once(f"commit {s.matrix.url}", lambda s=s: outs_mod.commit(s, where))
+
+
+def _record_complete(slots: Sequence[Slot], resume: Resume) -> None:
     """Records the finished result on every stored output (once, by process 0)."""
     key = resume.key(COMPLETE)
     if key is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import sys
 import time
@@ -43,6 +44,9 @@ class RunStats:
         self.compiles = 0
         self.prefetch = 0
         self.seconds = 0.0
+        # {output url: {chunk key: storage generation}} of the chunks this process wrote
+        # under a completion record (what the records vouch for; checked at commit)
+        self.stamps: dict[str, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -130,8 +134,11 @@ class _Writer:
                 return _OutputWrite(futures, target)
 
         def done(_: Any) -> None:
-            if write.record is not None:
-                target.mark(multihost.record_key(write.record))
+            if write.record is not None:  # the record holds what it vouches for
+                keys = _chunk_keys(target, [(r0 + a, c0 + b, d.shape) for a, b, d in pieces])
+                gens = target.chunk_generations(keys)
+                target.mark(multihost.record_key(write.record), json.dumps(gens))
+                self._stats.stamps.setdefault(target.url, {}).update(gens)
 
         self._window.submit(start, nbytes, done, tag=self._tag(write, out.shape))
 
@@ -154,6 +161,16 @@ class _Writer:
         while self._queue:
             self._flush(*self._queue.popleft())
         self._window.drain()
+
+
+def _chunk_keys(target: Any, parts: list[tuple[int, int, tuple[int, ...]]]) -> list[str]:
+    """The stored chunks that pieces written at ``(row, col)`` with ``shape`` touch."""
+    keys: dict[str, None] = {}
+    for r, c, (h, w) in parts:
+        keys.update(
+            dict.fromkeys(target.region_chunk_keys(*target.base_region(r, r + h, c, c + w)))
+        )
+    return list(keys)
 
 
 def _cuts_blocks(pieces: list[tuple[int, int, np.ndarray]], target: Any,
@@ -188,7 +205,7 @@ def _host_pieces(out: np.ndarray, write: Write) -> list[tuple[int, int, np.ndarr
     target, up to the block holding the matrix's diagonal (a tile anywhere: e.g. the
     diagonal tiles of a tile plan)."""
     target = write.target
-    if (not write.lower or getattr(target, "parent_fn", None) is not None
+    if (not write.lower or not getattr(target, "absent_reads_zero", False)
             or getattr(target, "transposed", False)):  # fmt: skip
         return [(0, 0, out)]
     br, bc = target.block_shape

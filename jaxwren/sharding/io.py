@@ -19,6 +19,7 @@ from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchErr
 from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import shard_bounds, splits_blocks, start_tile
+from jaxwren.storage import lifecycle
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.ingest import from_numpy
@@ -103,15 +104,20 @@ def load(
             f"{matrix.shape} of {matrix!r}; pass (r0, r1, c0, c1) with r0 < r1 <= rows."
         )
     check_representable(matrix.dtype, where=f"load({matrix!r})")
+    before = None
     if hasattr(matrix, "check_fresh"):
         matrix.check_fresh()  # the header it was opened with is still the stored one
+        before = matrix.read_token_async()
     shape = (r1 - r0, c1 - c0)
     if sharding is None:
         sharding = default_sharding(shape)
     check_sharding(shape, sharding, where="load")
     with translate_errors("load", matrix.location), Window(budget_bytes) as window:
         tile = start_tile(matrix, region, sharding, window=window)
-    return tile.result()
+        value = tile.result()
+        if before is not None:  # no writer changed it while it was read (torn data)
+            matrix.check_unchanged(before, matrix.read_token_async(), "load")
+    return value
 
 
 def write_shards(
@@ -181,9 +187,12 @@ def save(
             return from_numpy(x, url, block_shape, storage=storage, overwrite=overwrite)
     if x.ndim != 2:
         raise ShapeMismatchError(f"save: expected a 2-D array, got shape {x.shape}.")
-    matrix = _target(x, url, block_shape, storage=storage, overwrite=overwrite)
-    write_shards(x, matrix, budget_bytes=budget_bytes)
-    multihost.sync(f"saved {matrix.url}")
+    matrix, claim = _target(x, url, block_shape, storage=storage, overwrite=overwrite)
+    claim = claim if jax.process_index() == 0 else None
+    with lifecycle.committing(matrix, claim, "save", created=not isinstance(url, BigMatrix)):
+        write_shards(x, matrix, budget_bytes=budget_bytes)
+        multihost.sync(f"saved {matrix.url}")
+    multihost.sync(f"committed {matrix.url}")
     return matrix
 
 
@@ -194,7 +203,7 @@ def _target(
     *,
     storage: StorageConfig | None,
     overwrite: bool,
-) -> BigMatrix:
+) -> tuple[BigMatrix, str | None]:
     if isinstance(url, BigMatrix):
         if url.shape != x.shape:
             raise ShapeMismatchError(
@@ -204,15 +213,18 @@ def _target(
             raise DTypeMismatchError(
                 f"save: array dtype {x.dtype} differs from {url!r}; convert with x.astype()."
             )
-        url.check_fresh()
-        multihost.once(f"generation {url.url}", url.new_generation)  # its old contents: void
-        return url
+        url.check_fresh(complete=False)
+        # its old contents are void; not complete until saved (a claim only on process 0)
+        claim = multihost.once(f"begin {url.url}", lambda: (url.new_generation(),
+                                                            url.begin_writing("save"))[1],
+                               lambda: None)  # fmt: skip
+        return url, claim
     if block_shape is None:
         raise ShapeMismatchError("save: block_shape is required when saving to a URL.")
     return multihost.once(
         f"create {url}",
-        lambda: BigMatrix.create(
-            url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
+        lambda: BigMatrix.create_uncommitted(
+            url, x.shape, block_shape, x.dtype, writer="save", storage=storage, overwrite=overwrite
         ),
-        lambda: BigMatrix.open(url, storage=storage),
+        lambda: (BigMatrix.open(url, storage=storage), None),
     )

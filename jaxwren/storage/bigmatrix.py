@@ -13,6 +13,7 @@ another layout raises :class:`~jaxwren.errors.MatrixChangedError` instead of mis
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from jaxwren.errors import (
     BlockIndexError,
     ShapeMismatchError,
 )
-from jaxwren.storage import backend, records
+from jaxwren.storage import backend, lifecycle, records
 from jaxwren.storage.backend import parse_json, read_json_async, translate_errors
 from jaxwren.storage.buffers import aligned_empty
 from jaxwren.storage.chunkkeys import ChunkKeys
@@ -104,7 +105,8 @@ class BigMatrix(StoredState):
         overwrite: bool = False,
     ) -> BigMatrix:
         """Creates an empty matrix at ``url`` (no block written yet; reads give zeros)
-        with a fresh generation token.
+        with a fresh generation token. It is complete from birth: filled block by block
+        with :meth:`put_block`, unwritten blocks read as zeros (or ``parent_fn``).
 
         ``overwrite=True`` first deletes the array stored there (exactly its keys: chunks,
         records, header; nested matrices and other objects under the prefix stay).
@@ -114,14 +116,63 @@ class BigMatrix(StoredState):
           MatrixExistsError: a matrix is stored there and ``overwrite`` is False.
           BucketNotFoundError, CredentialsError, StorageError: the store refused.
         """
-        shape = check_shape(shape, where="BigMatrix.create")
-        block_shape = check_shape(block_shape, where="BigMatrix.create", name="block_shape")
-        dt = check_dtype(dtype, where="BigMatrix.create")
+        return cls._create(url, shape, block_shape, dtype, storage=storage,
+                           parent_fn=parent_fn, overwrite=overwrite)[0]  # fmt: skip
+
+    @classmethod
+    def create_uncommitted(
+        cls,
+        url: str | os.PathLike[str],
+        shape: tuple[int, int],
+        block_shape: tuple[int, int],
+        dtype: Any,
+        *,
+        writer: str,
+        storage: StorageConfig | None = None,
+        overwrite: bool = False,
+    ) -> tuple[BigMatrix, str]:
+        """Creates a matrix that ``writer`` will fill whole and then commit (see
+        :mod:`jaxwren.storage.lifecycle`): reads raise IncompleteMatrixError until then.
+        A matrix left uncommitted by an earlier writer is replaced without
+        ``overwrite``. Returns the matrix and the writer's claim."""
+        matrix, claim = cls._create(url, shape, block_shape, dtype, storage=storage,
+                                    overwrite=overwrite, writer=writer)  # fmt: skip
+        assert claim is not None
+        return matrix, claim
+
+    @classmethod
+    def _create(cls, url: Any, shape: Any, block_shape: Any, dtype: Any, *,
+                storage: StorageConfig | None, overwrite: bool, parent_fn: Any = None,
+                writer: str | None = None) -> tuple[BigMatrix, str | None]:  # fmt: skip
+        where = writer or "BigMatrix.create"
+        shape = check_shape(shape, where=where)
+        block_shape = check_shape(block_shape, where=where, name="block_shape")
+        dt = check_dtype(dtype, where=where)
         loc, config = parse_url(url), resolve_storage(storage)
-        array = backend.create_array(loc, config, shape, block_shape, dt, overwrite=overwrite)
-        matrix = cls(array, loc, config, block_shape, parent_fn=parent_fn)
-        matrix.new_generation()
-        return matrix
+        claim = None
+        if writer is not None:
+            backend.probe_bucket(loc, config, where)
+            with translate_errors(where, loc):
+                kv = backend.open_kvstore(loc, config)
+                header, state = read_json_async(kv), lifecycle.read_state_async(kv)
+                exists = parse_json(header.result()) is not None
+                if exists and (overwrite or lifecycle.parse_state(state.result()) is not None):
+                    backend.delete_matrix(kv, loc, where)  # replaced: an unfinished one too
+                    exists = False
+                overwrite = False  # (done here: create_array would delete the claim too)
+                if not exists:  # (else create_array refuses: MatrixExistsError)
+                    claim = lifecycle.begin(kv, writer)  # before the header: never complete
+        try:
+            array = backend.create_array(loc, config, shape, block_shape, dt,
+                                         overwrite=overwrite)  # fmt: skip
+            matrix = cls(array, loc, config, block_shape, parent_fn=parent_fn)
+            matrix.new_generation()
+        except BaseException:
+            if claim is not None:  # leave the place as it was: empty
+                with contextlib.suppress(Exception):
+                    lifecycle.abandon(kv, claim)
+            raise
+        return matrix, claim
 
     @classmethod
     def open(
@@ -193,6 +244,27 @@ class BigMatrix(StoredState):
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def fill_value(self) -> Any:
+        """What a block never written reads as through TensorStore and zarr-python (the
+        stored zarr ``fill_value``; ``parent_fn``, when set, overrides it in jaxwren)."""
+        return self._view.fill_value
+
+    @property
+    def absent_reads_zero(self) -> bool:
+        """Whether a block never written reads as zeros for every reader (jaxwren without
+        ``parent_fn``, zarr-python, TensorStore): the fill value is zero and no
+        ``parent_fn`` is set."""
+        fill = self.fill_value
+        return self.parent_fn is None and (fill is None or bool(np.all(np.asarray(fill) == 0)))
+
+    def region_chunk_keys(self, r0: int, r1: int, c0: int, c1: int) -> list[str]:
+        """The keys of the stored chunks a region of the *stored* (untransposed) matrix
+        touches (see :meth:`base_region`)."""
+        bm, bn = self._base_block
+        return [self._keys.key(i, j) for i in range(r0 // bm, -(-r1 // bm))
+                for j in range(c0 // bn, -(-c1 // bn))]  # fmt: skip
 
     @property
     def transposed(self) -> bool:
@@ -361,9 +433,11 @@ class BigMatrix(StoredState):
         out = aligned_empty((r1 - r0, c1 - c0), self.dtype)
         with translate_errors(op, self._loc):
             header = read_json_async(self._base.kvstore)  # in flight with the data read
+            before = self.read_token_async()
             data = self.read_region_into_async(r0, r1, c0, c1, out)
             self._check_header(header.result())
             data.result()
+            self.check_unchanged(before, self.read_token_async(), op)  # not torn
         return out
 
     def write_region_async(self, r0: int, c0: int, data: np.ndarray, *,

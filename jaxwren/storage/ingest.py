@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxwren.config import StorageConfig
 from jaxwren.errors import ShapeMismatchError
+from jaxwren.storage import lifecycle
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.validate import check_shape
@@ -33,7 +34,8 @@ def from_numpy(
       url: where to store it.
       block_shape: ``(rows, cols)`` of a block; need not divide the shape.
       storage: StorageConfig; None uses the environment's AWS settings.
-      overwrite: replace a matrix already stored at ``url``.
+      overwrite: replace a matrix already stored at ``url`` (a matrix an interrupted
+        writer left unfinished is replaced without it).
       n_jobs: at most this many block writes in flight (numpywren's ``shard_matrix``).
 
     Returns:
@@ -49,10 +51,11 @@ def from_numpy(
             "reshape vectors with x.reshape(-1, 1)."
         )
     check_shape(block_shape, where="from_numpy", name="block_shape")
-    matrix = BigMatrix.create(
-        url, x.shape, block_shape, x.dtype, storage=storage, overwrite=overwrite
-    )
-    _write_blocks(matrix, x, max_inflight_bytes=1 << 30, n_jobs=n_jobs)  # create: new token
+    matrix, claim = BigMatrix.create_uncommitted(url, x.shape, block_shape, x.dtype,
+                                                 writer="from_numpy", storage=storage,
+                                                 overwrite=overwrite)  # fmt: skip
+    with lifecycle.committing(matrix, claim, "from_numpy"):  # a failure leaves nothing
+        _write_blocks(matrix, x, max_inflight_bytes=1 << 30, n_jobs=n_jobs)
     return matrix
 
 

@@ -19,7 +19,8 @@ import tensorstore as ts
 
 __all__ = [
     "GENERATION_KEY",
-    "data_stamp",
+    "digest",
+    "generations",
     "GENERATION_RANGE",
     "RECORDS_RANGE",
     "clear_marks",
@@ -68,17 +69,26 @@ def clear_marks(kv: ts.KvStore) -> None:
     kv.delete_range(_MARKS).result()
 
 
-def data_stamp(kv: ts.KvStore) -> str:
-    """A digest of the storage generation of every key of the matrix but jaxwren's own
-    (its chunks and ``zarr.json``): one LIST and a zero-byte read per key, all in
-    flight together. Any write changes it, by jaxwren or by another tool (zarr-python
-    does not replace the generation token); so does a chunk appearing or vanishing.
-    65 keys on the file store: ~1.5 ms; 1,025 keys: 10-45 ms."""
-    keys = sorted(k for k in kv.list().result() if not k.startswith(b"jaxwren/"))
+def generations(kv: ts.KvStore, keys: list[str] | None = None) -> dict[str, str]:
+    """``{key: storage generation as hex}`` for ``keys`` (None: every key of the matrix
+    but jaxwren's own -- its chunks and ``zarr.json``, found by one LIST); one zero-byte
+    read per key, all in flight together; ``""`` for an absent key. Any write changes a
+    key's generation, by jaxwren or by another tool (zarr-python does not replace the
+    generation token); so does a chunk appearing or vanishing. 65 keys on the file
+    store: ~1.5 ms; 1,025 keys: 10-45 ms."""
+    if keys is None:
+        keys = sorted(k.decode() for k in kv.list().result() if not k.startswith(b"jaxwren/"))
     reads = [kv.read(k, byte_range=slice(0, 0)) for k in keys]
-    digest = hashlib.sha256()
+    out = {}
     for key, read in zip(keys, reads, strict=True):
         got = read.result()
-        digest.update(b"%d:%s%d:%s" % (len(key), key, len(got.stamp.generation),
-                                       got.stamp.generation))  # fmt: skip
-    return digest.hexdigest()
+        out[key] = got.stamp.generation.hex() if got.state == "value" else ""
+    return out
+
+
+def digest(gens: dict[str, str]) -> str:
+    """One digest of :func:`generations` (the *data stamp* of a matrix or a region)."""
+    h = hashlib.sha256()
+    for key in sorted(gens):
+        h.update(f"{len(key)}:{key}{len(gens[key])}:{gens[key]}".encode())
+    return h.hexdigest()

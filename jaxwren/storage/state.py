@@ -12,7 +12,7 @@ from typing import Any
 import tensorstore as ts
 
 from jaxwren.errors import MatrixChangedError, MatrixNotFoundError
-from jaxwren.storage import records
+from jaxwren.storage import lifecycle, records
 from jaxwren.storage.backend import layout, parse_json, read_json_async, translate_errors
 from jaxwren.storage.urls import Location
 
@@ -42,9 +42,8 @@ class StoredState:
     def data_stamp(self) -> str:
         """A digest of the storage generations of the matrix's chunks and header: it
         changes with any write to them, by jaxwren or by another tool (which
-        :meth:`generation` cannot see). See :func:`records.data_stamp` for the cost."""
-        with translate_errors("BigMatrix.data_stamp", self._loc):
-            return records.data_stamp(self._base.kvstore)
+        :meth:`generation` cannot see). See :func:`records.generations` for the cost."""
+        return records.digest(self.chunk_generations())
 
     def new_generation(self) -> str:
         """Writes and returns a fresh generation token: results and completion records
@@ -72,9 +71,10 @@ class StoredState:
             self._check_header(got)
         return token
 
-    def check_fresh(self) -> None:
-        """Checks that the stored header is still the one this handle opened: one small
-        read of ``zarr.json``. Reads (get_block, read_region, numpy, to_jax) and writes
+    def check_fresh(self, *, complete: bool = True) -> None:
+        """Checks that the stored header is still the one this handle opened and (with
+        ``complete``) that no jaxwren writer left the matrix uncommitted: two small reads
+        in flight together. Reads (get_block, read_region, numpy, to_jax) and writes
         through this handle check it themselves; the engine calls it once per operand per
         run. A matrix recreated with the same layout is still fresh (the handle reads the
         new data correctly); attributes other than jaxwren's header do not count.
@@ -83,9 +83,70 @@ class StoredState:
           MatrixChangedError: recreated with another shape, dtype or layout; reopen it
             with ``jw.BigMatrix.open(url)``.
           MatrixNotFoundError: the matrix was deleted.
+          IncompleteMatrixError: a jaxwren writer did not finish it (``complete=True``).
         """
+        kv = self._base.kvstore
         with translate_errors("BigMatrix.check_fresh", self._loc):
-            self._check_header(read_json_async(self._base.kvstore).result())
+            header, state = read_json_async(kv), lifecycle.read_state_async(kv)
+            self._check_header(header.result())
+            if complete:
+                lifecycle.check_complete(lifecycle.parse_state(state.result()), repr(self))
+
+    def read_token_async(self) -> tuple[ts.Future, ts.Future]:
+        """Starts reading what a read validates against: the generation token and the
+        writing state (see :meth:`check_unchanged`)."""
+        kv = self._base.kvstore
+        return kv.read(records.GENERATION_KEY), lifecycle.read_state_async(kv)
+
+    def check_unchanged(self, before: tuple[Any, Any], after: tuple[Any, Any], op: str) -> None:
+        """Validates a read: the writing state must be clear and the generation token
+        the same before and after it (futures from :meth:`read_token_async`), else the
+        data may be torn by a writer (a recreate with ``overwrite=True``, put_block,
+        another run's out ...).
+
+        Raises:
+          IncompleteMatrixError: a writer had not finished the matrix before the read.
+          MatrixChangedError: a jaxwren writer changed the matrix during the read.
+        """
+        tok0, st0 = (f.result() for f in before)
+        lifecycle.check_complete(lifecycle.parse_state(st0), f"{op} of {self!r}")
+        tok1, st1 = (f.result() for f in after)
+        if st1.state == "value" or tok0.value != tok1.value or tok0.state != tok1.state:
+            raise MatrixChangedError(
+                f"{op} of {self!r}: the matrix was written (or recreated) by another call "
+                "while it was being read, so the data read may be torn; read it again once "
+                "that writer has finished."
+            )
+
+    # ---------------------------------------------------------------- the lifecycle
+    def begin_writing(self, writer: str) -> str:
+        """Marks the matrix uncommitted, written by ``writer``; returns the claim (see
+        :mod:`jaxwren.storage.lifecycle`)."""
+        with translate_errors(f"{writer}: begin", self._loc):
+            return lifecycle.begin(self._base.kvstore, writer)
+
+    def commit_writing(self, claim: str, where: str) -> None:
+        """Commits what the writer holding ``claim`` wrote (see :func:`lifecycle.commit`)."""
+        with translate_errors(f"{where}: commit", self._loc):
+            lifecycle.commit(self._base.kvstore, claim, what=repr(self), where=where)
+
+    def writing_state(self) -> dict[str, Any] | None:
+        """``{"writer", "claim"}`` while a jaxwren writer has not committed the matrix;
+        None when it is complete."""
+        with translate_errors("BigMatrix.writing_state", self._loc):
+            return lifecycle.parse_state(lifecycle.read_state_async(self._base.kvstore).result())
+
+    def owns(self, claim: str) -> bool:
+        """Whether ``claim`` still holds the matrix's writing state."""
+        with translate_errors("BigMatrix.owns", self._loc):
+            return lifecycle.owns(self._base.kvstore, claim)
+
+    def chunk_generations(self, keys: list[str] | None = None) -> dict[str, str]:
+        """``{chunk key: storage generation (hex)}`` of ``keys`` (None: every stored key
+        but jaxwren's own, header included; one LIST); zero-byte reads in flight
+        together, ``""`` for an absent key."""
+        with translate_errors("BigMatrix.chunk_generations", self._loc):
+            return records.generations(self._base.kvstore, keys)
 
     def _check_header(self, got: ts.KvStore.ReadResult) -> None:
         stored = parse_json(got)

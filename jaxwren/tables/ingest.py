@@ -21,7 +21,7 @@ import numpy as np
 from jaxwren.config import StorageConfig, parse_bytes
 from jaxwren.errors import MatrixExistsError
 from jaxwren.sharding import multihost
-from jaxwren.storage import backend, records
+from jaxwren.storage import backend, lifecycle, records
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.urls import Location
@@ -145,7 +145,7 @@ def _refuse_existing(out: Location, config: StorageConfig, op: str) -> None:
     backend.probe_bucket(out, config, op)
     with translate_errors(op, out):
         got = backend.open_kvstore(out, config).read("zarr.json").result()
-    if got.state == "value":
+    if got.state == "value" and not unfinished(out, config, op):
         raise MatrixExistsError(
             f"{op}: a matrix already exists at {out.url}; pass overwrite=True to replace it "
             "or choose another URL."
@@ -177,7 +177,7 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
         n_cols = first.shape[1]
         block_shape = block_shape or default_block_shape(n_cols, dt)
         created = _create_async(url, (PROVISIONAL_ROWS, n_cols), block_shape, dt, config,
-                                overwrite)  # fmt: skip
+                                overwrite, op)  # fmt: skip
     except BaseException:
         stream.close()
         raise
@@ -203,28 +203,31 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
             check = stream.start_check()  # the parts' re-check overlaps the writes
         writer.close()
         stream.check_unchanged(check)
-        matrix, array = created.result()
-        return _finish(matrix, array, writer.total, op)
+        matrix, array, claim = created.result()
+        return _finish(matrix, array, writer.total, op, claim)
     except BaseException:
         stream.close()
         if writer is not None:
             writer.close()
         with contextlib.suppress(Exception):  # the first error is the one to raise
-            created.result()[0].destroy()  # (once created: nothing when creating failed)
+            made, _, claim = created.result()  # (nothing when creating failed)
+            if made.owns(claim):  # (not when another writer took the place over)
+                made.destroy()
         raise
 
 
 def _create_async(url: Any, shape: tuple[int, int], block_shape: tuple[int, int],
-                  dt: np.dtype, config: StorageConfig, overwrite: bool
-                  ) -> concurrent.futures.Future[tuple[BigMatrix, Any]]:  # fmt: skip
+                  dt: np.dtype, config: StorageConfig, overwrite: bool, op: str
+                  ) -> concurrent.futures.Future[tuple[BigMatrix, Any, str]]:  # fmt: skip
     """``BigMatrix.create`` and a TensorStore handle on the new matrix, on a helper
     thread (its header and generation token writes overlap the conversion of the
     first blocks)."""
 
-    def create() -> tuple[BigMatrix, Any]:
-        matrix = BigMatrix.create(url, shape, block_shape, dt, storage=config,
-                                  overwrite=overwrite)  # fmt: skip
-        return matrix, backend.open_array(matrix.location, config)
+    def create() -> tuple[BigMatrix, Any, str]:
+        matrix, claim = BigMatrix.create_uncommitted(
+            url, shape, block_shape, dt, writer=op, storage=config, overwrite=overwrite
+        )
+        return matrix, backend.open_array(matrix.location, config), claim
 
     pool = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-create")
     try:
@@ -233,13 +236,24 @@ def _create_async(url: Any, shape: tuple[int, int], block_shape: tuple[int, int]
         pool.shutdown(wait=False)
 
 
-def _finish(matrix: BigMatrix, array: Any, rows: int, op: str) -> BigMatrix:
+def _finish(matrix: BigMatrix, array: Any, rows: int, op: str, claim: str) -> BigMatrix:
     """The matrix's header resized (metadata only) to ``rows`` rows and a fresh
-    generation token (both writes in flight together); a handle on the result."""
+    generation token (both writes in flight together), then committed (until then the
+    provisional 2**40 rows refuse to be read); a handle on the result."""
     loc = matrix.location
     with translate_errors(op, loc):
         resized = array.resize(exclusive_max=[rows, matrix.shape[1]], resize_metadata_only=True)
         _, token = records.write_generation_async(array.kvstore)
         resized.result()
         token.result()
-    return BigMatrix.open(loc.url, storage=matrix.storage)
+    result = BigMatrix.open(loc.url, storage=matrix.storage)
+    result.commit_writing(claim, op)
+    return result
+
+
+def unfinished(out: Location, config: StorageConfig, op: str) -> bool:
+    """Whether the matrix at ``out`` was left uncommitted by an interrupted writer (a
+    rerun replaces it without ``overwrite``)."""
+    with translate_errors(op, out):
+        kv = backend.open_kvstore(out, config)
+        return lifecycle.parse_state(lifecycle.read_state_async(kv).result()) is not None
