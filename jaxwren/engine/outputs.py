@@ -243,7 +243,12 @@ def discard(slots: Sequence[Slot], where: str) -> None:
 
         def drop(m: BigMatrix = m, slot: Slot = slot) -> None:
             if slot.claim is not None and not slot.committed and not m.owns(slot.claim):
-                return  # another writer took it over: theirs now
+                # another writer took it over while this run still wrote into it: its
+                # contents are mixed, so no one may read them as a result (a rival
+                # still running fails at its own commit)
+                m.clear_marks()
+                m.begin_writing(where, "two runs wrote this out at once")
+                return
             if slot.created:
                 m.destroy()
             else:

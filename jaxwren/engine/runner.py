@@ -81,6 +81,10 @@ class _Writer:
         self._window = Window(max_bytes)
         self._stats = stats
         self._behind = behind  # False: each tile is stored before the next step runs
+        # tile records (stamp reads + record write) go out on a helper thread, off the
+        # compute loop; drain() waits for them and raises the first failure
+        self._records = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-records")
+        self._recording: list[concurrent.futures.Future[None]] = []
 
     def submit(self, out: jax.Array | np.ndarray, write: Write) -> None:
         spans = isinstance(out, jax.Array) and not out.is_fully_addressable
@@ -133,12 +137,15 @@ class _Writer:
                            for a, b, d in pieces]  # fmt: skip
                 return _OutputWrite(futures, target)
 
+        def record() -> None:  # the record holds what it vouches for
+            keys = _chunk_keys(target, [(r0 + a, c0 + b, d.shape) for a, b, d in pieces])
+            gens = target.chunk_generations(keys)
+            target.mark(multihost.record_key(write.record), json.dumps(gens))
+            self._stats.stamps.setdefault(target.url, {}).update(gens)
+
         def done(_: Any) -> None:
-            if write.record is not None:  # the record holds what it vouches for
-                keys = _chunk_keys(target, [(r0 + a, c0 + b, d.shape) for a, b, d in pieces])
-                gens = target.chunk_generations(keys)
-                target.mark(multihost.record_key(write.record), json.dumps(gens))
-                self._stats.stamps.setdefault(target.url, {}).update(gens)
+            if write.record is not None:
+                self._recording.append(self._records.submit(record))
 
         self._window.submit(start, nbytes, done, tag=self._tag(write, out.shape))
 
@@ -161,6 +168,12 @@ class _Writer:
         while self._queue:
             self._flush(*self._queue.popleft())
         self._window.drain()
+        recording, self._recording = self._recording, []
+        for f in recording:
+            f.result()
+
+    def close(self) -> None:
+        self._records.shutdown(wait=True)
 
 
 def _chunk_keys(target: Any, parts: list[tuple[int, int, tuple[int, ...]]]) -> list[str]:
@@ -356,6 +369,7 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
         if bar is not None:
             bar.update(1)
     writer.drain()
+    writer.close()
     multihost.sync(f"{plan.name} done")  # every process's writes are stored
     if bar is not None:
         bar.close()

@@ -430,10 +430,14 @@ class BigMatrix(StoredState):
         return self._read(r0, r1, c0, c1, "BigMatrix.read_region")
 
     def _read(self, r0: int, r1: int, c0: int, c1: int, op: str) -> np.ndarray:
-        out = aligned_empty((r1 - r0, c1 - c0), self.dtype)
         with translate_errors(op, self._loc):
             header = read_json_async(self._base.kvstore)  # in flight with the data read
             before = self.read_token_async()
+            # answered before the data is read (a token read answered after a rewrite
+            # could match the one after it), and an unfinished matrix (e.g. an ingest's
+            # provisional 2**40 rows) is refused before its buffer is allocated
+            self.check_unchanged(before, None, op)
+            out = aligned_empty((r1 - r0, c1 - c0), self.dtype)
             data = self.read_region_into_async(r0, r1, c0, c1, out)
             self._check_header(header.result())
             data.result()

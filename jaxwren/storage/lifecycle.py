@@ -46,11 +46,12 @@ __all__ = [
 WRITING_KEY = "jaxwren/writing"
 
 
-def begin(kv: ts.KvStore, writer: str) -> str:
-    """Marks the matrix in ``kv`` as being written by ``writer``; returns the new claim
-    (taking over any earlier claim)."""
+def begin(kv: ts.KvStore, writer: str, note: str = "") -> str:
+    """Marks the matrix in ``kv`` as being written by ``writer`` (``note``: why, for the
+    message); returns the new claim (taking over any earlier claim)."""
     claim = uuid.uuid4().hex
-    kv.write(WRITING_KEY, json.dumps({"writer": writer, "claim": claim}).encode()).result()
+    state = {"writer": writer, "claim": claim, "note": note}
+    kv.write(WRITING_KEY, json.dumps(state).encode()).result()
     return claim
 
 
@@ -107,9 +108,10 @@ def check_complete(state: dict[str, Any] | None, what: str) -> None:
     if state is None:
         return
     writer = state.get("writer", "a jaxwren writer")
+    why = state.get("note") or "it was interrupted or failed"
     raise IncompleteMatrixError(
-        f"{what}: {writer} did not finish writing this matrix (it was interrupted or "
-        "failed), so blocks it never wrote would read as zeros. Rerun the same "
+        f"{what}: {writer} did not finish writing this matrix ({why}), so blocks it "
+        "never wrote would read as zeros or hold mixed data. Rerun the same "
         f"{writer} call to resume or replace it (no overwrite=True needed), or delete it "
         "with BigMatrix.destroy()."
     )

@@ -98,7 +98,8 @@ class StoredState:
         kv = self._base.kvstore
         return kv.read(records.GENERATION_KEY), lifecycle.read_state_async(kv)
 
-    def check_unchanged(self, before: tuple[Any, Any], after: tuple[Any, Any], op: str) -> None:
+    def check_unchanged(self, before: tuple[Any, Any], after: tuple[Any, Any] | None,
+                        op: str) -> None:  # fmt: skip
         """Validates a read: the writing state must be clear and the generation token
         the same before and after it (futures from :meth:`read_token_async`), else the
         data may be torn by a writer (a recreate with ``overwrite=True``, put_block,
@@ -110,6 +111,8 @@ class StoredState:
         """
         tok0, st0 = (f.result() for f in before)
         lifecycle.check_complete(lifecycle.parse_state(st0), f"{op} of {self!r}")
+        if after is None:  # only the check before the read
+            return
         tok1, st1 = (f.result() for f in after)
         if st1.state == "value" or tok0.value != tok1.value or tok0.state != tok1.state:
             raise MatrixChangedError(
@@ -119,11 +122,11 @@ class StoredState:
             )
 
     # ---------------------------------------------------------------- the lifecycle
-    def begin_writing(self, writer: str) -> str:
-        """Marks the matrix uncommitted, written by ``writer``; returns the claim (see
-        :mod:`jaxwren.storage.lifecycle`)."""
+    def begin_writing(self, writer: str, note: str = "") -> str:
+        """Marks the matrix uncommitted, written by ``writer`` (``note``: why, shown in
+        the error of a read); returns the claim (see :mod:`jaxwren.storage.lifecycle`)."""
         with translate_errors(f"{writer}: begin", self._loc):
-            return lifecycle.begin(self._base.kvstore, writer)
+            return lifecycle.begin(self._base.kvstore, writer, note)
 
     def commit_writing(self, claim: str, where: str) -> None:
         """Commits what the writer holding ``claim`` wrote (see :func:`lifecycle.commit`)."""
