@@ -60,9 +60,18 @@ from jaxwren.sharding import multihost
 from jaxwren.sharding.multihost import finished_records
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["identity", "resume_state", "fresh_resume", "check_written", "COMPLETE"]
+__all__ = [
+    "COMPLETE",
+    "check_written",
+    "fresh_resume",
+    "identity",
+    "record_tiling",
+    "recorded_tiling",
+    "resume_state",
+]
 
 COMPLETE = "complete"
+TILING = "tiling"  # the record of the tiling a run chose (a rerun resumes with it)
 
 
 def identity(
@@ -154,6 +163,24 @@ def fresh_resume(name: str, ident: str | None, slots: Sequence[Slot]) -> Resume:
     if ident is None or not stored:
         return Resume()
     return Resume(_prefix(name, ident, stored))
+
+
+def record_tiling(slots: Sequence[Slot], resume: Resume, tiling: Any) -> None:
+    """Records the tiling of a resumable run on its first stored output (process 0), so a
+    rerun with another prefetch or budget resumes the same tiles."""
+    key = resume.key(TILING)
+    first = next((s.matrix for s in slots if s.matrix is not None), None)
+    if key is not None and first is not None:
+        multihost.once(f"tiling {first.url}", lambda: first.note(key, repr(tiling)))
+
+
+def recorded_tiling(slots: Sequence[Slot], resume: Resume) -> str | None:
+    """The tiling an interrupted run recorded (see :func:`record_tiling`), or None."""
+    key = resume.key(TILING)
+    first = next((s.matrix for s in slots if s.matrix is not None), None)
+    if key is None or first is None:
+        return None
+    return multihost.shared_text(f"tiling of {first.url}", lambda: first.note(key) or "")
 
 
 def check_written(where: str, matrix: BigMatrix, written: dict[str, str]) -> None:

@@ -29,6 +29,8 @@ from jaxwren.engine.provenance import (
     check_written,
     fresh_resume,
     identity,
+    record_tiling,
+    recorded_tiling,
     resume_state,
 )
 from jaxwren.engine.runner import RunStats, execute
@@ -114,17 +116,22 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
                                      prefix_out=len(problem.outputs) > 1)  # fmt: skip
     budget = resolve_budget(spec.memory_budget, list(mesh.devices.flat))
     blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
-    cand, prefetch = choose(where, op.tilings(problem, blocks), budget, spec.prefetch,
+    cands = op.tilings(problem, blocks)
+    cand, prefetch = choose(where, cands, budget, spec.prefetch,
                             returned=not all(s.stored for s in slots))  # fmt: skip
     tokens = _input_tokens(sources)  # a read of the inputs is validated at the end
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
+    if state == "partial":  # the interrupted run's tiling, if it fits: its tiles resume
+        cand, prefetch = _resumed_tiling(cands, recorded_tiling(slots, resume), budget,
+                                         (cand, prefetch), spec.prefetch)  # fmt: skip
     multihost.sync(f"{where} decided")  # every process has looked before anything changes
     if state == COMPLETE:  # this very computation is stored already
         stats = RunStats()
         return Outcome(on_mesh(op.finish(problem, [], _targets(slots)), user_mesh), stats)
     try:
         resume = _prepare(where, ident, slots, resume, state, spec)
+        record_tiling(slots, resume, cand.tiling)
         plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
         plan = dataclasses.replace(plan, projected_bytes=cand.projected(prefetch))
         returned, stats = execute(plan, budget=budget, prefetch=prefetch,
@@ -141,6 +148,24 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
         raise
     _record_complete(slots, resume)
     return Outcome(on_mesh(value, user_mesh), stats)
+
+
+def _resumed_tiling(
+    cands: Sequence[Candidate],
+    recorded: str | None,
+    budget: int,
+    chosen: tuple[Candidate, int],
+    prefetch: int,
+) -> tuple[Candidate, int]:
+    """The candidate an interrupted run used (another ``prefetch`` or budget would pick
+    other tiles and recompute them all), at the deepest prefetch that fits; else
+    ``chosen``."""
+    for c in cands:
+        if recorded is not None and repr(c.tiling) == recorded:
+            for pf in dict.fromkeys((prefetch, 0)):
+                if c.projected(pf) <= budget:
+                    return c, pf
+    return chosen
 
 
 def _input_tokens(sources: Sequence[Any]) -> list[tuple[Any, Any]]:

@@ -145,6 +145,8 @@ class _Writer:
 
         def done(_: Any) -> None:
             if write.record is not None:
+                if self._recording:  # one record in flight: a failed one (an outage)
+                    self._recording[-1].result()  # stops the run at the next tile
                 self._recording.append(self._records.submit(record))
 
         self._window.submit(start, nbytes, done, tag=self._tag(write, out.shape))

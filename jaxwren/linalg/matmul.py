@@ -133,7 +133,7 @@ class Matmul(Op):
         gk = -(-k // tk)
         steps = []
         for i0, j0 in itertools.product(range(0, m, tm), range(0, n, tn)):
-            rec = resume.key(f"{tm}x{tn}x{tk}-{i0}-{j0}")
+            rec = resume.key(f"{tm}x{tn}-{i0}-{j0}")  # the output tile: any K panel width
             for kk, k0 in enumerate(range(0, k, tk)):
                 first, last = kk == 0, kk == gk - 1
                 reads = (Read(a, (i0, i0 + tm, k0, k0 + tk), (tm, tk), sa, out_dtype),

@@ -26,6 +26,8 @@ __all__ = [
     "clear_marks",
     "list_marks",
     "read_mark",
+    "read_note",
+    "write_note",
     "read_generation",
     "write_generation_async",
     "write_mark",
@@ -36,6 +38,8 @@ GENERATION_RANGE = ts.KvStore.KeyRange(GENERATION_KEY, GENERATION_KEY + "\0")
 RECORDS_RANGE = ts.KvStore.KeyRange("jaxwren/", "jaxwren0")  # every jaxwren/ key
 _MARKS_PREFIX = "jaxwren/done/"
 _MARKS = ts.KvStore.KeyRange(_MARKS_PREFIX, "jaxwren/done0")
+_NOTES_PREFIX = "jaxwren/notes/"
+_NOTES = ts.KvStore.KeyRange(_NOTES_PREFIX, "jaxwren/notes0")
 
 
 def read_generation(kv: ts.KvStore) -> str | None:
@@ -66,7 +70,19 @@ def list_marks(kv: ts.KvStore) -> set[str]:
 
 
 def clear_marks(kv: ts.KvStore) -> None:
+    """Deletes every completion record and run note."""
     kv.delete_range(_MARKS).result()
+    kv.delete_range(_NOTES).result()
+
+
+def write_note(kv: ts.KvStore, key: str, value: str) -> None:
+    """A run's note beside its records (e.g. the tiling it chose), not a record."""
+    kv.write(_NOTES_PREFIX + key, value.encode()).result()
+
+
+def read_note(kv: ts.KvStore, key: str) -> str | None:
+    got = kv.read(_NOTES_PREFIX + key).result()
+    return got.value.decode() if got.state == "value" else None
 
 
 def generations(kv: ts.KvStore, keys: list[str] | None = None) -> dict[str, str]:

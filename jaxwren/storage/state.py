@@ -182,6 +182,15 @@ class StoredState:
             got = records.read_mark(self._base.kvstore, key)
         return None if got is None else got.decode()
 
+    def note(self, key: str, value: str | None = None) -> str | None:
+        """Writes (``value``) or reads a run's note beside the records, e.g. the tiling
+        it chose (cleared with the records; not a record itself)."""
+        with translate_errors("BigMatrix.note", self._loc):
+            if value is not None:
+                records.write_note(self._base.kvstore, key, value)
+                return value
+            return records.read_note(self._base.kvstore, key)
+
     def marks(self) -> set[str]:
         """The completion records present (one LIST of the store)."""
         with translate_errors("BigMatrix.marks", self._loc):
