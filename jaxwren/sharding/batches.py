@@ -15,6 +15,7 @@ from jaxwren.errors import ConfigError
 from jaxwren.sharding.io import check_sharding
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import start_tile
+from jaxwren.storage import device_io
 
 __all__ = ["iter_row_batches"]
 
@@ -95,3 +96,6 @@ def _batches(matrix: Any, batch_rows: int, sharding: Any, prefetch: int, shuffle
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+device_io.register("iter_row_batches", iter_row_batches)  # BigMatrix.iter_row_batches

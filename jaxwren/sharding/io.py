@@ -19,7 +19,7 @@ from jaxwren.errors import BlockIndexError, DTypeMismatchError, ShapeMismatchErr
 from jaxwren.sharding import multihost
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.tiles import shard_bounds, splits_blocks, start_tile
-from jaxwren.storage import lifecycle
+from jaxwren.storage import device_io, lifecycle
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.ingest import from_numpy
@@ -228,3 +228,6 @@ def _target(
         ),
         lambda: (BigMatrix.open(url, storage=storage), None),
     )
+
+
+device_io.register("load", load)  # BigMatrix.to_jax

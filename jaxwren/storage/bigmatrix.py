@@ -26,7 +26,7 @@ from jaxwren.errors import (
     BlockIndexError,
     ShapeMismatchError,
 )
-from jaxwren.storage import backend, lifecycle, records
+from jaxwren.storage import backend, device_io, lifecycle, records
 from jaxwren.storage.backend import parse_json, read_json_async, translate_errors
 from jaxwren.storage.buffers import aligned_empty
 from jaxwren.storage.chunkkeys import ChunkKeys
@@ -499,19 +499,31 @@ class BigMatrix(StoredState):
             yield (i, j), self.get_block(i, j)
 
     def iter_row_batches(self, batch_rows: int, **kwargs: Any) -> Iterator[jax.Array]:
-        """Streams row batches as sharded jax.Arrays with reads in flight ahead (see
-        :func:`jaxwren.sharding.batches.iter_row_batches` for the options); checks the
-        handle's freshness once, here."""
-        from jaxwren.sharding.batches import iter_row_batches  # delegate, as to_jax
+        """Streams row batches as sharded jax.Arrays with reads in flight ahead.
 
+        A convenience for the sharding layer's ``iter_row_batches`` (``batch_rows``,
+        ``sharding``, ``prefetch``, ``shuffle``, ``seed``, ``drop_remainder``), reached
+        through :mod:`jaxwren.storage.device_io` so that storage imports nothing above
+        it; checks the handle's freshness once, here.
+
+        Raises:
+            ConfigError: the sharding layer was never imported (``import jaxwren`` does).
+        """
+        iter_row_batches = device_io.get("iter_row_batches", "BigMatrix.iter_row_batches")
         self.check_fresh()
         return iter_row_batches(self, batch_rows, **kwargs)
 
     def to_jax(self, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
-        """Loads the matrix as a sharded ``jax.Array`` (see :func:`jaxwren.sharding.load`)."""
-        from jaxwren.sharding.io import load  # delegate: storage stays below sharding
+        """Loads the matrix as a sharded ``jax.Array``.
 
-        return load(self, sharding)
+        A convenience for :func:`jaxwren.load` (sharded over all devices when
+        ``sharding`` is None), reached through :mod:`jaxwren.storage.device_io` so that
+        storage imports nothing above it.
+
+        Raises:
+            ConfigError: the sharding layer was never imported (``import jaxwren`` does).
+        """
+        return device_io.get("load", "BigMatrix.to_jax")(self, sharding)
 
 
 def _reopen(url: str, config: StorageConfig, transposed: bool, parent_fn: Any) -> BigMatrix:
