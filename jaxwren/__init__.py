@@ -41,7 +41,7 @@ from jaxwren.linalg import (
     svd,
 )
 from jaxwren.sharding import default_mesh, default_sharding, load, save
-from jaxwren.storage import BigMatrix, from_numpy
+from jaxwren.storage import BigMatrix, copy, from_numpy
 from jaxwren.tables import from_csv, from_parquet, iter_table_batches
 
 __version__ = "0.1.0"
@@ -78,6 +78,7 @@ __all__ = [
     "default_mesh",
     "default_sharding",
     "from_csv",
+    "copy",
     "from_numpy",
     "from_parquet",
     "iter_table_batches",

@@ -87,6 +87,11 @@ def resolve_outputs(
 
 def _slot(where: str, o: Output, out: Any, inputs: Sequence[Any],
           storage: StorageConfig | None, block_shape: Any) -> Slot:  # fmt: skip
+    if isinstance(out, BigMatrix) and out.view.read_only:
+        raise OutputConflictError(
+            f"{where}: out {out!r} is a region or cast view, which is read-only; pass a "
+            "URL or a whole matrix (a transposed one is fine)."
+        )
     loc = out.location if isinstance(out, BigMatrix) else parse_url(out)
     config = out.storage if isinstance(out, BigMatrix) else resolve_storage(storage)
     _check_not_aliased(where, loc, inputs)

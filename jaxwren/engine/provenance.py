@@ -93,7 +93,7 @@ def identity(
         if x.url not in stamps:
             stamps[x.url] = multihost.shared_text(f"data stamp of {x.url}", x.data_stamp)
         stamp = stamps[x.url]
-        parts.append(f"{place_key(x.location)}|{int(x.transposed)}|{gen}|{stamp}|{x.shape}|"
+        parts.append(f"{place_key(x.location)}|{x.view.key()}|{gen}|{stamp}|{x.shape}|"
                      f"{x.dtype}")  # fmt: skip
     for s in slots:
         view = int(bool(s.matrix is not None and s.matrix.transposed))

@@ -32,6 +32,7 @@ from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import tile_candidates
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.tiles import replicas_shared
+from jaxwren.storage import device_io
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["Matmul", "gemm_projected_bytes", "matmul"]
@@ -192,3 +193,6 @@ def matmul(
     spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
                    progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
     return run(Matmul(), (a, b), out, spec).value
+
+
+device_io.register("matmul", matmul)  # A @ B on a BigMatrix

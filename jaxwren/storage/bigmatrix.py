@@ -14,6 +14,7 @@ another layout raises :class:`~jaxwren.errors.MatrixChangedError` instead of mis
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,8 @@ import numpy as np
 import tensorstore as ts
 
 from jaxwren.config import StorageConfig
-from jaxwren.errors import (
-    BlockIndexError,
-    ShapeMismatchError,
-)
-from jaxwren.storage import backend, device_io, lifecycle, records
+from jaxwren.errors import BlockIndexError, MemoryBudgetError, ShapeMismatchError
+from jaxwren.storage import backend, device_io, lifecycle, records, views
 from jaxwren.storage.backend import parse_json, read_json_async, translate_errors
 from jaxwren.storage.buffers import aligned_empty
 from jaxwren.storage.chunkkeys import ChunkKeys
@@ -40,6 +38,7 @@ from jaxwren.storage.validate import (
     check_shape,
     resolve_storage,
 )
+from jaxwren.storage.views import View
 from jaxwren.storage.window import Futures
 
 if TYPE_CHECKING:
@@ -74,13 +73,15 @@ class BigMatrix(StoredState):
         parent_fn: ParentFn | None = None,
         transposed: bool = False,
         metadata: dict | None = None,
+        view: View | None = None,
     ) -> None:
         self._base = array
         self._loc = loc
         self._config = config
         self._base_block = block_shape
-        self._transposed = transposed
-        self._view = array.T if transposed else array
+        self._spec = view if view is not None else View(transposed=transposed)
+        self._transposed = self._spec.transposed
+        self._view = views.apply(array, self._spec)
         # fixed for this handle (a resize makes a new handle): asked on every read and
         # write, and a TensorStore property access each time cost ~30 ms of a 1 s plan
         self._shape = tuple(int(s) for s in self._view.shape)
@@ -275,21 +276,108 @@ class BigMatrix(StoredState):
     def T(self) -> BigMatrix:  # noqa: N802
         """A lazy transposed view: blocks and indices swapped, nothing copied (a
         ``parent_fn`` block of the view is the transposed block of the stored matrix)."""
+        return self._with(dataclasses.replace(self._spec, transposed=not self._transposed))
+
+    def __getitem__(self, key: Any) -> BigMatrix:
+        """``A[i:j, k:l]``: a lazy, read-only view of a region (basic slices, any bounds,
+        negative ones as numpy's); every read of it reads only the chunks it covers.
+
+        Raises:
+          BlockIndexError: steps, single indices or fancy indexing (read the data first
+            with ``numpy()``, ``read_region`` or ``get_block``), or an empty selection.
+        """
+        self._refuse_parent_view("A[i:j, k:l]")
+        return self._with(views.slice_view(self._spec, self.shape, key, repr(self)))
+
+    def astype(self, dtype: Any, casting: str = "same_kind") -> BigMatrix:
+        """A lazy, read-only view cast to ``dtype`` per tile as it is read (numpy's
+        ``casting`` rules; ``"same_kind"`` allows float64 -> float32 for a 32-bit JAX
+        run). ``jw.copy(A.astype(...), url)`` stores it.
+
+        Raises:
+          DTypeMismatchError: the cast can lose data under ``casting`` (e.g. float to
+            int without ``casting="unsafe"``), or ``dtype`` is not supported.
+        """
+        dt = check_dtype(dtype, where=f"{self!r}.astype")
+        self._refuse_parent_view("A.astype(...)")
+        return self._with(views.cast_view(self._spec, self.dtype, dt, casting, repr(self)))
+
+    @property
+    def view(self) -> View:
+        """How this handle sees the stored matrix (region, transposition, cast)."""
+        return self._spec
+
+    def _with(self, spec: View) -> BigMatrix:
         return BigMatrix(self._base, self._loc, self._config, self._base_block,
-                         parent_fn=self.parent_fn, transposed=not self._transposed,
-                         metadata=self._metadata)  # fmt: skip
+                         parent_fn=self.parent_fn, metadata=self._metadata, view=spec)  # fmt: skip
+
+    def _refuse_parent_view(self, what: str) -> None:
+        if self.parent_fn is not None:
+            raise ShapeMismatchError(
+                f"{self!r}: {what} of a matrix with a parent_fn is not supported (its "
+                "blocks come from the function); read it with numpy() or get_block."
+            )
+
+    def _whole(self, what: str) -> None:
+        """Block-level operations address stored chunks: not through a region view."""
+        if self._spec.region is not None:
+            raise BlockIndexError(
+                f"{self!r}: {what} addresses stored blocks and is not defined on a region "
+                "view; call it on the whole matrix (jw.BigMatrix.open(url))."
+            )
+
+    # ---------------------------------------------------------------- array protocol
+    max_asarray_bytes: int = 4 << 30
+    """``np.asarray(A)`` reads the whole matrix up to this many bytes and refuses above
+    (a stored matrix may exceed RAM); raise it with ``jw.BigMatrix.max_asarray_bytes =
+    ...`` or read parts with ``read_region`` / a view ``A[i:j, k:l]``."""
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def size(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self.nbytes > self.max_asarray_bytes:
+            raise MemoryBudgetError(
+                f"np.asarray({self!r}) would read {self.nbytes} bytes into memory, above "
+                f"BigMatrix.max_asarray_bytes = {self.max_asarray_bytes}; read a part "
+                "(A[i:j, k:l].numpy(), A.read_region(...)), or raise the limit "
+                "(jw.BigMatrix.max_asarray_bytes = ...) if it fits in RAM."
+            )
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __matmul__(self, other: Any) -> Any:
+        """``A @ B`` is ``jw.matmul(A, B)``: a sharded jax.Array, or the MemoryBudgetError
+        that suggests ``out=`` when the result does not fit."""
+        return device_io.get("matmul", "BigMatrix.__matmul__")(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return device_io.get("matmul", "BigMatrix.__rmatmul__")(other, self)
 
     def __reduce__(self) -> tuple:
-        """Pickles as a reopen by URL with the same StorageConfig, transposition and
-        ``parent_fn`` (a ``memory://`` matrix stays the same matrix in this process: it
-        is reopened in the shared TensorStore context)."""
-        return (_reopen, (self.url, self._config, self._transposed, self.parent_fn))
+        """Pickles as a reopen by URL with the same StorageConfig, view and ``parent_fn``
+        (a ``memory://`` matrix stays the same matrix in this process: it is reopened in
+        the shared TensorStore context)."""
+        return (_reopen, (self.url, self._config, self._spec, self.parent_fn))
 
     def __repr__(self) -> str:
+        spec, sel = self._spec, ""
+        if spec.region is not None:
+            r0, r1, c0, c1 = spec.region
+            sel = f"[{r0}:{r1}, {c0}:{c1}]"
         t = ".T" if self._transposed else ""
+        cast = f".astype({spec.dtype.name})" if spec.dtype is not None else ""
         return (
-            f"BigMatrix({self.url!r}{t}, shape={self.shape}, block_shape={self.block_shape}, "
-            f"dtype={self.dtype.name})"
+            f"BigMatrix({self.url!r}{sel}{t}{cast}, shape={self.shape}, "
+            f"block_shape={self.block_shape}, dtype={self.dtype.name})"
         )
 
     # ------------------------------------------------------------------------ blocks
@@ -310,6 +398,7 @@ class BigMatrix(StoredState):
             )
 
     def _chunk_key(self, i: int, j: int) -> str:
+        self._whole("a block's key")
         return self._keys.key(j, i) if self._transposed else self._keys.key(i, j)
 
     def block_exists(self, i: int, j: int) -> bool:
@@ -327,6 +416,7 @@ class BigMatrix(StoredState):
             return self._stored_blocks(self._keys.existing_async(self._base.kvstore).result())
 
     def _stored_blocks(self, listed: list[bytes]) -> set[tuple[int, int]]:
+        self._whole("the stored blocks")
         (m, n), (bm, bn) = self._base.shape, self._base_block
         base = {(i, j) for i, j in self._keys.collect(listed) if i * bm < m and j * bn < n}
         return {(j, i) for i, j in base} if self._transposed else base
@@ -361,6 +451,7 @@ class BigMatrix(StoredState):
         """Deletes block ``(i, j)`` (exactly its chunk key): it reads as zeros (or via
         ``parent_fn``) again. A new generation (see :meth:`begin_write`)."""
         self._check_block_idx(i, j)
+        views.refuse_write(self._spec, f"{self!r}.delete_block")
         key = self._chunk_key(i, j)
         self.begin_write()
         with translate_errors("BigMatrix.delete_block", self._loc):
@@ -369,6 +460,7 @@ class BigMatrix(StoredState):
     def free(self) -> None:
         """Deletes every block and completion record and keeps the header (a new
         generation: see :meth:`begin_write`)."""
+        views.refuse_write(self._spec, f"{self!r}.free")
         self.begin_write()
         with translate_errors("BigMatrix.free", self._loc):
             records.clear_marks(self._base.kvstore)  # the records vouch for the data: first
@@ -384,7 +476,7 @@ class BigMatrix(StoredState):
 
     def base_region(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
         """A region of this view in the coordinates of the stored (untransposed) matrix."""
-        return (c0, c1, r0, r1) if self._transposed else (r0, r1, c0, c1)
+        return self._spec.to_base(r0, r1, c0, c1)
 
     # ----------------------------------------------------------------------- regions
     def _region(self, r0: int, r1: int, c0: int, c1: int) -> ts.TensorStore:
@@ -455,6 +547,7 @@ class BigMatrix(StoredState):
         ``handover=True``: the caller never modifies ``data`` again, so TensorStore may
         keep referencing it instead of copying it first.
         """
+        views.refuse_write(self._spec, f"{self!r}: writing")
         r1, c1 = r0 + data.shape[0], c0 + data.shape[1]
         data = np.asarray(data, dtype=self.dtype)
         if handover:
@@ -482,6 +575,7 @@ class BigMatrix(StoredState):
                 f"{call}: data must be a 2-D array, got shape {data.shape}; reshape a row "
                 "with x.reshape(1, -1)."
             )
+        views.refuse_write(self._spec, call)
         check_cast(data, self.dtype, call)
         self._region(r0, r0 + data.shape[0], c0, c0 + data.shape[1])  # bounds, before writing
         self.begin_write()
@@ -526,6 +620,8 @@ class BigMatrix(StoredState):
         return device_io.get("load", "BigMatrix.to_jax")(self, sharding)
 
 
-def _reopen(url: str, config: StorageConfig, transposed: bool, parent_fn: Any) -> BigMatrix:
+def _reopen(url: str, config: StorageConfig, view: Any, parent_fn: Any) -> BigMatrix:
     matrix = BigMatrix.open(url, storage=config, parent_fn=parent_fn)
-    return matrix.T if transposed else matrix
+    if isinstance(view, bool):  # pickled before views (a transposition flag)
+        view = View(transposed=view)
+    return matrix._with(view)

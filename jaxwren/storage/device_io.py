@@ -16,12 +16,13 @@ from jaxwren.errors import ConfigError
 
 __all__ = ["get", "register"]
 
-_NAMES = ("load", "iter_row_batches")
+_NAMES = ("load", "iter_row_batches", "matmul")
 _SLOTS: dict[str, Callable[..., Any]] = {}
 
 
 def register(name: str, fn: Callable[..., Any]) -> None:
-    """Fills slot ``name`` (``"load"`` or ``"iter_row_batches"``) with ``fn``."""
+    """Fills slot ``name`` (``"load"``, ``"iter_row_batches"`` or ``"matmul"``, the
+    last for ``A @ B``) with ``fn``."""
     if name not in _NAMES:
         raise ConfigError(f"device_io.register: unknown slot {name!r}; expected one of {_NAMES}.")
     _SLOTS[name] = fn

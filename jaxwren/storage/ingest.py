@@ -8,14 +8,15 @@ from typing import Any
 import numpy as np
 
 from jaxwren.config import StorageConfig
-from jaxwren.errors import ShapeMismatchError
+from jaxwren.errors import OutputConflictError, ShapeMismatchError
 from jaxwren.storage import lifecycle
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix
+from jaxwren.storage.urls import parse_url
 from jaxwren.storage.validate import check_shape
 from jaxwren.storage.window import Window
 
-__all__ = ["from_numpy", "write_blocks"]
+__all__ = ["copy", "from_numpy", "write_blocks"]
 
 
 def from_numpy(
@@ -94,3 +95,47 @@ def _write_blocks(
                 lambda r0=r0, c0=c0, block=block: matrix.write_region_async(r0, c0, block),
                 block.size * matrix.dtype.itemsize,
             )
+
+
+def copy(
+    x: BigMatrix,
+    url: str | os.PathLike[str],
+    block_shape: tuple[int, int] | None = None,
+    *,
+    storage: StorageConfig | None = None,
+    overwrite: bool = False,
+    panel_bytes: int = 256 << 20,
+) -> BigMatrix:
+    """Materialises any view (``A.T``, ``A[i:j, k:l]``, ``A.astype(...)``) or matrix as a
+    new stored matrix at ``url``, rechunked to ``block_shape`` (default: ``x``'s) and
+    cast as the view says, streamed in row panels of at most ``panel_bytes``: never the
+    whole matrix in memory. One writer lifecycle (uncommitted until done; an interrupted
+    copy refuses to be read and a rerun replaces it).
+
+    Raises:
+      ShapeMismatchError: ``x`` is not a BigMatrix, or a bad ``block_shape``.
+      MatrixExistsError: a matrix is stored at ``url`` and ``overwrite`` is False.
+      OutputConflictError: ``url`` is ``x``'s own matrix.
+    """
+    if not isinstance(x, BigMatrix):
+        raise ShapeMismatchError(
+            f"copy: expected a BigMatrix (or a view of one), got {type(x).__name__}; store "
+            "arrays in memory with jw.from_numpy / jw.save."
+        )
+    bs = check_shape(block_shape or x.block_shape, where="copy", name="block_shape")
+    target = parse_url(url)
+    if target.url == x.url or (target.scheme, target.path) == (x.location.scheme, x.location.path):
+        raise OutputConflictError(
+            f"copy: url {target.url} is the source's own matrix; pass another URL."
+        )
+    x.check_fresh()
+    (m, n), itemsize = x.shape, x.dtype.itemsize
+    rows = max(bs[0], (panel_bytes // max(n * itemsize, 1)) // bs[0] * bs[0])
+    matrix, claim = BigMatrix.create_uncommitted(url, x.shape, bs, x.dtype, writer="copy",
+                                                 storage=storage, overwrite=overwrite)  # fmt: skip
+    with lifecycle.committing(matrix, claim, "copy"):
+        for r0 in range(0, m, rows):
+            panel = x.read_region(r0, min(r0 + rows, m), 0, n)
+            with translate_errors("copy", matrix.location):
+                matrix.write_region_async(r0, 0, panel, handover=True).result()
+    return matrix
