@@ -21,7 +21,7 @@ from jaxwren.config import StorageConfig
 from jaxwren.engine.problem import Output
 from jaxwren.errors import MatrixNotFoundError, OutputConflictError, ShapeMismatchError
 from jaxwren.sharding import multihost
-from jaxwren.storage.backend import open_kvstore, translate_errors
+from jaxwren.storage.backend import open_kvstore, parse_json, translate_errors
 from jaxwren.storage.bigmatrix import BigMatrix, resolve_storage
 from jaxwren.storage.urls import Location, parse_url
 
@@ -170,14 +170,16 @@ def _ancestors(loc: Location) -> list[str]:
 
 
 def _holds_matrix(loc: Location, config: StorageConfig, prefix: str) -> bool:
-    if loc.scheme == "file":
-        return os.path.exists(os.path.join(prefix, "zarr.json")) or os.path.exists(
-            os.path.join(prefix, ".zarray")
-        )
+    """Whether an array is stored at ``prefix`` (a zarr group is not: a matrix may live
+    inside one, as xarray datasets do)."""
     with translate_errors("checking out", loc):
-        kv = _kvstore(loc, config, "")
-        return any(kv.read(prefix + name).result().state == "value"
-                   for name in ("zarr.json", ".zarray"))  # fmt: skip
+        kv = _kvstore(loc, config, "/" if loc.scheme == "file" else "")
+        key = prefix.lstrip("/") if loc.scheme == "file" else prefix
+        v3, v2 = kv.read(key + "zarr.json"), kv.read(key + ".zarray")
+        header = parse_json(v3.result())
+        if header is not None:
+            return header.get("node_type", "array") == "array"
+        return v2.result().state == "value"
 
 
 def materialize(slot: Slot, storage: StorageConfig | None, where: str) -> BigMatrix:

@@ -159,8 +159,11 @@ def save(
     storage: StorageConfig | None = None,
     overwrite: bool = False,
     budget_bytes: int = DEFAULT_IO_BYTES,
+    dims: tuple[str, str] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> BigMatrix:
-    """Saves a 2-D ``jax.Array`` (sharded or not) or numpy array as a BigMatrix.
+    """Saves a 2-D ``jax.Array`` (sharded or not) or numpy array as a BigMatrix
+    (``dims``/``attrs`` of a new matrix as in :meth:`BigMatrix.create`, for xarray).
 
     Args:
       x: the array. A sharded jax.Array is written shard by shard from the devices that
@@ -184,10 +187,13 @@ def save(
         else:
             if block_shape is None:
                 raise ShapeMismatchError("save: block_shape is required when saving to a URL.")
-            return from_numpy(x, url, block_shape, storage=storage, overwrite=overwrite)
+            return from_numpy(x, url, block_shape, storage=storage, overwrite=overwrite,
+                              dims=dims, attrs=attrs)  # fmt: skip
     if x.ndim != 2:
         raise ShapeMismatchError(f"save: expected a 2-D array, got shape {x.shape}.")
-    matrix, claim = _target(x, url, block_shape, storage=storage, overwrite=overwrite)
+    labels = {"dims": dims, "attrs": attrs}
+    matrix, claim = _target(x, url, block_shape, storage=storage, overwrite=overwrite,
+                            labels=labels)  # fmt: skip
     claim = claim if jax.process_index() == 0 else None
     with lifecycle.committing(matrix, claim, "save", created=not isinstance(url, BigMatrix)):
         write_shards(x, matrix, budget_bytes=budget_bytes)
@@ -203,6 +209,7 @@ def _target(
     *,
     storage: StorageConfig | None,
     overwrite: bool,
+    labels: dict[str, Any],
 ) -> tuple[BigMatrix, str | None]:
     if isinstance(url, BigMatrix):
         if url.shape != x.shape:
@@ -224,7 +231,14 @@ def _target(
     return multihost.once(
         f"create {url}",
         lambda: BigMatrix.create_uncommitted(
-            url, x.shape, block_shape, x.dtype, writer="save", storage=storage, overwrite=overwrite
+            url,
+            x.shape,
+            block_shape,
+            x.dtype,
+            writer="save",
+            storage=storage,
+            overwrite=overwrite,
+            **labels,
         ),
         lambda: (BigMatrix.open(url, storage=storage), None),
     )

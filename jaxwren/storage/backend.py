@@ -163,6 +163,11 @@ def translate(exc: BaseException, op: str, loc: Location) -> StorageError:
             f"{op}: a matrix already exists at {where}; pass overwrite=True to replace it "
             "or choose another URL."
         )
+    if 'received: "group"' in msg:
+        return MatrixNotFoundError(
+            f"{op}: {where} holds a zarr group, not a matrix (an array); open or write a "
+            f"matrix inside it, e.g. {where}/NAME."
+        )
     if msg.startswith("NOT_FOUND"):
         return MatrixNotFoundError(
             f"{op}: no matrix at {where} (its zarr.json is missing); create it with "
@@ -228,8 +233,12 @@ def create_array(
     dtype: np.dtype,
     *,
     overwrite: bool,
+    dims: list[str] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> ts.TensorStore:
-    """Creates the zarr v3 array (chunk = block) with jaxwren's header in its attributes.
+    """Creates the zarr v3 array (chunk = block) with jaxwren's header in its attributes
+    (beside the user's ``attrs``) and ``dims`` as its ``dimension_names`` (default
+    ``NAME_row``, ``NAME_col``, NAME the last segment of the URL).
 
     ``overwrite`` deletes the array stored there first: exactly its keys (see
     :func:`delete_matrix`), never other objects under the same prefix.
@@ -241,8 +250,16 @@ def create_array(
         "chunk_key_encoding": {"name": "default"},
         "data_type": ts.dtype(dtype).name,
         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-        "attributes": {HEADER_KEY: {"format": FORMAT_VERSION, "block_shape": list(block_shape)}},
+        "attributes": {
+            **(attrs or {}),
+            HEADER_KEY: {"format": FORMAT_VERSION, "block_shape": list(block_shape)},
+        },
     }
+    # xarray needs dimension names to open a zarr v3 array: the user's, else names of
+    # this matrix's own (a group of jaxwren matrices then opens as a Dataset)
+    name = loc.path.rstrip("/").rsplit("/", 1)[-1] or "m"
+    metadata["dimension_names"] = list(dims) if dims is not None else [f"{name}_row",
+                                                                       f"{name}_col"]  # fmt: skip
     spec, context = _array_spec(loc, config)
     with translate_errors("BigMatrix.create", loc):
         if overwrite:

@@ -35,6 +35,7 @@ from jaxwren.storage.validate import (
     check_block,
     check_cast,
     check_dtype,
+    check_labels,
     check_shape,
     resolve_storage,
 )
@@ -104,10 +105,15 @@ class BigMatrix(StoredState):
         storage: StorageConfig | None = None,
         parent_fn: ParentFn | None = None,
         overwrite: bool = False,
+        dims: tuple[str, str] | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> BigMatrix:
         """Creates an empty matrix at ``url`` (no block written yet; reads give zeros)
         with a fresh generation token. It is complete from birth: filled block by block
         with :meth:`put_block`, unwritten blocks read as zeros (or ``parent_fn``).
+        ``dims`` (zarr ``dimension_names``, e.g. ``("sample", "feature")``) and ``attrs``
+        (JSON user attributes) make it an xarray DataArray (``xr.open_zarr`` of the zarr
+        group holding it).
 
         ``overwrite=True`` first deletes the array stored there (exactly its keys: chunks,
         records, header; nested matrices and other objects under the prefix stay).
@@ -117,8 +123,8 @@ class BigMatrix(StoredState):
           MatrixExistsError: a matrix is stored there and ``overwrite`` is False.
           BucketNotFoundError, CredentialsError, StorageError: the store refused.
         """
-        return cls._create(url, shape, block_shape, dtype, storage=storage,
-                           parent_fn=parent_fn, overwrite=overwrite)[0]  # fmt: skip
+        return cls._create(url, shape, block_shape, dtype, storage=storage, parent_fn=parent_fn,
+                           overwrite=overwrite, dims=dims, attrs=attrs)[0]  # fmt: skip
 
     @classmethod
     def create_uncommitted(
@@ -131,21 +137,26 @@ class BigMatrix(StoredState):
         writer: str,
         storage: StorageConfig | None = None,
         overwrite: bool = False,
+        dims: tuple[str, str] | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> tuple[BigMatrix, str]:
         """Creates a matrix that ``writer`` will fill whole and then commit (see
         :mod:`jaxwren.storage.lifecycle`): reads raise IncompleteMatrixError until then.
         A matrix left uncommitted by an earlier writer is replaced without
         ``overwrite``. Returns the matrix and the writer's claim."""
         matrix, claim = cls._create(url, shape, block_shape, dtype, storage=storage,
-                                    overwrite=overwrite, writer=writer)  # fmt: skip
+                                    overwrite=overwrite, writer=writer, dims=dims,
+                                    attrs=attrs)  # fmt: skip
         assert claim is not None
         return matrix, claim
 
     @classmethod
     def _create(cls, url: Any, shape: Any, block_shape: Any, dtype: Any, *,
                 storage: StorageConfig | None, overwrite: bool, parent_fn: Any = None,
-                writer: str | None = None) -> tuple[BigMatrix, str | None]:  # fmt: skip
+                writer: str | None = None, dims: Any = None,
+                attrs: Any = None) -> tuple[BigMatrix, str | None]:  # fmt: skip
         where = writer or "BigMatrix.create"
+        dims, attrs = check_labels(dims, attrs, where=where)
         shape = check_shape(shape, where=where)
         block_shape = check_shape(block_shape, where=where, name="block_shape")
         dt = check_dtype(dtype, where=where)
@@ -165,7 +176,7 @@ class BigMatrix(StoredState):
                     claim = lifecycle.begin(kv, writer)  # before the header: never complete
         try:
             array = backend.create_array(loc, config, shape, block_shape, dt,
-                                         overwrite=overwrite)  # fmt: skip
+                                         overwrite=overwrite, dims=dims, attrs=attrs)  # fmt: skip
             matrix = cls(array, loc, config, block_shape, parent_fn=parent_fn)
             matrix.new_generation()
         except BaseException:

@@ -27,6 +27,8 @@ def from_numpy(
     storage: StorageConfig | None = None,
     overwrite: bool = False,
     n_jobs: int = 16,
+    dims: tuple[str, str] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> BigMatrix:
     """Stores a 2-D numpy array as a BigMatrix, writing blocks concurrently.
 
@@ -38,6 +40,8 @@ def from_numpy(
       overwrite: replace a matrix already stored at ``url`` (a matrix an interrupted
         writer left unfinished is replaced without it).
       n_jobs: at most this many block writes in flight (numpywren's ``shard_matrix``).
+      dims, attrs: zarr ``dimension_names`` and user attributes (see
+        :meth:`BigMatrix.create`), for xarray.
 
     Returns:
       The new BigMatrix.
@@ -54,7 +58,8 @@ def from_numpy(
     check_shape(block_shape, where="from_numpy", name="block_shape")
     matrix, claim = BigMatrix.create_uncommitted(url, x.shape, block_shape, x.dtype,
                                                  writer="from_numpy", storage=storage,
-                                                 overwrite=overwrite)  # fmt: skip
+                                                 overwrite=overwrite, dims=dims,
+                                                 attrs=attrs)  # fmt: skip
     with lifecycle.committing(matrix, claim, "from_numpy"):  # a failure leaves nothing
         _write_blocks(matrix, x, max_inflight_bytes=1 << 30, n_jobs=n_jobs)
     return matrix
@@ -105,6 +110,8 @@ def copy(
     storage: StorageConfig | None = None,
     overwrite: bool = False,
     panel_bytes: int = 256 << 20,
+    dims: tuple[str, str] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> BigMatrix:
     """Materialises any view (``A.T``, ``A[i:j, k:l]``, ``A.astype(...)``) or matrix as a
     new stored matrix at ``url``, rechunked to ``block_shape`` (default: ``x``'s) and
@@ -132,7 +139,8 @@ def copy(
     (m, n), itemsize = x.shape, x.dtype.itemsize
     rows = max(bs[0], (panel_bytes // max(n * itemsize, 1)) // bs[0] * bs[0])
     matrix, claim = BigMatrix.create_uncommitted(url, x.shape, bs, x.dtype, writer="copy",
-                                                 storage=storage, overwrite=overwrite)  # fmt: skip
+                                                 storage=storage, overwrite=overwrite,
+                                                 dims=dims, attrs=attrs)  # fmt: skip
     with lifecycle.committing(matrix, claim, "copy"):
         for r0 in range(0, m, rows):
             panel = x.read_region(r0, min(r0 + rows, m), 0, n)

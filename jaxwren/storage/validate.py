@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import numpy as np
 
 from jaxwren.config import StorageConfig
-from jaxwren.errors import DTypeMismatchError, ShapeMismatchError
+from jaxwren.errors import ConfigError, DTypeMismatchError, ShapeMismatchError
 
-__all__ = ["check_block", "check_cast", "check_dtype", "check_shape", "resolve_storage"]
+__all__ = [
+    "check_block",
+    "check_cast",
+    "check_dtype",
+    "check_labels",
+    "check_shape",
+    "resolve_storage",
+]
 
 _SUPPORTED_KINDS = "fiub"
 _EXTRA_DTYPES = ("bfloat16",)
@@ -33,6 +41,33 @@ def check_dtype(dtype: Any, *, where: str) -> np.dtype:
             "'float32', 'float64', 'bfloat16' or an integer type."
         )
     return dt
+
+
+def check_labels(dims: Any, attrs: Any, *, where: str) -> tuple[list[str] | None, dict]:
+    """``dims`` (two distinct non-empty names, stored as zarr ``dimension_names``, which
+    xarray reads) and ``attrs`` (a JSON-serialisable dict of user attributes; the key
+    ``"jaxwren"`` is jaxwren's own header), checked before anything is written."""
+    if dims is not None:
+        ok = isinstance(dims, list | tuple) and len(dims) == 2
+        ok = ok and all(isinstance(d, str) and d for d in dims) and dims[0] != dims[1]
+        if not ok:
+            raise ShapeMismatchError(
+                f"{where}: dims must be two distinct non-empty names such as ('row', 'col'), "
+                f"got {dims!r}."
+            )
+        dims = list(dims)
+    attrs = {} if attrs is None else attrs
+    if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
+        raise ConfigError(f"{where}: attrs must be a dict with string keys, got {attrs!r}.")
+    if "jaxwren" in attrs:
+        raise ConfigError(f"{where}: attrs may not use the key 'jaxwren' (jaxwren's header).")
+    try:
+        json.dumps(attrs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: attrs must be JSON-serialisable (stored in zarr.json): {exc}."
+        ) from None
+    return dims, dict(attrs)
 
 
 def check_shape(shape: Any, *, where: str, name: str = "shape") -> tuple[int, int]:
