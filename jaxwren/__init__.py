@@ -2,6 +2,7 @@
 
 from jaxwren.compile_cache import enable_compilation_cache
 from jaxwren.config import StorageConfig
+from jaxwren.engine.report import RunReport, explain, observe
 from jaxwren.errors import (
     BlockIndexError,
     BucketNotFoundError,
@@ -65,6 +66,7 @@ __all__ = [
     "OutputConflictError",
     "PartsNotFoundError",
     "RankDeficientError",
+    "RunReport",
     "ShapeMismatchError",
     "StorageConfig",
     "StorageError",
@@ -75,6 +77,7 @@ __all__ = [
     "cho_solve",
     "cholesky",
     "enable_compilation_cache",
+    "explain",
     "default_mesh",
     "default_sharding",
     "from_csv",
@@ -87,6 +90,7 @@ __all__ = [
     "map_blocks",
     "matmul",
     "nearest_neighbors",
+    "observe",
     "pairwise_sq_distances",
     "qr",
     "randomized_svd",

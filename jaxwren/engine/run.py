@@ -6,7 +6,9 @@ and tiling choice (prefetch degraded before a plan is refused; one budget error)
 output lifecycle (aliases refused, outputs created only once the plan is accepted,
 exactly what the call created removed on failure), resume, execution and finishing.
 Returned vs stored and in-core vs out-of-core are decisions made here, not in each
-algorithm.
+algorithm. Every run builds a :class:`~jaxwren.engine.report.RunReport` (on the Outcome,
+and collected by ``jw.observe``); under ``jw.explain`` a run stops once its plan is
+chosen, before any output is touched.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import jax
@@ -23,7 +26,7 @@ from jaxwren.config import RunSpec, format_bytes
 from jaxwren.engine import outputs as outs_mod
 from jaxwren.engine.outputs import Slot
 from jaxwren.engine.plan import resolve_budget
-from jaxwren.engine.problem import Candidate, Problem, Resume
+from jaxwren.engine.problem import NO_RESUME, Candidate, Problem, Resume
 from jaxwren.engine.provenance import (
     COMPLETE,
     check_written,
@@ -32,6 +35,15 @@ from jaxwren.engine.provenance import (
     record_tiling,
     recorded_tiling,
     resume_state,
+)
+from jaxwren.engine.report import (
+    CandidateReport,
+    Explained,
+    PhaseSeconds,
+    RunReport,
+    explaining,
+    platform_of,
+    record,
 )
 from jaxwren.engine.runner import RunStats, execute
 from jaxwren.errors import JaxwrenError, MemoryBudgetError, ShapeMismatchError, StorageError
@@ -47,10 +59,12 @@ log = logging.getLogger("jaxwren")
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What :func:`run` gives back: the public result and the run's statistics."""
+    """What :func:`run` gives back: the public result, the runner's statistics and the
+    run's report (what ``jw.observe`` collects)."""
 
     value: Any
     stats: RunStats
+    report: RunReport
 
 
 def operand(x: Any, *, name: str, where: str) -> Any:
@@ -69,25 +83,111 @@ def operand(x: Any, *, name: str, where: str) -> Any:
     return as_source(x)
 
 
-def choose(where: str, cands: Sequence[Candidate], budget: int, prefetch: int,
-           returned: bool) -> tuple[Candidate, int]:  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class _Choice:
+    """A tiling decision: the candidate (None: none fits), its prefetch, why, and the
+    candidates considered with their projected bytes at that prefetch."""
+
+    cand: Candidate | None
+    prefetch: int
+    reason: str
+    considered: tuple[Candidate, ...]
+    projected: tuple[int, ...]
+
+
+def _choose(cands: Sequence[Candidate], budget: int, prefetch: int,
+            returned: bool) -> _Choice:  # fmt: skip
     """The cheapest candidate within ``budget`` at the requested prefetch, else without
-    prefetch (no reads ahead, no write-behind); refuses only below the bare minimum."""
-    usable = [c for c in cands if c.returns or not returned]
+    prefetch; ``cand=None`` when none fits even then."""
+    usable = tuple(c for c in cands if c.returns or not returned)
+    only = "; only tilings that return their outputs (out=None)" if len(usable) < len(cands) else ""
+    proj: tuple[int, ...] = ()
     for pf in dict.fromkeys((prefetch, 0)):
-        fits = [c for c in usable if c.projected(pf) <= budget]
+        proj = tuple(c.projected(pf) for c in usable)
+        fits = [i for i, p in enumerate(proj) if p <= budget]
         if fits:
-            return min(fits, key=lambda c: (c.cost, c.projected(pf))), pf
-    smallest = min((c.projected(0) for c in usable), default=None)
+            best = min(fits, key=lambda i: (usable[i].cost, proj[i]))
+            why = f"cheapest within budget at prefetch={pf} ({len(fits)} of {len(usable)} fit)"
+            if pf != prefetch:
+                why = f"prefetch degraded from {prefetch} to 0 to fit (none fits at " \
+                      f"prefetch={prefetch}); {why}"  # fmt: skip
+            return _Choice(usable[best], pf, why + only, usable, proj)
+    return _Choice(None, 0, "no tiling fits the budget, even without prefetch" + only,
+                   usable, proj)  # fmt: skip
+
+
+def _refusal(where: str, cands: Sequence[Candidate], choice: _Choice, budget: int,
+             returned: bool) -> MemoryBudgetError:  # fmt: skip
+    """The one budget error: the smallest plan's need and the budget (with a hint to
+    store the result when a stored plan would fit)."""
+    smallest = min(choice.projected, default=None)
     stored_min = min((c.projected(0) for c in cands), default=None)
     hint = ""
     if returned and stored_min is not None and (smallest is None or stored_min < smallest):
         hint = f"; or pass out=URL to store the result, which needs {format_bytes(stored_min)}"
     need = format_bytes(smallest) if smallest is not None else "more than any tiling offers"
-    raise MemoryBudgetError(
+    return MemoryBudgetError(
         f"{where}: the smallest plan (smallest tiles, no prefetch) needs {need} but "
         f"memory_budget is {format_bytes(budget)}; the smallest workable budget is {need}{hint}."
     )
+
+
+def choose(where: str, cands: Sequence[Candidate], budget: int, prefetch: int,
+           returned: bool) -> tuple[Candidate, int]:  # fmt: skip
+    """The cheapest candidate within ``budget`` at the requested prefetch, else without
+    prefetch (no reads ahead, no write-behind); refuses only below the bare minimum."""
+    choice = _choose(cands, budget, prefetch, returned)
+    if choice.cand is None:
+        raise _refusal(where, cands, choice, budget, returned)
+    return choice.cand, choice.prefetch
+
+
+class _Draft:
+    """The report of a run while it runs: fields as they become known, phase times."""
+
+    def __init__(self, name: str) -> None:
+        self.t0 = perf_counter()
+        self.explained = explaining()
+        self.fields: dict[str, Any] = {"operation": name, "platform": "", "mesh_shape": (),
+                                       "mesh_axes": ()}  # fmt: skip
+        self.plan_s: float | None = None  # None: still planning
+        self.write_s = 0.0  # output lifecycle (create, claim, commit, records)
+        self.stats: RunStats | None = None
+
+    def set(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def choice(self, choice: _Choice, budget: int) -> None:
+        pairs = zip(choice.considered, choice.projected, strict=True)
+        cands = tuple(CandidateReport(repr(c.tiling), p, p <= budget, repr(c.cost))
+                      for c, p in pairs)  # fmt: skip
+        chosen, pf = choice.cand, choice.prefetch
+        self.set(
+            budget=budget,
+            candidates=cands,
+            prefetch=pf,
+            reason=choice.reason,
+            tiling=None if chosen is None else repr(chosen.tiling),
+            projected_bytes=None if chosen is None else chosen.projected(pf),
+        )
+
+    def planned(self) -> None:
+        self.plan_s = perf_counter() - self.t0
+
+    def report(self, error: str | None = None) -> RunReport:
+        total = perf_counter() - self.t0
+        st, fields = self.stats, dict(self.fields)
+        read = compute = write = 0.0
+        if st is not None:
+            read, compute, write = st.read_seconds, st.compute_seconds, st.write_seconds
+            fields.update(steps_run=st.steps_run, steps_skipped=st.steps_skipped,
+                          bytes_read=st.bytes_read, bytes_written=st.bytes_written,
+                          compiles=st.compiles)  # fmt: skip
+        if self.explained:
+            fields.update(bytes_read=None, bytes_written=None, compiles=None)
+        plan = total if self.plan_s is None else self.plan_s
+        seconds = PhaseSeconds(plan, read, compute, write + self.write_s, total)
+        return RunReport(**fields, seconds=seconds, explained=self.explained, error=error)
 
 
 def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None = None) -> Outcome:
@@ -102,43 +202,91 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
       spec: the RunSpec (None: defaults).
 
     Returns:
-      The Outcome: ``op.finish(...)``'s value and the RunStats.
+      The Outcome: ``op.finish(...)``'s value, the RunStats and the RunReport (also
+      handed to every ``jw.observe`` scope that sees the run; a failed run's report,
+      with ``error`` set, too). Under ``jw.explain`` the run stops once its plan is
+      chosen and raises ``Explained`` with the report instead.
     """
     spec = spec or RunSpec()
+    draft = _Draft(op.name)
+    try:
+        outcome = _run(op, operands, out, spec, draft)
+    except Explained:
+        raise
+    except BaseException as exc:
+        if not draft.explained:
+            record(draft.report(error=type(exc).__name__))
+        raise
+    if not draft.explained:  # (explained: a skipped check pass)
+        record(outcome.report)
+    return outcome
+
+
+def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draft) -> Outcome:
     where = op.name
     user_mesh = spec.mesh
     mesh = check_mesh(user_mesh, where=where)
+    draft.set(platform=platform_of(mesh), mesh_shape=tuple(mesh.devices.shape),
+              mesh_axes=tuple(mesh.axis_names))  # fmt: skip
+    if draft.explained and getattr(op, "prepass", False):
+        # a check pass whose value the caller ignores: explain goes on to the real run
+        return Outcome(None, RunStats(), draft.report())
     sources = [operand(x, name=n, where=where) for x, n in zip(operands, op.operand_names,
                                                                 strict=True)]  # fmt: skip
     problem: Problem = op.check(sources, mesh)
     slots = outs_mod.resolve_outputs(where, out, problem.outputs, sources, storage=spec.storage,
                                      block_shape=spec.block_shape,
                                      prefix_out=len(problem.outputs) > 1)  # fmt: skip
+    draft.set(returned=tuple(s.output.name for s in slots if not s.stored),
+              stored={s.output.name: s.url for s in slots if s.stored})  # fmt: skip
     budget = resolve_budget(spec.memory_budget, list(mesh.devices.flat))
     blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
     cands = op.tilings(problem, blocks)
-    cand, prefetch = choose(where, cands, budget, spec.prefetch,
-                            returned=not all(s.stored for s in slots))  # fmt: skip
+    returned = not all(s.stored for s in slots)
+    choice = _choose(cands, budget, spec.prefetch, returned)
+    draft.choice(choice, budget)
+    if choice.cand is None:
+        raise _refusal(where, cands, choice, budget, returned)
     tokens = _input_tokens(sources)  # a read of the inputs is validated at the end
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
+    draft.set(state=state)
     if state == "partial":  # the interrupted run's tiling, if it fits: its tiles resume
-        cand, prefetch = _resumed_tiling(cands, recorded_tiling(slots, resume), budget,
-                                         (cand, prefetch), spec.prefetch)  # fmt: skip
+        choice = _resumed_tiling(choice, recorded_tiling(slots, resume), budget, spec.prefetch,
+                                 returned)  # fmt: skip
+        draft.choice(choice, budget)
+    cand, prefetch = choice.cand, choice.prefetch
+    assert cand is not None
+    if state == COMPLETE:
+        draft.set(reason="the stored result is this computation's (complete reuse): nothing runs")
+    if draft.explained:  # jw.explain: the plan as it would run; nothing touched
+        _explain(op, problem, cand, prefetch, slots, resume if state == "partial" else NO_RESUME,
+                 state, draft)  # fmt: skip
+    draft.planned()
     multihost.sync(f"{where} decided")  # every process has looked before anything changes
     if state == COMPLETE:  # this very computation is stored already
-        stats = RunStats()
-        return Outcome(on_mesh(op.finish(problem, [], _targets(slots)), user_mesh), stats)
+        value = on_mesh(op.finish(problem, [], _targets(slots)), user_mesh)
+        return Outcome(value, RunStats(), draft.report())
+    stats = RunStats()
     try:
+        t0 = perf_counter()
         resume = _prepare(where, ident, slots, resume, state, spec)
         record_tiling(slots, resume, cand.tiling)
+        t1 = perf_counter()
         plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
         plan = dataclasses.replace(plan, projected_bytes=cand.projected(prefetch))
-        returned, stats = execute(plan, budget=budget, prefetch=prefetch,
-                                  progress=spec.progress)  # fmt: skip
+        t2 = perf_counter()
+        draft.write_s += t1 - t0
+        draft.plan_s = (draft.plan_s or 0.0) + t2 - t1
+        draft.set(tiles=plan.tiles)
+        draft.stats = stats
+        returned_arrays, stats = execute(plan, budget=budget, prefetch=prefetch,
+                                         progress=spec.progress, stats=stats)  # fmt: skip
         _check_inputs(where, tokens)
+        t0 = perf_counter()
         _commit(where, slots, stats)
-        value = op.finish(problem, returned, _targets(slots))  # may still refuse it
+        draft.write_s += perf_counter() - t0
+        value = op.finish(problem, returned_arrays, _targets(slots))  # may still refuse it
     except BaseException as exc:
         # a wrong input (not positive definite, NaN ...) leaves no trace; an outage or an
         # interruption of a resumable run keeps its finished tiles for the rerun
@@ -146,26 +294,43 @@ def run(op: Any, operands: Sequence[Any], out: Any = None, spec: RunSpec | None 
         if data_error or not resume.enabled:
             outs_mod.discard(slots, where)
         raise
+    t0 = perf_counter()
     _record_complete(slots, resume)
-    return Outcome(on_mesh(value, user_mesh), stats)
+    draft.write_s += perf_counter() - t0
+    value = on_mesh(value, user_mesh)
+    return Outcome(value, stats, draft.report())
 
 
-def _resumed_tiling(
-    cands: Sequence[Candidate],
-    recorded: str | None,
-    budget: int,
-    chosen: tuple[Candidate, int],
-    prefetch: int,
-) -> tuple[Candidate, int]:
+def _explain(op: Any, problem: Problem, cand: Candidate, prefetch: int, slots: Sequence[Slot],
+             resume: Resume, state: str, draft: _Draft) -> None:  # fmt: skip
+    """Stops an explained run with its report: the plan's tiles and steps (those a resume
+    would skip counted apart), built against the outputs that exist (new ones as
+    returned); nothing is created, claimed, written or run."""
+    if state != COMPLETE:
+        plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
+        skipped = sum(1 for st in plan.steps if st.skip)
+        draft.set(tiles=plan.tiles, steps_run=len(plan.steps) - skipped, steps_skipped=skipped)
+    draft.planned()
+    raise Explained(draft.report())
+
+
+def _resumed_tiling(choice: _Choice, recorded: str | None, budget: int, prefetch: int,
+                    returned: bool) -> _Choice:  # fmt: skip
     """The candidate an interrupted run used (another ``prefetch`` or budget would pick
     other tiles and recompute them all), at the deepest prefetch that fits; else
-    ``chosen``."""
-    for c in cands:
+    ``choice``."""
+    for c in choice.considered:
         if recorded is not None and repr(c.tiling) == recorded:
             for pf in dict.fromkeys((prefetch, 0)):
                 if c.projected(pf) <= budget:
-                    return c, pf
-    return chosen
+                    proj = (choice.projected if pf == choice.prefetch
+                            else tuple(x.projected(pf) for x in choice.considered))  # fmt: skip
+                    why = f"the interrupted run's tiling (resume) at prefetch={pf}"
+                    return _Choice(c, pf, why, choice.considered, proj)
+    if recorded is None:
+        return choice
+    why = f"{choice.reason}; the interrupted run's tiling {recorded} does not fit now"
+    return dataclasses.replace(choice, reason=why)
 
 
 def _input_tokens(sources: Sequence[Any]) -> list[tuple[Any, Any]]:

@@ -12,7 +12,7 @@ import concurrent.futures
 import json
 import logging
 import sys
-import time
+from time import perf_counter
 from typing import Any
 
 import jax
@@ -34,7 +34,9 @@ log = logging.getLogger("jaxwren")
 
 class RunStats:
     """What a run did: steps run and skipped, bytes read and written, XLA compilations,
-    the prefetch depth it ran with, wall time. Tests assert on these, not on logs."""
+    the prefetch depth it ran with, wall time, and the seconds spent waiting for reads,
+    for the devices (kernel dispatch and wait) and for writes and records. The pipeline
+    turns them into the public :class:`jaxwren.engine.report.RunReport`."""
 
     def __init__(self) -> None:
         self.steps_run = 0
@@ -44,6 +46,9 @@ class RunStats:
         self.compiles = 0
         self.prefetch = 0
         self.seconds = 0.0
+        self.read_seconds = 0.0  # issuing tile reads and waiting for them
+        self.compute_seconds = 0.0  # kernel dispatch and waits for the devices
+        self.write_seconds = 0.0  # waiting for output writes and their records
         # {output url: {chunk key: storage generation}} of the chunks this process wrote
         # under a completion record (what the records vouch for; checked at commit)
         self.stamps: dict[str, dict[str, str]] = {}
@@ -52,7 +57,9 @@ class RunStats:
         return (
             f"RunStats(steps_run={self.steps_run}, steps_skipped={self.steps_skipped}, "
             f"bytes_read={self.bytes_read}, bytes_written={self.bytes_written}, "
-            f"compiles={self.compiles}, prefetch={self.prefetch}, seconds={self.seconds:.3f})"
+            f"compiles={self.compiles}, prefetch={self.prefetch}, seconds={self.seconds:.3f}, "
+            f"read={self.read_seconds:.3f}, compute={self.compute_seconds:.3f}, "
+            f"write={self.write_seconds:.3f})"
         )
 
 
@@ -264,6 +271,7 @@ def execute(
     prefetch: int = 1,
     progress: bool | None = None,
     write_bytes: int | None = None,
+    stats: RunStats | None = None,
 ) -> tuple[list[jax.Array], RunStats]:
     """Runs ``plan`` after checking it against ``budget``.
 
@@ -275,24 +283,30 @@ def execute(
         projection allows some (``Plan.write_behind``).
       progress: show a progress bar (None: when stderr is a terminal).
       write_bytes: bytes of finished output in flight to the store (default: budget / 4).
+      stats: the RunStats to count into (the caller's, so that a failed run's counts
+        survive it); None: a new one.
 
     Returns:
       The outputs whose Write has ``target=None`` (in step order), and the RunStats.
     """
     plan.check(budget)
-    stats = RunStats()
+    stats = RunStats() if stats is None else stats
     stats.prefetch = prefetch
     with CompileCounter() as compiles, single_threaded_blas():
-        returned = _execute(plan, budget, prefetch, progress, write_bytes, stats)
-        jax.block_until_ready(returned)  # the kernels finish under the thread limit
-    stats.compiles = compiles.count
+        try:
+            returned = _execute(plan, budget, prefetch, progress, write_bytes, stats)
+            t0 = perf_counter()
+            jax.block_until_ready(returned)  # the kernels finish under the thread limit
+            stats.compute_seconds += perf_counter() - t0
+        finally:
+            stats.compiles = compiles.count
     log.info("%s: done %s", plan.name, stats)
     return returned, stats
 
 
 def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
              write_bytes: int | None, stats: RunStats) -> list[jax.Array]:  # fmt: skip
-    t0 = time.perf_counter()
+    t0 = perf_counter()
     steps = [s for s in plan.steps if not s.skip]
     stats.steps_skipped = len(plan.steps) - len(steps)
     log.info("%s: %d steps (%d already stored), %s", plan.name, len(steps),
@@ -329,8 +343,11 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
     multi = jax.process_count() > 1
 
     def issue(k: int) -> None:
+        t1 = perf_counter()
         for r in steps[k].reads:
             writer.before_read(r.source, r.region)
+        t2 = perf_counter()
+        stats.write_seconds += t2 - t1
         if multi and depends(k, 0):
             # this step reads what earlier steps wrote, and other processes wrote their
             # shards of it: each waited for its own writes just now; meet before reading
@@ -339,6 +356,7 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                  for r in steps[k].reads]  # fmt: skip
         stats.bytes_read += sum(t.nbytes for t in tiles)
         issued[k] = tiles
+        stats.read_seconds += perf_counter() - t2
 
     warming = _start_warm(steps)
     for i, step in enumerate(steps):
@@ -349,7 +367,10 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                 if depends(k, i):
                     break
                 issue(k)
+        t1 = perf_counter()
         arrays = [t.result() for t in issued.pop(i)]
+        t2 = perf_counter()
+        stats.read_seconds += t2 - t1
         if i in warming:
             warming.pop(i).result()
         carry, outs = step.kernel(carry, *arrays)
@@ -362,18 +383,23 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
             except Exception:
                 writer.drain()  # what earlier steps computed is valid: store it first
                 raise
+        t3 = perf_counter()
+        stats.compute_seconds += t3 - t2
         for out, write in zip(outs, step.writes, strict=True):
             if write.target is None:
                 returned.append(out)
             else:
                 writer.submit(out, write)
+        stats.write_seconds += perf_counter() - t3
         stats.steps_run += 1
         if bar is not None:
             bar.update(1)
+    t1 = perf_counter()
     writer.drain()
     writer.close()
     multihost.sync(f"{plan.name} done")  # every process's writes are stored
+    stats.write_seconds += perf_counter() - t1
     if bar is not None:
         bar.close()
-    stats.seconds = time.perf_counter() - t0
+    stats.seconds = perf_counter() - t0
     return returned

@@ -120,7 +120,11 @@ class RowNormCheck(Op):
 
     Row tiles ``P(all devices, None)`` x feature panels; the result (the first bad row
     per operand) is returned, never stored. NonFiniteError names the first bad row.
+    ``prepass``: ``jw.explain`` passes over it (its caller ignores its value) and
+    explains the run that follows.
     """
+
+    prepass = True
 
     def __init__(self, name: str, operand_names: tuple[str, ...]) -> None:
         self.name, self.operand_names = name, operand_names
