@@ -1,4 +1,80 @@
-"""jaxwren: dense linear algebra on matrices in object storage, on a JAX device mesh."""
+"""jaxwren: dense linear algebra on matrices in object storage, on a JAX device mesh.
+
+Matrices live in S3-compatible object storage (AWS, MinIO, Ceph), Google Cloud Storage,
+local files or memory as chunked TensorStore zarr v3 arrays; operations stream them
+through the devices tile by tile, so they may be larger than device or host memory::
+
+    import jaxwren as jw
+    A = jw.from_numpy(x, "s3://bucket/A", block_shape=(4096, 4096))
+    C = jw.matmul(A, A.T, "s3://bucket/C")      # out a URL: stored, a BigMatrix back
+    G = jw.matmul(A.T, A)                       # no out: returned as a jax.Array
+
+Compute functions take BigMatrix, jax.Array or numpy inputs (and, where they make a
+matrix, ``out``: a URL stores the result); most take the keyword arguments ``mesh`` and
+``memory_budget``: where they run and within how much memory. Each name below has
+its own ``help()``.
+
+Storage: where matrices live
+  BigMatrix                 a blocked matrix in a store: create, open, get_block,
+                            put_block, numpy, T, [i:j, k:l] views, astype, to_jax, free
+  from_numpy                store a numpy array as a BigMatrix
+  save                      store a jax.Array (sharded or not) or numpy array
+  load                      a BigMatrix (or a region of it) as a sharded jax.Array
+  copy                      materialise a view (T, slice, astype) or rechunk a matrix
+
+Compute: linear algebra, streamed out of core
+  matmul                    a @ b
+  cholesky                  lower Cholesky factor
+  solve_triangular          op(l) x = b for triangular l
+  cho_solve, cho_logdet     solve and log-determinant from a Cholesky factor
+  lstsq                     least squares
+  qr, svd                   tall-skinny QR and thin SVD
+  randomized_svd            rank-k truncated SVD
+  pairwise_sq_distances     squared Euclidean distances between rows
+  argmin                    argmin-reduce along an axis (indices and values)
+  nearest_neighbors         k nearest rows
+  map_blocks                apply a function to every output block
+  default_mesh              all devices in a 2-D (rows, cols) mesh
+  default_sharding          a NamedSharding over that mesh
+  explain                   plan a call without running it: its RunReport
+  observe                   collect the RunReport of every run in a with-block
+  RunReport                 what a run did: tiling, bytes, steps, seconds
+
+Tables: CSV and Parquet part files in
+  from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix
+  from_parquet              Parquet parts -> one BigMatrix
+  iter_table_batches        part files -> sharded batches, no matrix in between
+
+Errors: every one a JaxwrenError, with a message that names the fix
+  JaxwrenError              base class
+  ConfigError               a bad argument or setting
+  ShapeMismatchError        shapes or block shapes that do not fit
+  DTypeMismatchError        an unsupported or unexpected dtype
+  NonFiniteError            NaN or Inf where a finite value is required
+  NotPositiveDefiniteError  Cholesky of a matrix that is not positive definite
+  RankDeficientError        a least-squares matrix without full rank
+  MemoryBudgetError         a plan over the memory budget
+  OutputConflictError       an out that is, holds or lies inside an input
+  BlockIndexError           a block index outside the grid
+  StorageError              the store failed; its subclasses:
+  BucketNotFoundError       the bucket does not exist
+  CredentialsError          the store refused the credentials
+  UnsupportedURLError       an unknown or malformed URL
+  MatrixNotFoundError       no matrix at the URL
+  MatrixExistsError         a matrix is already there (pass overwrite=True)
+  MatrixChangedError        the matrix was recreated since it was opened
+  IncompleteMatrixError     a matrix left uncommitted by an interrupted writer
+  ConcurrentWriteError      another writer wrote a run's out meanwhile
+  PartsNotFoundError        no part file matches a pattern
+  TableParseError           a part that cannot become numeric rows
+
+Config: stores, caches, processes
+  StorageConfig             endpoint, region, credentials, retries (default: the AWS
+                            environment variables and shared config file)
+  enable_compilation_cache  JAX's persistent compilation cache
+  jaxwren.distributed.initialize   join a multi-process run (SLURM, Open MPI,
+                            Kubernetes auto-detected; or python -m jaxwren.launch)
+"""
 
 from jaxwren.compile_cache import enable_compilation_cache
 from jaxwren.config import StorageConfig

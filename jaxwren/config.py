@@ -84,9 +84,16 @@ class StorageConfig:
 
     Attributes:
       s3_endpoint: S3-compatible endpoint URL (``http://127.0.0.1:9000`` for MinIO).
-        None: ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL``, else AWS itself.
+        None: as the AWS SDKs and CLI resolve it: ``AWS_ENDPOINT_URL_S3``, then
+        ``AWS_ENDPOINT_URL``, then the AWS shared config file (``AWS_CONFIG_FILE`` or
+        ``~/.aws/config``; the profile of ``AWS_PROFILE``, else ``default``): the s3
+        ``endpoint_url`` of its ``services`` section, then its ``endpoint_url``; else
+        AWS itself. ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` (or
+        ``ignore_configured_endpoint_urls = true`` in the profile) skips all but an
+        explicit value.
       s3_region: region used in request signatures. None: ``AWS_REGION``, then
-        ``AWS_DEFAULT_REGION`` (with a custom endpoint and no region, ``us-east-1``).
+        ``AWS_DEFAULT_REGION``, then the profile's ``region`` in the shared config file
+        (with a custom endpoint and no region, ``us-east-1``).
       s3_host_header: optional Host header override (only with an endpoint).
       credentials: a TensorStore ``aws_credentials`` type (``"default"``, ``"environment"``,
         ``"anonymous"``, ``"profile"``, ``"imds"``, ``"ecs"``) or a full ``aws_credentials``
@@ -180,17 +187,27 @@ class StorageConfig:
             object.__setattr__(self, "credentials", _FrozenDict(self.credentials))
 
     def resolve(self, environ: Mapping[str, str]) -> StorageConfig:
-        """Fills unset endpoint and region from AWS SDK environment variables.
+        """Fills unset endpoint and region from AWS SDK environment variables, then the
+        AWS shared config file (see the attributes).
 
         Explicit fields win over the environment. Called once by the public entry points.
+
+        Raises:
+          ConfigError: the shared config file cannot be parsed, or its endpoint is not
+            an http(s) URL (the message names the file and the variables that override it).
         """
-        endpoint = (
-            self.s3_endpoint
-            or environ.get("AWS_ENDPOINT_URL_S3")
-            or environ.get("AWS_ENDPOINT_URL")
-            or None
+        ignore = _true(environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"))
+        endpoint = self.s3_endpoint or (
+            None
+            if ignore
+            else environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
         )
         region = self.s3_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        if region is None or (endpoint is None and not ignore):
+            shared = _shared_config(environ)
+            region = region or shared.get("region")
+            if endpoint is None and not ignore and not _true(shared.get("ignore_endpoints")):
+                endpoint = shared.get("s3_endpoint") or shared.get("endpoint_url")
         if region is None and endpoint is not None:
             region = "us-east-1"
         credentials = self.credentials
@@ -229,6 +246,69 @@ def _default_credentials(environ: Mapping[str, str]) -> str | dict[str, str]:
     if profile:
         return {"type": "default", "profile": profile}
     return "default"
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _nested(value: str) -> dict[str, str]:
+    """A sub-section value of an AWS config file (``s3 =`` followed by indented
+    ``key = value`` lines) as a dict."""
+    out = {}
+    for line in value.splitlines():
+        key, eq, val = line.partition("=")
+        if eq:
+            out[key.strip().lower()] = val.strip()
+    return out
+
+
+def _shared_config(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the AWS shared config file (``AWS_CONFIG_FILE`` or ``~/.aws/config``) sets for
+    S3 in the active profile (``AWS_PROFILE``, else ``default``), as the AWS SDKs read it:
+    ``region``, ``endpoint_url`` (all services), ``s3_endpoint`` (the ``endpoint_url`` of
+    the s3 sub-section of the profile's ``services`` section), ``ignore_endpoints``.
+
+    Raises:
+      ConfigError: the file exists but cannot be parsed, or names an endpoint that is
+        not an http(s) URL.
+    """
+    _, path = _shared_files(environ)
+    if path == os.devnull:
+        return {}
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"The AWS config file {path} cannot be read ({str(e).splitlines()[0]}); fix it, "
+            "or set AWS_ENDPOINT_URL_S3 and AWS_REGION (which take precedence), or point "
+            "AWS_CONFIG_FILE at another file."
+        ) from None
+    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE") or "default"
+    names = ["default", "profile default"] if profile == "default" else [f"profile {profile}"]
+    section = next((n for n in names if parser.has_section(n)), None)
+    if section is None:
+        return {}
+    got = {k.lower(): v.strip() for k, v in parser.items(section)}
+    out = {k: got[k] for k in ("region", "endpoint_url") if got.get(k)}
+    out["ignore_endpoints"] = got.get("ignore_configured_endpoint_urls", "")
+    services = got.get("services")
+    where = f"[{section}]"
+    if services and parser.has_section(f"services {services}"):
+        s3 = dict(parser.items(f"services {services}")).get("s3", "")
+        if _nested(s3).get("endpoint_url"):
+            out["s3_endpoint"] = _nested(s3)["endpoint_url"]
+            where = f"[services {services}] s3"
+    for key in ("s3_endpoint", "endpoint_url"):
+        if out.get(key) and not re.match(r"^https?://[^/]+", out[key]):
+            raise ConfigError(
+                f"The AWS config file {path} sets endpoint_url = {out[key]!r} "
+                f"({where if key == 's3_endpoint' else f'[{section}]'}), which is not an "
+                "http(s) URL such as 'http://127.0.0.1:9000'; fix it there, or set "
+                "AWS_ENDPOINT_URL_S3 (which takes precedence)."
+            )
+    return out
 
 
 def _shared_files(environ: Mapping[str, str]) -> tuple[str, str]:

@@ -254,14 +254,23 @@ def _start_warm(steps: list[Any]) -> dict[int, concurrent.futures.Future[Any]]:
     return futures
 
 
-def _progress(total: int, label: str, enabled: bool | None) -> Any:
+def _progress(total: int, label: str, enabled: bool | None, *, unit: str = "step") -> Any:
+    """A progress bar over ``total`` units, or None. ``enabled`` None: on when the session
+    is interactive: stderr is a terminal, or this is a Jupyter/IPython kernel (a
+    notebook's stderr is no terminal; tqdm.auto draws a widget there); off otherwise
+    (batch jobs, pipes, CI logs)."""
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        isatty = getattr(sys.stderr, "isatty", None)
+        enabled = bool(isatty and isatty())
+        if not enabled and "ipykernel" in sys.modules:
+            get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+            shell = get_ipython() if get_ipython is not None else None
+            enabled = getattr(shell, "kernel", None) is not None
     if not enabled or total <= 1:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="step", leave=False)
+    return tqdm(total=total, desc=label, unit=unit, leave=False)
 
 
 def execute(

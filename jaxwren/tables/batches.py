@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +17,15 @@ from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.sharding.batches import _is_int, _sharding_for
 from jaxwren.sharding.io import check_sharding
 from jaxwren.storage.validate import check_dtype, resolve_storage
-from jaxwren.tables.glob import expand
-from jaxwren.tables.ingest import DEFAULT_WINDOW
-from jaxwren.tables.parse import PARQUET, Format, csv_format
+from jaxwren.tables.glob import expand, pattern_list
+from jaxwren.tables.ingest import DEFAULT_WINDOW, Pattern
+from jaxwren.tables.parse import (
+    CODECS,
+    Format,
+    check_nan_dtype,
+    csv_format,
+    parquet_format,
+)
 from jaxwren.tables.stream import TableStream
 
 __all__ = ["iter_table_batches"]
@@ -28,27 +33,59 @@ __all__ = ["iter_table_batches"]
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _format(pattern: str, fmt: str | None, header: bool) -> Format:
+def _suffix_format(pattern: str) -> str | None:
+    """``csv`` or ``parquet`` from a pattern's suffix (a compression suffix after
+    ``.csv`` counts: ``part*.csv.gz``)."""
+    low = pattern.lower()
+    for ext in CODECS:
+        if low.endswith(ext):
+            low = low[: -len(ext)]
+            break
+    return next((v for k, v in _SUFFIXES.items() if low.endswith(k)), None)
+
+
+def _format(patterns: list[str], fmt: str | None, header: bool, csv_kw: dict[str, Any],
+            allow_nan: bool | None) -> Format:  # fmt: skip
+    where = "iter_table_batches"
     if fmt is None:
-        fmt = next((v for k, v in _SUFFIXES.items() if pattern.lower().endswith(k)), None)
-        if fmt is None:
+        found = {p: _suffix_format(p) for p in patterns}
+        kinds = set(found.values())
+        if None in kinds or len(kinds) != 1:
+            odd = next((p for p, f in found.items() if f is None), None)
             raise ConfigError(
-                f"iter_table_batches: cannot tell the format of {pattern!r} from its suffix; "
-                "pass format='csv' or format='parquet'."
-            )
+                f"{where}: cannot tell the format of {odd!r} from its suffix; pass "
+                "format='csv' or format='parquet'."
+                if odd is not None else
+                f"{where}: the patterns mix CSV and Parquet ({patterns!r}); read them "
+                "separately."
+            )  # fmt: skip
+        fmt = kinds.pop()
     if fmt not in ("csv", "parquet"):
-        raise ConfigError(f"iter_table_batches: format={fmt!r} must be 'csv' or 'parquet'.")
-    return csv_format(header) if fmt == "csv" else PARQUET
+        raise ConfigError(f"{where}: format={fmt!r} must be 'csv' or 'parquet'.")
+    if fmt == "csv":
+        return csv_format(header, allow_nan=allow_nan, op=where, **csv_kw)
+    given = [k for k, default in (("delimiter", ","), ("na_values", None))
+             if csv_kw[k] != default]  # fmt: skip
+    if given:
+        raise ConfigError(
+            f"{where}: {given[0]}= is for CSV parts; Parquet parts store their own types "
+            "and missing values as nulls (pass allow_nan=True to read nulls as NaN)."
+        )
+    return parquet_format(allow_nan=allow_nan, op=where)
 
 
 def iter_table_batches(
-    pattern: str | os.PathLike[str],
+    pattern: Pattern,
     batch_size: int,
     *,
     columns: list[str | int] | None = None,
     dtype: Any = "float32",
     format: str | None = None,  # noqa: A002 - the natural name
     header: bool = True,
+    delimiter: str = ",",
+    na_values: list[str] | None = None,
+    allow_nan: bool | None = None,
+    order: str = "natural",
     shuffle: bool = False,
     seed: int | None = 0,
     prefetch: int = 2,
@@ -63,10 +100,12 @@ def iter_table_batches(
     of the one yielded. Batches run across part boundaries; the last may be shorter.
 
     Args:
-      pattern: part files (see :func:`jaxwren.from_csv`).
+      pattern: part files, one pattern or a list (see :func:`jaxwren.from_csv`).
       batch_size: rows per batch.
-      columns, dtype, header, storage: as :func:`jaxwren.from_csv`.
-      format: ``"csv"`` or ``"parquet"``; None: from the pattern's suffix.
+      columns, dtype, header, delimiter, na_values, allow_nan, order, storage: as
+        :func:`jaxwren.from_csv` (``delimiter`` and ``na_values``: CSV only).
+      format: ``"csv"`` or ``"parquet"``; None: from the pattern's suffix (``.csv``,
+        ``.csv.gz``, ``.csv.bz2``, ``.csv.zst``, ``.parquet``, ``.pq``).
       shuffle: visit the parts in a random order and shuffle the rows within each part
         (a shuffle buffer of one part); the order comes from ``seed``.
       seed: seed of the shuffle (pass the epoch number for a new order each epoch; None:
@@ -79,15 +118,17 @@ def iter_table_batches(
         threads; a part counts as the larger of its bytes and its parsed table).
 
     In a multi-process run each process reads only its own parts (``parts[i::n]`` of
-    the sorted list) and contributes ``batch_size / n`` rows to each global batch; the
+    the ordered list) and contributes ``batch_size / n`` rows to each global batch; the
     processes must hold the same number of rows (e.g. equal parts): every batch's local
     row counts are compared across processes, and a difference raises
     ShapeMismatchError on every process (never global arrays of different shapes).
 
     Raises (at the call, before any part is read, except parse errors):
-      ConfigError: bad ``batch_size``, ``prefetch``, ``format``, ``window_bytes``.
-      PartsNotFoundError: nothing matches. TableParseError, NonFiniteError,
-      DTypeMismatchError: while iterating, as :func:`jaxwren.from_csv`.
+      ConfigError: bad ``batch_size``, ``prefetch``, ``format``, ``window_bytes``,
+        ``delimiter``, ``na_values``, ``order``; NaN asked for with an integer dtype.
+      PartsNotFoundError: nothing matches (or only marker/hidden files).
+      TableParseError, NonFiniteError, DTypeMismatchError: while iterating, as
+      :func:`jaxwren.from_csv`.
     """
     where = "iter_table_batches"
     if not _is_int(batch_size) or batch_size < 1:
@@ -99,11 +140,13 @@ def iter_table_batches(
         raise ConfigError(
             f"{where}: batch_size={batch_size} is not divisible by the {n_proc} processes."
         )
-    fmt = _format(os.fspath(pattern), format, header)
+    csv_kw = {"delimiter": delimiter, "na_values": na_values}
+    fmt = _format(pattern_list(pattern, op=where), format, header, csv_kw, allow_nan)
     dt = check_dtype(dtype, where=where)
     check_representable(dt, where=where)
+    check_nan_dtype(fmt, dt)
     window = parse_bytes(window_bytes, what=f"{where}: window_bytes")
-    parts = expand(pattern, resolve_storage(storage), op=where)
+    parts = expand(pattern, resolve_storage(storage), op=where, order=order)
     order = list(range(len(parts.parts)))[jax.process_index() :: n_proc]
     rng = np.random.default_rng(seed) if shuffle else None
     if rng is not None:

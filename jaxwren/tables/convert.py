@@ -7,7 +7,8 @@ cells as missing), an infinite value or one that overflows the dtype, an integer
 dtype cannot hold exactly (int64 ids into float32; in a CSV also an integer literal that
 pyarrow read as a float, beyond int64's range or beside fractional values:
 :func:`exact_integers`), a fractional value into an integer dtype, and a part with no
-rows.
+rows. With ``allow_nan`` (the user asked for it: ``allow_nan=True`` or ``na_values``),
+missing cells and NaN values are stored as NaN instead; infinities are still refused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
 def _non_numeric(col: pa.ChunkedArray, op: str, part: Part, name: str) -> Exception:
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         for row, value in enumerate(col.to_pylist()):
+            if value is None:  # a missing cell (allowed by now)
+                continue
             try:
                 float(value)
             except (TypeError, ValueError):
@@ -48,14 +51,19 @@ def _non_numeric(col: pa.ChunkedArray, op: str, part: Part, name: str) -> Except
     )
 
 
-def _check_column(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name: str) -> None:
+def _check_column(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name: str,
+                  allow_nan: bool = False) -> None:  # fmt: skip
     kind = col.type
-    if col.null_count:
+    if col.null_count and not allow_nan:
         row = _first_true(pc.is_null(col))
         raise TableParseError(
             f"{_where(op, part, row, name)} is empty or NA (a missing value); jaxwren never "
-            "stores a silent NaN: fill or drop missing values before ingesting."
+            "stores a silent NaN: fill or drop missing values before ingesting, or pass "
+            "allow_nan=True (or na_values=[...], the strings that mean missing) to store "
+            "them as NaN."
         )
+    if pa.types.is_null(kind):  # missing cells only (allowed): all NaN
+        return
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
         raise _non_numeric(col, op, part, name)
     if pa.types.is_integer(kind) and len(col):
@@ -84,7 +92,10 @@ def _int_dtype_hint(lo: int, hi: int) -> str | None:
 
 def _check_ints(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name: str) -> None:
     """Integers must be exact in ``dtype`` (float32 holds integers up to 2**24)."""
-    chunks = [c.to_numpy() for c in col.chunks if len(c)]  # no nulls here: zero-copy
+    chunks = [(c.drop_null() if c.null_count else c).to_numpy() for c in col.chunks]
+    chunks = [c for c in chunks if len(c)]  # zero-copy without nulls
+    if not chunks:
+        return
     lo, hi = min(int(c.min()) for c in chunks), max(int(c.max()) for c in chunks)
     if dtype.kind == "f":
         limit = _int_limit(dtype)
@@ -115,19 +126,23 @@ def _check_ints(col: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part, name
 _INT_TEXT = r"^[+-]?[0-9]+$"  # an integer literal (after trimming blanks)
 
 
-def _needs_texts(col: pa.ChunkedArray, dtype: np.dtype) -> bool:
+def _needs_texts(col: pa.ChunkedArray, dtype: np.dtype, allow_nan: bool = False) -> bool:
     """Whether a floating-point CSV column may hold an integer literal that ``dtype``
     cannot hold exactly (or, into an integer dtype, may hold integer literals only)."""
     if not pa.types.is_floating(col.type) or dtype.kind not in "fiu" or not len(col):
         return False
     if dtype.kind in "iu":
         return True  # refused as floating-point otherwise: the texts decide (rare path)
-    if col.null_count:
+    if col.null_count and not allow_nan:
         return False  # refused by check_table
     limit = _int_limit(dtype)
     for chunk in col.chunks:  # numpy's min/max: 10x faster than pyarrow's min_max
         if len(chunk):
-            x = chunk.to_numpy()
+            x = chunk.to_numpy(zero_copy_only=False)  # nulls: NaN
+            if allow_nan:
+                x = x[~np.isnan(x)]
+                if not len(x):
+                    continue
             lo, hi = x.min(), x.max()
             if np.isnan(lo) or lo <= -limit or hi >= limit:  # 2**53 + 1 reads as 2**53
                 return True
@@ -136,7 +151,7 @@ def _needs_texts(col: pa.ChunkedArray, dtype: np.dtype) -> bool:
 
 def exact_integers(
     table: pa.Table, dtype: np.dtype, part: Part, *, op: str,
-    texts: Callable[[list[str]], pa.Table],
+    texts: Callable[[list[str]], pa.Table], allow_nan: bool = False,
 ) -> pa.Table:  # fmt: skip
     """CSV only: the integer literals that pyarrow read as floating-point numbers (beyond
     int64's range, or in a column that also holds floats), made exact or refused.
@@ -151,7 +166,7 @@ def exact_integers(
       DTypeMismatchError: an integer literal that ``dtype`` cannot hold exactly.
     """
     suspects = [n for n, c in zip(table.column_names, table.columns, strict=True)
-                if _needs_texts(c, dtype)]  # fmt: skip
+                if _needs_texts(c, dtype, allow_nan)]  # fmt: skip
     if not suspects:
         return table
     strings = texts(suspects)
@@ -224,21 +239,34 @@ def _out_of_range(digits: pa.ChunkedArray, dtype: np.dtype, op: str, part: Part,
     )
 
 
-def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, first_row: int) -> None:
+def _check_finite(out: np.ndarray, table: pa.Table, op: str, part: Part, first_row: int,
+                  allow_nan: bool = False) -> None:  # fmt: skip
     if out.dtype.kind != "f" or np.isfinite(out).all():
         return
-    row, j = (int(v[0]) for v in np.nonzero(~np.isfinite(out)))
+    bad = np.isinf(out) if allow_nan else ~np.isfinite(out)
+    if allow_nan and not bad.any():
+        return
+    row, j = (int(v[0]) for v in np.nonzero(bad))
     source = table.column(j)[row].as_py()
     what = (f"{source!r}" if not np.isfinite(source) else
             f"{source!r}, which overflows {out.dtype.name}")  # fmt: skip
+    fix = " or pass dtype='float64'." if np.isfinite(source) else "."
+    if np.isnan(source):
+        fix = " or pass allow_nan=True to store NaN."
     raise NonFiniteError(
         f"{_where(op, part, first_row + row, table.column_names[j])} holds {what}; jaxwren "
-        "stores finite numbers only: fix the cell"
-        + (" or pass dtype='float64'." if np.isfinite(source) else ".")
+        "stores finite numbers only: fix the cell" + fix
     )
 
 
 _STEP = 8192  # rows converted at once: the row-major slab stays in cache across columns
+
+
+def _numbers(col: pa.Array) -> np.ndarray:
+    """A column's values as numpy (missing cells, allowed by then: NaN)."""
+    if col.null_count and (pa.types.is_boolean(col.type) or pa.types.is_null(col.type)):
+        col = pc.cast(col, pa.float64())
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _fill_rows(out: np.ndarray, table: pa.Table) -> None:
@@ -247,7 +275,7 @@ def _fill_rows(out: np.ndarray, table: pa.Table) -> None:
     over the whole part)."""
     r = 0
     for batch in table.to_batches():
-        cols = [c.to_numpy(zero_copy_only=False) for c in batch.columns]
+        cols = [_numbers(c) for c in batch.columns]
         n = batch.num_rows
         for s in range(0, n, _STEP):
             slab = out[r + s : r + min(n, s + _STEP)]
@@ -256,11 +284,12 @@ def _fill_rows(out: np.ndarray, table: pa.Table) -> None:
         r += n
 
 
-def check_table(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> None:
+def check_table(table: pa.Table, dtype: np.dtype, part: Part, *, op: str,
+                allow_nan: bool = False) -> None:  # fmt: skip
     """Everything :func:`to_matrix` refuses that can be seen before converting.
 
     Raises:
-      TableParseError: no rows, a non-numeric or missing cell.
+      TableParseError: no rows, a non-numeric cell, a missing one (unless ``allow_nan``).
       DTypeMismatchError: an integer ``dtype`` cannot hold exactly.
     """
     if table.num_rows == 0:
@@ -269,22 +298,25 @@ def check_table(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> Non
             "fix the glob."
         )
     for name, col in zip(table.column_names, table.columns, strict=True):
-        _check_column(col, dtype, op, part, name)
+        _check_column(col, dtype, op, part, name, allow_nan)
 
 
-def fill(out: np.ndarray, table: pa.Table, part: Part, *, op: str, first_row: int = 0) -> None:
+def fill(out: np.ndarray, table: pa.Table, part: Part, *, op: str, first_row: int = 0,
+         allow_nan: bool = False) -> None:  # fmt: skip
     """Converts a table passed by :func:`check_table` (the rows of ``part`` from
     ``first_row`` on) into ``out`` (``(table rows, columns)`` of the matrix dtype).
 
     Raises:
-      NonFiniteError: an infinite cell, or a value that overflows ``out.dtype``.
+      NonFiniteError: an infinite cell, a value that overflows ``out.dtype``, a NaN
+        (unless ``allow_nan``).
     """
-    with np.errstate(over="ignore"):  # overflow is found (and named) by _check_finite
+    with np.errstate(over="ignore", invalid="ignore"):  # found (and named) below
         _fill_rows(out, table)
-    _check_finite(out, table, op, part, first_row)
+    _check_finite(out, table, op, part, first_row, allow_nan)
 
 
-def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.ndarray:
+def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str,
+              allow_nan: bool = False) -> np.ndarray:  # fmt: skip
     """The table as a ``(rows, columns)`` array of ``dtype`` (see the module docstring).
 
     Raises:
@@ -292,7 +324,7 @@ def to_matrix(table: pa.Table, dtype: np.dtype, part: Part, *, op: str) -> np.nd
       DTypeMismatchError: an integer ``dtype`` cannot hold exactly.
       NonFiniteError: an infinite cell, or a value that overflows ``dtype``.
     """
-    check_table(table, dtype, part, op=op)
+    check_table(table, dtype, part, op=op, allow_nan=allow_nan)
     out = np.empty((table.num_rows, table.num_columns), dtype)
-    fill(out, table, part, op=op)
+    fill(out, table, part, op=op, allow_nan=allow_nan)
     return out

@@ -29,7 +29,7 @@ from jaxwren.storage.validate import check_dtype, check_shape, resolve_storage
 from jaxwren.storage.window import Window
 from jaxwren.tables.convert import fill
 from jaxwren.tables.glob import check_output, expand
-from jaxwren.tables.parse import PARQUET, Format, csv_format
+from jaxwren.tables.parse import Format, check_nan_dtype, csv_format, parquet_format
 from jaxwren.tables.rows import RowWriter
 from jaxwren.tables.stream import TableStream, check_progress
 
@@ -47,14 +47,21 @@ def default_block_shape(n_cols: int, dtype: np.dtype) -> tuple[int, int]:
     return 1 << (rows.bit_length() - 1), cols
 
 
+Pattern = str | os.PathLike[str] | list[str | os.PathLike[str]] | tuple[str, ...]
+
+
 def from_csv(
-    pattern: str | os.PathLike[str],
+    pattern: Pattern,
     url: str | os.PathLike[str],
     *,
     block_shape: tuple[int, int] | None = None,
     columns: list[str | int] | None = None,
     dtype: Any = "float32",
     header: bool = True,
+    delimiter: str = ",",
+    na_values: list[str] | None = None,
+    allow_nan: bool | None = None,
+    order: str = "natural",
     storage: StorageConfig | None = None,
     overwrite: bool = False,
     window_bytes: int | str = DEFAULT_WINDOW,
@@ -62,17 +69,23 @@ def from_csv(
 ) -> BigMatrix:
     """Ingests CSV part files matching ``pattern`` into one BigMatrix at ``url``.
 
-    Rows follow the parts in sorted key order, then the rows within each part (as
-    ``np.concatenate([pd.read_csv(p)[columns] for p in sorted(parts)])``). Parts are read
+    Rows follow the parts in ``order`` (natural by default: ``part.2`` before
+    ``part.10``, as dask's read_parquet reads its own output), then the rows within each part (as
+    ``np.concatenate([pd.read_csv(p)[columns] for p in parts])``). Parts are read
     whole, ahead, under ``window_bytes`` and parsed by pyarrow, several at once on worker
     threads; every block is written once.
     In a multi-process run process 0 ingests and the others wait and open the result (an
     error on process 0 is raised on every process).
 
     Args:
-      pattern: a storage URL or path whose last components may hold ``*``, ``?`` and
-        ``[...]`` (``s3://bucket/csv/dev/part*.csv``); the same endpoint and credentials
-        as a BigMatrix (``storage``).
+      pattern: a storage URL or path whose last components may hold ``*``, ``?``,
+        ``[...]`` and ``**`` as a whole component (any depth: ``s3://bucket/csv/**/*.csv``),
+        or a list of them in one store (their parts in the list's order); the same
+        endpoint and credentials as a BigMatrix (``storage``). Files and directories
+        whose name starts with ``_`` or ``.`` (``_SUCCESS``, ``_common_metadata``,
+        ``.crc``) are skipped, as pyarrow.dataset and dask do, unless the pattern's own
+        name starts with that character. Parts ending in ``.gz``, ``.bz2`` or ``.zst``
+        are decompressed (the codec comes from the extension).
       url: where to store the matrix.
       block_shape: ``(rows, cols)`` of a block; None: about 16 MiB blocks holding all
         columns (up to 4096).
@@ -82,6 +95,20 @@ def from_csv(
         integers up to 2**24: pass float64 for larger ids), floats into an integer dtype
         are refused.
       header: the first line of each part names the columns (False: they are indexed).
+      delimiter: the field separator, one character (``"\t"`` for TSV, ``";"``).
+      na_values: the strings that mean a missing cell, e.g. ``["", "NA", "-999"]``
+        (exactly these, as pyarrow's ``null_values``; unlike pandas they replace the
+        default list: ``""``, ``NA``, ``NaN``, ``nan``, ``null``, ``N/A``, ...). Giving
+        them asks for NaN: those cells are stored as NaN.
+      allow_nan: store missing cells (and ``nan`` values) as NaN. None (default): only
+        when ``na_values`` is given; False: a missing cell or NaN is refused
+        (TableParseError / NonFiniteError naming the cell). Needs a float ``dtype``;
+        infinities are always refused.
+      order: ``"natural"`` (default; digit runs compared as numbers, so dask's
+        ``part.0 ... part.11`` come 0, 1, 2, ..., 10, 11, as dask's read_parquet reads
+        them) or ``"name"`` (plain lexicographic key order, pyarrow.dataset's: 0, 1, 10,
+        11, 2, ...). A list of patterns: each pattern's parts in this order, the
+        patterns in the list's order.
       storage: StorageConfig for both the parts and the matrix; None: the environment.
       overwrite: replace a matrix stored at ``url`` (it is deleted when the first part
         has been checked, so a later error leaves nothing there).
@@ -89,13 +116,17 @@ def from_csv(
         threads (bytes or ``"128MiB"``; a part counts as the larger of its bytes and its
         parsed table, at the largest seen); writes in flight are held to the same bound.
         A part larger than it is read alone.
-      progress: a progress bar over the parts (None: when stderr is a terminal).
+      progress: a progress bar over the parts (None: in a terminal or a notebook).
 
     Returns:
       The BigMatrix, of shape ``(total rows, selected columns)`` exactly.
 
     Raises:
-      PartsNotFoundError: nothing matches (the message lists what the directory holds).
+      PartsNotFoundError: nothing matches (the message lists what the directory holds),
+        or only marker/hidden files do (the message names them).
+      ConfigError: a bad argument (``delimiter``, ``na_values``, ``order``, ...), NaN
+        asked for with an integer ``dtype``, patterns in different stores or matching
+        the same part.
       TableParseError: a ragged row, an empty/NA or non-numeric cell (the message names
         the part, row and column), an empty part, parts with different columns.
       NonFiniteError, DTypeMismatchError: a value ``dtype`` cannot hold exactly.
@@ -103,30 +134,34 @@ def from_csv(
         (checked before any part is read). OutputConflictError: ``url`` would contain
         parts. StorageError: a part changed while the ingest ran, or the store failed.
     """
-    fmt = csv_format(header)
+    fmt = csv_format(header, delimiter=delimiter, na_values=na_values, allow_nan=allow_nan)
     return _shared(fmt, pattern, url, block_shape=block_shape, columns=columns, dtype=dtype,
                    storage=storage, overwrite=overwrite, window_bytes=window_bytes,
-                   progress=progress)  # fmt: skip
+                   progress=progress, order=order)  # fmt: skip
 
 
 def from_parquet(
-    pattern: str | os.PathLike[str],
+    pattern: Pattern,
     url: str | os.PathLike[str],
     *,
     block_shape: tuple[int, int] | None = None,
     columns: list[str | int] | None = None,
     dtype: Any = "float32",
+    allow_nan: bool = False,
+    order: str = "natural",
     storage: StorageConfig | None = None,
     overwrite: bool = False,
     window_bytes: int | str = DEFAULT_WINDOW,
     progress: bool | None = None,
 ) -> BigMatrix:
     """Ingests Parquet part files matching ``pattern`` into one BigMatrix at ``url``:
-    as :func:`from_csv` (same arguments but ``header``; only the selected columns are
-    decoded). Missing values (nulls) are refused like empty CSV cells."""
-    return _shared(PARQUET, pattern, url, block_shape=block_shape, columns=columns,
+    as :func:`from_csv` (same arguments but the CSV-only ``header``, ``delimiter`` and
+    ``na_values``; only the selected columns are decoded). Missing values (nulls) and
+    NaN are refused like empty CSV cells unless ``allow_nan=True`` (stored as NaN)."""
+    fmt = parquet_format(allow_nan=allow_nan)
+    return _shared(fmt, pattern, url, block_shape=block_shape, columns=columns,
                    dtype=dtype, storage=storage, overwrite=overwrite,
-                   window_bytes=window_bytes, progress=progress)  # fmt: skip
+                   window_bytes=window_bytes, progress=progress, order=order)  # fmt: skip
 
 
 def _shared(fmt: Format, pattern: Any, url: Any, **kw: Any) -> BigMatrix:
@@ -154,15 +189,16 @@ def _refuse_existing(out: Location, config: StorageConfig, op: str) -> None:
 
 def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: Any,
             dtype: Any, storage: StorageConfig | None, overwrite: bool, window_bytes: Any,
-            progress: bool | None) -> BigMatrix:  # fmt: skip
+            progress: bool | None, order: str) -> BigMatrix:  # fmt: skip
     op = fmt.op
     dt = check_dtype(dtype, where=op)
+    check_nan_dtype(fmt, dt)
     window = parse_bytes(window_bytes, what=f"{op}: window_bytes")
     if block_shape is not None:
         block_shape = check_shape(block_shape, where=op, name="block_shape")
     check_progress(progress, op=op)
     config = resolve_storage(storage)
-    parts = expand(pattern, config, op=op)
+    parts = expand(pattern, config, op=op, order=order)
     out = check_output(url, parts, op=op)
     if not overwrite:
         _refuse_existing(out, config, op)
@@ -172,7 +208,7 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
         part, table = next(tables)
         # the whole first part is checked (and converted) before anything is written
         first = np.empty((table.num_rows, table.num_columns), dt)
-        fill(first, table, part, op=op)
+        fill(first, table, part, op=op, allow_nan=fmt.allow_nan)
         del part, table
         n_cols = first.shape[1]
         block_shape = block_shape or default_block_shape(n_cols, dt)
@@ -197,7 +233,7 @@ def _ingest(fmt: Format, pattern: Any, url: Any, *, block_shape: Any, columns: A
                     raise
                 if item is None:
                     break
-                writer.add_table(*item, op=op)
+                writer.add_table(*item, op=op, allow_nan=fmt.allow_nan)
                 del item
             writer.finish()  # the last, ragged block row, in flight with the others
             check = stream.start_check()  # the parts' re-check overlaps the writes

@@ -9,6 +9,12 @@ is parsed with ``newlines_in_values`` (slower; see :func:`_parse_options`). Inde
 that pandas (or dask) stored in a Parquet part (``__index_level_0__``,
 ``__null_dask_index__``, a named index: the ``index_columns`` of its pandas metadata) are
 not data: they are left out unless named in ``columns``.
+
+A CSV part whose name ends with ``.gz``, ``.bz2`` or ``.zst`` is decompressed (by pyarrow's
+codecs) before it is parsed; the codec comes from the extension. ``delimiter`` is the
+field separator; ``na_values`` the strings read as missing (pyarrow's ``null_values``:
+they replace pyarrow's default list, ``""``, ``NA``, ``nan``, ``null``, ...). Missing cells
+become NaN only with ``allow_nan`` (else :mod:`~jaxwren.tables.convert` refuses them).
 """
 
 from __future__ import annotations
@@ -28,7 +34,25 @@ from jaxwren.errors import ConfigError, TableParseError
 from jaxwren.tables.convert import exact_integers
 from jaxwren.tables.glob import Part
 
-__all__ = ["CSV", "Format", "PARQUET", "csv_format", "resolve_columns"]
+__all__ = [
+    "CODECS",
+    "CSV",
+    "Format",
+    "PARQUET",
+    "check_nan_dtype",
+    "codec_of",
+    "csv_format",
+    "parquet_format",
+    "resolve_columns",
+]
+
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}  # by extension
+
+
+def codec_of(key: str) -> str | None:
+    """The compression codec of a part named ``key`` (by its extension), or None."""
+    low = key.lower()
+    return next((c for ext, c in CODECS.items() if low.endswith(ext)), None)
 
 
 def _located_ragged(data: bytes, read: Any, parse: pacsv.ParseOptions) -> Any:
@@ -66,13 +90,13 @@ def _header_record(data: bytes) -> bytes:
     return data
 
 
-def _parse_options(data: bytes) -> pacsv.ParseOptions:
+def _parse_options(data: bytes, delimiter: str = ",") -> pacsv.ParseOptions:
     """pyarrow's defaults, with newlines in quoted values where a part may hold one: a
     quote after the first record, or a newline inside it (they make pyarrow's chunking
     20-40% slower; a quoted header such as R's ``"x","y"`` alone needs none)."""
     first = len(_header_record(data))
     quoted = data.find(b"\n", 0, first - 1) >= 0 or data.find(b'"', first) >= 0
-    return pacsv.ParseOptions(newlines_in_values=quoted)
+    return pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=quoted)
 
 
 def _pandas_index(schema: pa.Schema) -> list[str]:
@@ -94,10 +118,17 @@ class Format:
     Attributes:
       name: ``"csv"`` or ``"parquet"`` (the public call is ``from_<name>``).
       header: CSV only: the first line names the columns (else they are ``f0, f1, ...``).
+      delimiter: CSV only: the field separator (one character).
+      na_values: CSV only: the strings read as missing (None: pyarrow's default list).
+      allow_nan: missing cells (CSV: empty or ``na_values``; Parquet: nulls) and NaN
+        values are stored as NaN; else they are refused (infinities are always refused).
     """
 
     name: str
     header: bool = True
+    delimiter: str = ","
+    na_values: tuple[str, ...] | None = None
+    allow_nan: bool = False
 
     @property
     def op(self) -> str:
@@ -105,8 +136,12 @@ class Format:
 
     def open(self, data: bytes, part: Part) -> Any:
         """What :meth:`column_names` and :meth:`parse` take: the bytes of a CSV part, or
-        a Parquet part with its footer read once."""
-        return self._parquet(data, part) if self.name == "parquet" else data
+        a Parquet part with its footer read once, or a compressed CSV part's
+        decompressed bytes."""
+        if self.name == "parquet":
+            return self._parquet(data, part)
+        codec = codec_of(part.key)
+        return data if codec is None else _decompress(data, codec, part, self.op)
 
     def column_names(self, data: Any, part: Part) -> list[str]:
         """The part's data column names, from its header record or Parquet footer
@@ -125,7 +160,8 @@ class Format:
         if b'"' in first:  # quoted names (maybe holding newlines): as pyarrow reads them
             return self._csv(first, part, None).column_names
         try:  # the header line alone: Python's csv module, as pyarrow's defaults read it
-            fields = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]))
+            line = first.decode("utf-8-sig").rstrip("\r\n")
+            fields = next(csv.reader([line], delimiter=self.delimiter))
         except (UnicodeDecodeError, csv.Error, StopIteration):
             return self._csv(first, part, None).column_names
         return fields if self.header else [f"f{i}" for i in range(len(fields))]
@@ -165,7 +201,8 @@ class Format:
         def texts(cols: list[str]) -> pa.Table:
             return self._csv(data, part, cols, text=True)
 
-        return exact_integers(table, dtype, part, op=self.op, texts=texts)
+        return exact_integers(table, dtype, part, op=self.op, texts=texts,
+                              allow_nan=self.allow_nan)  # fmt: skip
 
     # ----------------------------------------------------------------- the two kinds
     def _read_options(self) -> pacsv.ReadOptions:
@@ -176,10 +213,11 @@ class Format:
     def _csv(self, data: bytes, part: Part, names: list[str] | None, *,
              text: bool = False) -> pa.Table:  # fmt: skip
         """The columns ``names`` (None: all) of a CSV part (``text``: as strings)."""
-        read, parse = self._read_options(), _parse_options(data)
+        read, parse = self._read_options(), _parse_options(data, self.delimiter)
         types = {n: pa.string() for n in names or []} if text else None
+        nulls = {} if self.na_values is None else {"null_values": list(self.na_values)}
         convert = pacsv.ConvertOptions(include_columns=names, strings_can_be_null=True,
-                                       column_types=types)  # fmt: skip
+                                       column_types=types, **nulls)  # fmt: skip
         try:
             return pacsv.read_csv(pa.BufferReader(data), read_options=read,
                                   parse_options=parse, convert_options=convert)  # fmt: skip
@@ -220,14 +258,79 @@ class Format:
             ) from None
 
 
+def _decompress(data: bytes, codec: str, part: Part, op: str) -> bytes:
+    """A compressed part's bytes, decompressed by pyarrow (several gzip members too)."""
+    try:
+        return pa.CompressedInputStream(pa.BufferReader(data), codec).read()
+    except (OSError, pa.ArrowException) as e:
+        raise TableParseError(
+            f"{op}: the part {part.url} is not valid {codec} data ({e}); the codec comes "
+            "from the extension (.gz, .bz2, .zst): fix or rename the file, or narrow the glob."
+        ) from None
+
+
 CSV = Format("csv", header=True)
 PARQUET = Format("parquet")
 
 
-def csv_format(header: bool) -> Format:
+def _allow_nan(allow_nan: Any, na_values: Any, op: str) -> bool:
+    if allow_nan is not None and not isinstance(allow_nan, bool):
+        raise ConfigError(f"{op}: allow_nan={allow_nan!r} must be True, False or None.")
+    if allow_nan is False and na_values is not None:
+        raise ConfigError(
+            f"{op}: na_values={na_values!r} asks for those cells to be read as NaN, which "
+            "allow_nan=False refuses; drop one of the two."
+        )
+    return na_values is not None if allow_nan is None else allow_nan
+
+
+def csv_format(header: bool, *, delimiter: str = ",", na_values: Any = None,
+               allow_nan: bool | None = None, op: str = "from_csv") -> Format:  # fmt: skip
+    """A checked CSV :class:`Format`. ``allow_nan`` None: True when ``na_values`` is
+    given (the user named what is missing), else False.
+
+    Raises:
+      ConfigError: a bad ``header``, ``delimiter``, ``na_values`` or ``allow_nan``.
+    """
     if not isinstance(header, bool):
-        raise ConfigError(f"from_csv: header={header!r} must be True or False.")
-    return Format("csv", header=header)
+        raise ConfigError(f"{op}: header={header!r} must be True or False.")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
+        raise ConfigError(
+            f"{op}: delimiter={delimiter!r} must be one character other than a quote or a "
+            "line end, e.g. ',' or '\\t' or ';'."
+        )
+    if na_values is not None:
+        if (
+            isinstance(na_values, str)
+            or not isinstance(na_values, list | tuple)
+            or not all(isinstance(v, str) for v in na_values)
+        ):
+            raise ConfigError(
+                f"{op}: na_values={na_values!r} must be a list of strings, e.g. "
+                "na_values=['', 'NA', '-999']."
+            )
+        na_values = tuple(na_values)
+    nan = _allow_nan(allow_nan, na_values, op)
+    return Format("csv", header=header, delimiter=delimiter, na_values=na_values, allow_nan=nan)
+
+
+def parquet_format(*, allow_nan: bool | None = None, op: str = "from_parquet") -> Format:
+    """A checked Parquet :class:`Format` (``allow_nan``: nulls and NaN stored as NaN)."""
+    nan = _allow_nan(allow_nan, None, op)
+    return PARQUET if not nan else Format("parquet", allow_nan=True)
+
+
+def check_nan_dtype(fmt: Format, dtype: np.dtype) -> None:
+    """NaN needs a floating-point dtype.
+
+    Raises:
+      ConfigError: ``allow_nan`` (or ``na_values``) with an integer or bool dtype.
+    """
+    if fmt.allow_nan and dtype.kind != "f":
+        raise ConfigError(
+            f"{fmt.op}: allow_nan (or na_values) stores missing cells as NaN, which "
+            f"dtype={dtype.name} cannot hold; pass dtype='float32' or 'float64'."
+        )
 
 
 def resolve_columns(

@@ -66,7 +66,7 @@ class RowWriter:
         self._sealed: collections.deque[_Block] = collections.deque()  # full, not written
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "jaxwren-convert")
 
-    def add_table(self, part: Part, table: pa.Table, *, op: str) -> None:
+    def add_table(self, part: Part, table: pa.Table, *, op: str, allow_nan: bool = False) -> None:
         """Appends a part's checked table (its columns in the matrix's order); its
         conversion into the block buffers is started on the workers.
 
@@ -76,7 +76,8 @@ class RowWriter:
 
         def put(region: np.ndarray, r: int) -> concurrent.futures.Future[None]:
             piece = table.slice(r, len(region))
-            return self._pool.submit(fill, region, piece, part, op=op, first_row=r)
+            return self._pool.submit(fill, region, piece, part, op=op, first_row=r,
+                                     allow_nan=allow_nan)  # fmt: skip
 
         self._append(table.num_rows, put)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -43,13 +42,10 @@ def check_progress(progress: Any, *, op: str) -> None:
 
 
 def _progress_bar(total: int, label: str, enabled: bool | None) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total <= 1:
-        return None
-    from tqdm.auto import tqdm
+    """The engine's progress bar (None: on in a terminal or a notebook) over parts."""
+    from jaxwren.engine.runner import _progress
 
-    return tqdm(total=total, desc=label, unit="part", leave=False)
+    return _progress(total, label, enabled, unit="part")
 
 
 class _FirstPartError(Exception):
@@ -152,14 +148,14 @@ class TableStream:
         if pos == 0:
             try:
                 got, nbytes = self._read(part, read)
-                source = self.fmt.open(got.data, part)
+                source = self._open(got, part)
                 self._first_columns(self.fmt.column_names(source, part),
                                     self.fmt.index_names(source, part), part)  # fmt: skip
             finally:  # the later parts' jobs wait for this, even when it failed
                 self._named.set()
         else:
             got, nbytes = self._read(part, read)
-            source = self.fmt.open(got.data, part)
+            source = self._open(got, part)
             names = self.fmt.column_names(source, part)
             self._named.wait()
             if not self.selected:
@@ -171,8 +167,10 @@ class TableStream:
         del source
         self._grow(table.nbytes, sized=True)  # a part in flight may hold its table
         if convert:
-            return to_matrix(table, self.dtype, part, op=self.fmt.op), generation, nbytes
-        check_table(table, self.dtype, part, op=self.fmt.op)
+            matrix = to_matrix(table, self.dtype, part, op=self.fmt.op,
+                               allow_nan=self.fmt.allow_nan)  # fmt: skip
+            return matrix, generation, nbytes
+        check_table(table, self.dtype, part, op=self.fmt.op, allow_nan=self.fmt.allow_nan)
         return table, generation, nbytes
 
     def _read(self, part: Part, read: Any) -> tuple[PartData, int]:
@@ -180,6 +178,15 @@ class TableStream:
         nbytes = len(got.data)
         self._grow(nbytes)
         return got, nbytes
+
+    def _open(self, got: PartData, part: Part) -> Any:
+        """:meth:`Format.open` of a part's bytes; a decompressed part counts (in the
+        window) at its decompressed size."""
+        source = self.fmt.open(got.data, part)
+        if source is not got.data and isinstance(source, bytes):
+            got.data = b""  # the compressed bytes are no longer needed
+            self._grow(len(source))
+        return source
 
     def _grow(self, nbytes: int, sized: bool = False) -> None:
         """The size estimate of a part in flight: the largest part or table seen (a
