@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
-import re
 
 import jax
 import numpy as np
@@ -192,26 +192,27 @@ def test_existing_out_with_stale_blocks_is_replaced(budget):
     assert not np.any(np.triu(got, 1))  # the stale 7s above the diagonal are gone too
 
 
-def test_stored_factor_skips_blocks_above_the_diagonal(budget, caplog):
+def test_stored_factor_skips_blocks_above_the_diagonal(budget, request):
     a = spd(40, seed=8)
-    with caplog.at_level("INFO", logger="jaxwren"):
+    with jw.observe() as runs:
         L = jw.cholesky(a, mem("upper"), block_shape=(16, 16), memory_budget=budget)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ("rows", "cols"))
-    kernel = budget is None and not chol_mod.tiles_first(mesh)  # the plan this param forces
-    assert ("in-core, kernel block" in caplog.text) == kernel
-    assert ("tile plan" in caplog.text) == (not kernel)
+    (report,) = runs
+    kernel = request.node.callspec.params["budget"] == "kernel"  # the plan this param forces
+    assert report.tiles.startswith("in-core, kernel block") == kernel
+    assert report.tiles.startswith("tile plan") == (not kernel)
     assert L.block_idxs_exist == {(i, j) for i in range(3) for j in range(i + 1)}
     check_factor(L.numpy(), a)  # the absent blocks read as zeros
 
 
-def test_out_of_core_takes_several_k_tiles_per_step(caplog):
+def test_out_of_core_takes_several_k_tiles_per_step():
     a = spd(96, seed=9)  # 16 KB: tiles of 8 with K panels of 8..32 fit, tiles of 16 do not
-    op, spec = Cholesky(), RunSpec(memory_budget=16_000)
-    with caplog.at_level("INFO", logger="jaxwren"):
-        got = run(op, (jw.from_numpy(a, mem("kpanels"), (8, 8)),), mem("kpanels-l"), spec)
-    check_factor(got.value.numpy(), a)
-    t, kw = map(int, re.search(r"tiles of (\d+), K panels of (\d+)", caplog.text).groups())
-    nt, kt = -(-96 // t), kw // t
+    A = jw.from_numpy(a, mem("kpanels"), (8, 8))
+    with jw.observe() as runs:
+        L = jw.cholesky(A, mem("kpanels-l"), memory_budget=16_000)
+    check_factor(L.numpy(), a)
+    (got,) = runs
+    t, kt = ast.literal_eval(got.tiling)[:2]  # tiles of t, K panels of kt tiles
+    nt = -(-96 // t)
     assert kt > 1  # each GEMM step takes several K tiles: fewer steps than one per tile
     widths = [w for w in range(kt, 0, -1) if w == kt or w & (w - 1) == 0]  # kt, 2^i < kt
 
@@ -223,11 +224,11 @@ def test_out_of_core_takes_several_k_tiles_per_step(caplog):
         return count
 
     gemms = sum((nt - j) * chunks(j) for j in range(nt))
-    assert got.stats.steps_run == gemms + nt * (nt + 1) // 2
+    assert got.steps_run == gemms + nt * (nt + 1) // 2
     assert gemms < sum((nt - j) * j for j in range(nt))
     l_reads = sum((nt - j) * 2 * t * j * t for j in range(nt)) * 8
     a_reads = sum((nt - j) * t * t for j in range(nt)) * 8
-    assert got.stats.bytes_read == l_reads + a_reads  # K panels read unpadded
+    assert got.bytes_read == l_reads + a_reads  # K panels read unpadded
 
 
 def test_resume_after_kill(tmp_path):
@@ -240,16 +241,17 @@ def test_resume_after_kill(tmp_path):
     stored = jw.BigMatrix.open(out)
     done = stored.marks()
     assert len(done) == 6 and not any(m.endswith("complete") for m in done)
-    spec = RunSpec(memory_budget=budget)
-    res = run(Cholesky(), (A,), out, spec)
-    check_factor(res.value.numpy(), a)
-    assert res.stats.steps_skipped >= 6  # the six finished tiles were not recomputed
-    assert any(m.endswith("complete") for m in stored.marks())
-    again = run(Cholesky(), (A,), out, spec)  # complete: nothing runs again
-    assert again.stats.steps_run == 0 and again.stats.bytes_read == 0
+    with jw.observe() as runs:
+        L = jw.cholesky(A, out, memory_budget=budget)
+        check_factor(L.numpy(), a)
+        assert any(m.endswith("complete") for m in stored.marks())
+        jw.cholesky(A, out, memory_budget=budget)  # complete: nothing runs again
+    res, again = runs
+    assert res.state == "partial" and res.steps_skipped >= 6  # the six finished tiles
+    assert again.state == "complete" and again.steps_run == 0 and again.bytes_read == 0
 
 
-def test_resume_inside_a_column_inverts_the_stored_diagonal_tile(tmp_path, caplog):
+def test_resume_inside_a_column_inverts_the_stored_diagonal_tile(tmp_path):
     """Killed after the first column's diagonal tile and two of its solves: the rerun
     skips those three and solves the rest of the column with the stored L[0, 0]."""
     n, budget = 64, 16_000
@@ -261,47 +263,44 @@ def test_resume_inside_a_column_inverts_the_stored_diagonal_tile(tmp_path, caplo
     done = {m.rsplit("-", 3)[-3] + "-" + m.rsplit("-", 2)[-2] + "-" + m.rsplit("-", 1)[-1]
             for m in jw.BigMatrix.open(out).marks()}  # fmt: skip
     assert done == {"t8-0-0", "t8-1-0", "t8-2-0"}, done
-    res = run(Cholesky(), (A,), out, RunSpec(memory_budget=budget))
-    assert res.stats.steps_skipped == 3
-    check_factor(res.value.numpy(), a)
+    with jw.observe() as runs:
+        L = jw.cholesky(A, out, memory_budget=budget)
+    assert runs[0].state == "partial" and runs[0].steps_skipped == 3
+    check_factor(L.numpy(), a)
 
 
-def test_the_op_ranks_the_plan_it_is_asked_for(caplog):
+def test_the_op_ranks_the_plan_it_is_asked_for():
     """``Cholesky("kernel")`` / ``("tiles")`` (benchmarks compare the two) rank that plan
     first for a stored factor; the result is the same; a returned factor always takes
     the kernel (a tile plan only stores)."""
     a = spd(50, seed=11)
     for prefer, text in (("kernel", "in-core, kernel block"), ("tiles", "tile plan")):
-        caplog.clear()
-        with caplog.at_level("INFO", logger="jaxwren"):
-            spec = RunSpec(block_shape=(8, 8))
-            got = run(Cholesky(prefer), (a,), mem(f"prefer-{prefer}"), spec)
-        assert text in caplog.text
+        spec = RunSpec(block_shape=(8, 8))
+        got = run(Cholesky(prefer), (a,), mem(f"prefer-{prefer}"), spec)
+        assert got.report.tiles.startswith(text)
         check_factor(got.value.numpy(), a)
-    with caplog.at_level("INFO", logger="jaxwren"):
-        check_factor(np.asarray(run(Cholesky("tiles"), (a,), None, RunSpec()).value), a)
-    assert "in-core, kernel block" in caplog.text
+    got = run(Cholesky("tiles"), (a,), None, RunSpec())
+    check_factor(np.asarray(got.value), a)
+    assert got.report.tiles.startswith("in-core, kernel block")
     with pytest.raises(jw.ConfigError, match="plan='fast' must be"):
         Cholesky("fast")
 
 
-def test_finished_tiles_stay_in_memory_when_the_budget_holds_them(caplog):
+def test_finished_tiles_stay_in_memory_when_the_budget_holds_them():
     """On CPU devices, a fresh tile plan whose budget holds the lower triangle keeps its
     finished tiles in host memory: the K panels are views of them, so only A's lower
     tiles are read. A budget that cannot hold them reads the panels back from the store;
     a resumed run (finished tiles in the store, not in memory) does too."""
     a = spd(96, seed=12)
     A = jw.from_numpy(a, mem("kept-a"), (8, 8))
-    with caplog.at_level("INFO", logger="jaxwren"):
-        got = run(Cholesky("tiles"), (A,), mem("kept-l"), RunSpec())
-    check_factor(got.value.numpy(), a)
-    assert "finished tiles kept in memory" in caplog.text
-    t = int(re.search(r"tiles of (\d+)", caplog.text).group(1))
+    got = run(Cholesky("tiles"), (A,), mem("kept-l"), RunSpec()).report
+    L = jw.BigMatrix.open(got.stored["L"])
+    check_factor(L.numpy(), a)
+    assert "finished tiles kept in memory" in got.tiles
+    t = ast.literal_eval(got.tiling)[0]  # tiles of t
     nt = -(-96 // t)
-    assert got.stats.bytes_read == nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles only
-    caplog.clear()
-    with caplog.at_level("INFO", logger="jaxwren"):
-        small = run(Cholesky("tiles"), (A,), mem("kept-l2"), RunSpec(memory_budget=16_000))
+    assert got.bytes_read == nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles only
+    small = run(Cholesky("tiles"), (A,), mem("kept-l2"), RunSpec(memory_budget=16_000))
     check_factor(small.value.numpy(), a)
-    assert "kept in memory" not in caplog.text
-    assert small.stats.bytes_read > got.stats.bytes_read
+    assert "kept in memory" not in small.report.tiles
+    assert small.report.bytes_read > got.bytes_read

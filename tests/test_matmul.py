@@ -85,26 +85,30 @@ def test_each_tile_shape_compiles_once():
     a, b = rand((50, 44), seed=13), rand((44, 41), seed=14)
     A = jw.from_numpy(a, mem("once-a"), (8, 8))
     B = jw.from_numpy(b, mem("once-b"), (8, 8))
-    spec = RunSpec(memory_budget=20_000)
-    first = run(Matmul(), (A, B), mem("once-c"), spec)
-    np.testing.assert_allclose(first.value.numpy(), a @ b, **tolerance("float64"))
     B2 = jw.from_numpy(2 * b, mem("once-b2"), (8, 8))
-    second = run(Matmul(), (A, B2), mem("once-c2"), spec)
-    np.testing.assert_allclose(second.value.numpy(), 2 * a @ b, **tolerance("float64"))
+    with jw.observe() as runs:
+        C = jw.matmul(A, B, mem("once-c"), memory_budget=20_000)
+        C2 = jw.matmul(A, B2, mem("once-c2"), memory_budget=20_000)
+    np.testing.assert_allclose(C.numpy(), a @ b, **tolerance("float64"))
+    np.testing.assert_allclose(C2.numpy(), 2 * a @ b, **tolerance("float64"))
+    first, second = runs
+    assert first.tiling == second.tiling  # the same tile shapes
     # dozens of steps, ragged edges included, and one kernel per step kind (first/middle/last)
-    assert first.stats.steps_run > 20
-    assert first.stats.compiles <= 3
-    assert second.stats.compiles == 0  # the same tile shapes never compile again
+    assert first.steps_run > 20
+    assert first.compiles <= 3
+    assert second.compiles == 0  # the same tile shapes never compile again
 
 
-def test_progress_and_logging(caplog, capsys):
+def test_progress_and_report(capsys):
     a, b = rand((40, 40), seed=15), rand((40, 40), seed=16)
     A = jw.from_numpy(a, mem("prog-a"), (8, 8))
     B = jw.from_numpy(b, mem("prog-b"), (8, 8))
-    with caplog.at_level("INFO", logger="jaxwren"):
+    with jw.observe() as runs:
         C = jw.matmul(A, B, mem("prog-c"), memory_budget=TINY, progress=True)
     np.testing.assert_allclose(C.numpy(), a @ b, **tolerance("float64"))
-    assert any("matmul" in r.message and "steps" in r.message for r in caplog.records)
+    (report,) = runs
+    assert report.operation == "matmul" and report.steps_run > 1 and report.tiles
+    assert report.stored == {"C": C.url} and report.state == "fresh"
     captured = capsys.readouterr()
     assert "matmul" in captured.err  # the progress bar
     assert captured.out == ""  # the library never prints
