@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
@@ -48,6 +49,7 @@ from jaxwren.engine.report import (
 from jaxwren.engine.runner import RunStats, execute
 from jaxwren.errors import JaxwrenError, MemoryBudgetError, ShapeMismatchError, StorageError
 from jaxwren.sharding import multihost
+from jaxwren.sharding.foreign import lazy_source
 from jaxwren.sharding.mesh import check_mesh, on_mesh
 from jaxwren.sharding.tiles import as_source
 from jaxwren.storage.bigmatrix import BigMatrix, check_dtype
@@ -67,11 +69,14 @@ class Outcome:
     report: RunReport
 
 
-def operand(x: Any, *, name: str, where: str) -> Any:
-    """A matrix operand as an engine source: BigMatrix (checked fresh), jax.Array, or a
-    host array; 2-D, non-empty, with a supported dtype."""
+def operand(x: Any, *, name: str, where: str, storage: Any = None) -> Any:
+    """A matrix operand as an engine source: BigMatrix (checked fresh), a storage URL
+    (opened as a BigMatrix with ``storage``), jax.Array, a zarr or dask array (read tile
+    by tile, never whole), or a host array; 2-D, non-empty, with a supported dtype."""
+    if isinstance(x, str | os.PathLike):
+        x = BigMatrix.open(x, storage=storage)
     if not isinstance(x, BigMatrix | jax.Array):
-        x = np.asarray(x)
+        x = lazy_source(x) or np.asarray(x)
     if len(x.shape) != 2 or 0 in x.shape:
         raise ShapeMismatchError(
             f"{where}: {name} must be a non-empty 2-D matrix, got shape {tuple(x.shape)}; "
@@ -231,7 +236,8 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
     if draft.explained and getattr(op, "prepass", False):
         # a check pass whose value the caller ignores: explain goes on to the real run
         return Outcome(None, RunStats(), draft.report())
-    sources = [operand(x, name=n, where=where) for x, n in zip(operands, op.operand_names,
+    sources = [operand(x, name=n, where=where, storage=spec.storage)
+               for x, n in zip(operands, op.operand_names,
                                                                 strict=True)]  # fmt: skip
     problem: Problem = op.check(sources, mesh)
     slots = outs_mod.resolve_outputs(where, out, problem.outputs, sources, storage=spec.storage,
