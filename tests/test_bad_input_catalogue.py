@@ -148,6 +148,16 @@ CASES = [
      jw.ConfigError, "batch_size=0 must be an int >= 1"),
     ("randomized_svd/nan", lambda a, o: jw.randomized_svd(NAN, 2, o),
      jw.NonFiniteError, "clean it first"),
+    ("copy/not-a-matrix", lambda a, o: jw.copy(V, o),
+     jw.ShapeMismatchError, "jw.from_numpy / jw.save"),
+    ("copy/lossy-cast", lambda a, o: jw.copy(a.astype("int32"), o),
+     jw.DTypeMismatchError, "casting='unsafe'"),
+    ("slice/step", lambda a, o: a[::2, :],
+     jw.BlockIndexError, "step"),
+    ("explain/no-operation", lambda a, o: jw.explain(lambda: None),
+     jw.ConfigError, "ran no jaxwren operation"),
+    ("from_numpy/bad-dims", lambda a, o: jw.from_numpy(V, o, (2, 2), dims=("r",)),
+     jw.ShapeMismatchError, "dims must be two distinct"),
 ]  # fmt: skip
 
 
