@@ -12,13 +12,11 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import numpy as np
 import jaxwren as jw
-from jaxwren.config import RunSpec
-from jaxwren.engine.run import run
-from jaxwren.linalg.cholesky import Cholesky
 print("cache:", jw.enable_compilation_cache({path!r}))
 x = np.random.default_rng(0).standard_normal((40, 40))
-out = run(Cholesky(), (x @ x.T + 40 * np.eye(40),), None, RunSpec())
-print("compiles:", out.stats.compiles)
+with jw.observe() as runs:
+    jw.cholesky(x @ x.T + 40 * np.eye(40))
+print("compiles:", runs[0].compiles)
 """
 
 

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 import jaxwren as jw
-from jaxwren.config import RunSpec
-from jaxwren.engine.run import run
 from jaxwren.linalg.distances import pairwise_sq_distances
-from jaxwren.linalg.map_blocks import MapBlocks, map_blocks
+from jaxwren.linalg.map_blocks import map_blocks
 from tests.helpers import mem, rand, run_python, tolerance
 
 
@@ -105,12 +103,13 @@ def double(x):
 def test_each_block_shape_compiles_once():
     a = rand((53, 47), seed=7)
     A = jw.from_numpy(a, mem("cc-a"), (8, 8))
-    first = run(MapBlocks(double, 1), (A,), mem("cc-o"))
-    again = run(MapBlocks(double, 1), (jw.from_numpy(-a, mem("cc-b"), (8, 8)),), mem("cc-o2"))
-    np.testing.assert_array_equal(first.value.numpy(), 2 * a)
-    np.testing.assert_array_equal(again.value.numpy(), -2 * a)
-    assert 1 <= first.stats.compiles <= 4, first.stats  # interior, right, bottom, corner
-    assert again.stats.compiles == 0, again.stats
+    with jw.observe() as runs:
+        first = map_blocks(double, A, out=mem("cc-o"))
+        again = map_blocks(double, jw.from_numpy(-a, mem("cc-b"), (8, 8)), out=mem("cc-o2"))
+    np.testing.assert_array_equal(first.numpy(), 2 * a)
+    np.testing.assert_array_equal(again.numpy(), -2 * a)
+    assert 1 <= runs[0].compiles <= 4, runs[0]  # interior, right, bottom, corner
+    assert runs[1].compiles == 0, runs[1]
 
 
 def test_existing_out_url_maps_its_own_blocks(store):
@@ -119,18 +118,18 @@ def test_existing_out_url_maps_its_own_blocks(store):
     url = store.url("o")
     jw.BigMatrix.create(url, (37, 29), (10, 9), "float64", storage=store.config)
     ref = numpy_map(lambda x, y, ij: x * 2 - y + 100 * ij[0] + ij[1], a.shape, (10, 9), a, b)
-    spec = RunSpec(storage=store.config)
-    got = run(MapBlocks(mix, 2), (A, b), url, spec)
-    assert got.value.block_shape == (10, 9)
-    np.testing.assert_allclose(got.value.numpy(), ref, **tolerance("float64"))
+    with jw.observe() as runs:
+        got = map_blocks(mix, A, b, out=url, storage=store.config)
+    assert got.block_shape == (10, 9)
+    np.testing.assert_allclose(got.numpy(), ref, **tolerance("float64"))
     # 2 interior tiles (2 x 4 blocks each), one right column, one bottom row, the corner
-    assert (got.stats.steps_run, got.stats.steps_skipped) == (5, 0), got.stats
-    assert got.stats.bytes_written == a.nbytes and got.stats.bytes_read > 0
+    assert (runs[0].steps_run, runs[0].steps_skipped) == (5, 0), runs[0]
+    assert runs[0].bytes_written == a.nbytes and runs[0].bytes_read > 0
     # a user function cannot be identified: the same call computes again, never reuses
-    b2 = b + 1
-    again = run(MapBlocks(mix, 2), (A, b2), url, spec)
-    assert (again.stats.steps_run, again.stats.steps_skipped) == (5, 0), again.stats
-    np.testing.assert_allclose(again.value.numpy(), ref - 1, **tolerance("float64"))
+    with jw.observe() as runs:
+        again = map_blocks(mix, A, b + 1, out=url, storage=store.config)
+    assert (runs[0].steps_run, runs[0].steps_skipped, runs[0].state) == (5, 0, "fresh")
+    np.testing.assert_allclose(again.numpy(), ref - 1, **tolerance("float64"))
     out = map_blocks(mix, A, b, out=url, storage=store.config)  # the public function too
     np.testing.assert_allclose(out.numpy(), ref, **tolerance("float64"))
     with pytest.raises(jw.ShapeMismatchError, match=r"block_shape=\(8, 7\) differs from the "

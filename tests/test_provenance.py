@@ -167,19 +167,17 @@ def test_a_jaxwren_write_to_an_input_voids_the_result(store):
 
 
 def test_resume_keeps_tiles_across_prefetch_and_budget(tmp_path):
-    from jaxwren.config import RunSpec
-    from jaxwren.engine.run import run
-    from jaxwren.linalg.matmul import Matmul
-
     a, b = rand((48, 40), seed=13), rand((40, 56), seed=14)
     A = jw.from_numpy(a, str(tmp_path / "a"), (8, 8))
     B = jw.from_numpy(b, str(tmp_path / "b"), (8, 8))
     out = str(tmp_path / "c")
     _interrupted_matmul(A, B, out, None)  # prefetch=1, budget TINY
     for pf, budget in ((0, TINY), (2, TINY + 4_000)):  # another K panel or window
-        done = run(Matmul(), (A, B), out, RunSpec(memory_budget=budget, prefetch=pf))
-        np.testing.assert_allclose(done.value.numpy(), a @ b, **tolerance("float64"))
+        with jw.observe() as runs:
+            C = jw.matmul(A, B, out, memory_budget=budget, prefetch=pf)
+        np.testing.assert_allclose(C.numpy(), a @ b, **tolerance("float64"))
+        assert runs[0].state == "partial" and "resume" in runs[0].reason
         if pf == 0:
-            assert done.stats.steps_skipped >= 3  # the three recorded tiles
+            assert runs[0].steps_skipped >= 3  # the three recorded tiles
         jw.BigMatrix.open(out).clear_marks()  # the next pass starts from the same state
         _interrupted_matmul(A, B, out, None)

@@ -7,9 +7,6 @@ import numpy as np
 import pytest
 
 import jaxwren as jw
-from jaxwren.config import RunSpec
-from jaxwren.engine.run import run
-from jaxwren.linalg.qr import TSQR
 from tests.helpers import mem
 
 OOC = "2MiB"  # forces several row tiles (two passes for Q) at the sizes below
@@ -35,13 +32,11 @@ def check_qr(q: np.ndarray, r: np.ndarray, a: np.ndarray) -> None:
 def test_qr_store_to_store(store, budget):
     a = tall(3001, 23)
     A = jw.from_numpy(a, store.url("a"), (500, 23), storage=store.config)
-    outcome = run(
-        TSQR("reduced"), (A,), store.url("qr"), RunSpec(memory_budget=budget, storage=store.config)
-    )
-    Q, R = outcome.value
+    with jw.observe() as runs:
+        Q, R = jw.qr(A, store.url("qr"), memory_budget=budget, storage=store.config)
     assert isinstance(Q, jw.BigMatrix) and Q.shape == a.shape
     check_qr(Q.numpy(), np.asarray(R), a)
-    tiles = outcome.stats.steps_run
+    tiles = runs[0].steps_run
     assert tiles == 1 if budget is None else tiles >= 5  # 2 passes + the top of the tree
 
 
@@ -72,8 +67,9 @@ def test_qr_rerun_sees_new_data(tmp_path):
     A = jw.from_numpy(a, str(tmp_path / "a"), (500, 8))
     out = str(tmp_path / "qr")
     jw.qr(A, out, memory_budget=OOC)
-    again = run(TSQR("reduced"), (A,), out, RunSpec(memory_budget=OOC))
-    assert again.stats.steps_run == 0  # the stored result is this computation's
+    with jw.observe() as runs:
+        jw.qr(A, out, memory_budget=OOC)
+    assert runs[0].state == "complete" and runs[0].steps_run == 0  # this computation's
     a[700:900] *= -3.0
     A.write_region(700, 0, a[700:900])
     Q, R = jw.qr(A, out, memory_budget=OOC)

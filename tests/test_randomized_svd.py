@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 
 import jaxwren as jw
-from jaxwren.config import RunSpec
-from jaxwren.engine.run import run
-from jaxwren.linalg.svd import RandomizedSVD
 
 
 def decaying(m: int, n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
@@ -38,9 +35,10 @@ def check(u, s, vt, a, k, rtol):
 def test_randomized_svd_store(store, budget):
     a = decaying(2100, 333)
     A = jw.from_numpy(a, store.url("a"), (300, 333), storage=store.config)
-    outcome = run(RandomizedSVD(12), (A,), None, RunSpec(memory_budget=budget))
-    check(*outcome.value, a, 12, 1e-9)
-    reads = outcome.stats.bytes_read
+    with jw.observe() as runs:
+        got = jw.randomized_svd(A, 12, memory_budget=budget)
+    check(*got, a, 12, 1e-9)
+    reads = runs[0].bytes_read
     assert reads < 2 * a.nbytes if budget is None else reads >= 10 * a.nbytes
 
 
@@ -87,10 +85,11 @@ def test_randomized_svd_finds_any_non_finite_entry(tmp_path, bad, dtype, l_total
                                   memory_budget=budget)  # fmt: skip
         src.write_region(i, 0, a[i : i + 1])
     for budget, passes in ((None, 1), (streamed, 4)):  # clean again: both plans run
-        op = RandomizedSVD(l_total - 2, 2, 1)
-        out = run(op, (src,), None, RunSpec(memory_budget=budget, progress=False))
-        assert out.stats.bytes_read == passes * 2 * 2048 * 40 * a.itemsize  # (padded tiles)
-        assert np.all(np.isfinite(np.asarray(out.value[1])))
+        with jw.observe() as runs:
+            _, s, _ = jw.randomized_svd(src, l_total - 2, n_oversamples=2, n_iter=1,
+                                        memory_budget=budget, progress=False)  # fmt: skip
+        assert runs[0].bytes_read == passes * 2 * 2048 * 40 * a.itemsize  # (padded tiles)
+        assert np.all(np.isfinite(np.asarray(s)))
 
 
 def test_pca_example_matches_sklearn(tmp_path):

@@ -45,17 +45,15 @@ def test_no_generation_means_no_reuse(tmp_path):
     zarr.create_array(path, shape=X.shape, dtype=X.dtype, zarr_format=3, chunks=(4, 4))[:] = X
     m = jw.BigMatrix.open(path)
     assert m.generation() is None
-    from jaxwren.engine.run import run
-    from jaxwren.linalg.matmul import Matmul
-
     out = str(tmp_path / "c")
-    run(Matmul(), (m, m.T), out)
+    jw.matmul(m, m.T, out)
     zarr.open_array(path)[0, 0] = 1000.0  # a write jaxwren cannot see
-    again = run(Matmul(), (m, m.T), out)
-    assert again.stats.steps_run >= 1  # never reused: the input cannot be identified
+    with jw.observe() as runs:
+        again = jw.matmul(m, m.T, out)
+    assert runs[0].steps_run >= 1  # never reused: the input cannot be identified
     y = X.copy()
     y[0, 0] = 1000.0
-    np.testing.assert_allclose(again.value.numpy(), y @ y.T)
+    np.testing.assert_allclose(again.numpy(), y @ y.T)
     assert os.path.exists(os.path.join(out, "zarr.json"))
 
 
@@ -64,22 +62,21 @@ def test_a_jaxwren_matrix_rewritten_by_zarr_python_is_recomputed(tmp_path):
     identity also holds the chunks' storage generations, so a rerun after such a write
     computes afresh instead of handing back the result of the old data (complete and
     partial states alike)."""
-    from jaxwren.config import RunSpec
-    from jaxwren.engine.run import run
-    from jaxwren.linalg.cholesky import Cholesky
-
     rng = np.random.default_rng(3)
     x = rng.standard_normal((24, 24))
     s = x @ x.T / 24 + np.eye(24)
     S = jw.from_numpy(s, str(tmp_path / "s"), (8, 8))
-    out, spec = str(tmp_path / "l"), RunSpec(memory_budget=20_000)
-    run(Cholesky(), (S,), out, spec)
-    assert run(Cholesky(), (S,), out, spec).stats.steps_run == 0  # unchanged: reused
+    out = str(tmp_path / "l")
+    with jw.observe() as runs:
+        jw.cholesky(S, out, memory_budget=20_000)
+        jw.cholesky(S, out, memory_budget=20_000)  # unchanged: reused
+    assert (runs[1].state, runs[1].steps_run) == ("complete", 0)
     s2 = s + 5 * np.eye(24)
     zarr.open_array(str(tmp_path / "s"), mode="r+")[:] = s2  # another tool's write
-    again = run(Cholesky(), (jw.BigMatrix.open(str(tmp_path / "s")),), out, spec)
-    assert again.stats.steps_run > 0
-    np.testing.assert_allclose(again.value.numpy(), np.linalg.cholesky(s2), rtol=1e-12)
+    with jw.observe() as runs:
+        again = jw.cholesky(jw.BigMatrix.open(str(tmp_path / "s")), out, memory_budget=20_000)
+    assert runs[0].state == "fresh" and runs[0].steps_run > 0
+    np.testing.assert_allclose(again.numpy(), np.linalg.cholesky(s2), rtol=1e-12)
     C = jw.matmul(S, S, str(tmp_path / "c"))
     zarr.open_array(str(tmp_path / "s"), mode="r+")[0:3, 0:3] = 0.0  # one chunk only
     s3 = s2.copy()
