@@ -1,0 +1,24 @@
+"""jaxwren.lax: sharded linear algebra as pure, jit-able, differentiable JAX functions.
+
+Functions of ``jax.Array``\\ s sharded over a ``('rows', 'cols')`` mesh (the arguments'
+mesh, ``mesh=``, the context mesh from ``jax.set_mesh``, or all devices), usable inside
+``jax.jit`` and under ``jax.grad`` / ``jax.vjp`` / ``jax.jvp`` (higher orders too). They
+match ``jnp.linalg.cholesky`` / ``jax.scipy.linalg.solve_triangular`` / ``cho_solve``, and
+never all-gather a matrix operand: the kernels are ``shard_map`` programs that exchange
+one ``n x b`` panel at a time.
+
+* :func:`cholesky`: lower factor (block-cyclic kernel, compiled once for any number of
+  block columns).
+* :func:`solve_triangular`, :func:`cho_solve`: blocked substitution with many right-hand
+  sides.
+* :func:`cho_logdet`: ``log det A`` from the factor.
+
+Bad input: inside ``jit`` a matrix that is not positive definite gives a NaN factor (as
+``jnp``'s); an eager call raises :class:`~jaxwren.errors.NotPositiveDefiniteError`.
+On CPU devices in one process, run under
+:func:`jaxwren.engine.lapack_threads.single_threaded_blas` for speed.
+"""
+
+from jaxwren.lax.api import cho_logdet, cho_solve, cholesky, solve_triangular
+
+__all__ = ["cho_logdet", "cho_solve", "cholesky", "solve_triangular"]
