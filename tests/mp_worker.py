@@ -52,7 +52,7 @@ def main(root: str) -> None:
     # written whole by process 0 (parts of one block from two processes: not atomic on S3)
     res = run(Matmul(), (A, B), f"{root}/c-whole", RunSpec())
     np.testing.assert_allclose(res.value.numpy(), a @ b, rtol=1e-10, atol=1e-10)
-    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written])).ravel()
+    written = multihost_utils.process_allgather(np.array([res.report.bytes_written])).ravel()
     assert written[0] == 37 * 23 * 8 and written[1] == 0, written
 
     ref = np.linalg.cholesky(s)
@@ -63,7 +63,7 @@ def main(root: str) -> None:
     # chunk written in parts by two processes: not atomic on S3)
     res = run(Cholesky(), (S,), f"{root}/l-whole", RunSpec(memory_budget=15_000))
     np.testing.assert_allclose(res.value.numpy(), ref, rtol=1e-9, atol=1e-10)
-    written = multihost_utils.process_allgather(np.array([res.stats.bytes_written])).ravel()
+    written = multihost_utils.process_allgather(np.array([res.report.bytes_written])).ravel()
     assert written[0] > 0 and written[1] == 0, written
     x = jw.cho_solve(jw.BigMatrix.open(f"{root}/lNone"), np.ones((37, 8)))
     np.testing.assert_allclose(gather(x), np.linalg.solve(s, np.ones((37, 8))), rtol=1e-8)
