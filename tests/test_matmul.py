@@ -159,7 +159,7 @@ def test_resume_after_kill(tmp_path):
     spec = RunSpec(memory_budget=TINY)
     done = run(Matmul(), (A, B), out, spec)
     np.testing.assert_allclose(done.value.numpy(), a @ b, **tolerance("float64"))
-    assert done.stats.steps_skipped >= 3 and done.stats.steps_run > 0  # finished tiles skipped
+    assert done.report.steps_skipped >= 3 and done.report.steps_run > 0  # finished tiles skipped
     again = run(Matmul(), (A, B), out, spec)  # complete: nothing runs
     assert again.value.url == done.value.url
-    assert again.stats.steps_run == 0 and again.stats.bytes_read == 0
+    assert again.report.steps_run == 0 and again.report.bytes_read == 0
