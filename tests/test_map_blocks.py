@@ -1,6 +1,6 @@
 """map_blocks against a numpy loop over the block indices: stores, ragged blocks (fn sees
 their true shapes), block_idx, alignment (the notebook's distance function), dtypes, an
-existing out's block shape, one compile per block shape (RunStats), and every error."""
+existing out's block shape, one compile per block shape (run reports), and every error."""
 
 from __future__ import annotations
 
