@@ -108,10 +108,12 @@ def _kernel(a: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def factor(a: jax.Array, geo: Geometry) -> jax.Array:
     """Lower Cholesky factor of a cyclic layout-space matrix (its lower triangle is read;
-    padding is treated as identity and comes back as identity). NaN everywhere when the
-    factorisation fails (not positive definite, NaN/Inf input), as ``jnp`` does."""
+    padding is treated as identity and comes back as identity). When the factorisation
+    fails (not positive definite, NaN/Inf input): NaN on and below the diagonal, zero
+    above, as ``jnp.linalg.cholesky``'s."""
     low, info = _kernel(a, geo)
-    return jnp.where(info < 0, low, jnp.nan)
+    i, j = (natural_index(ax) for ax in geo.square)
+    return jnp.where(info < 0, low, jnp.where(i[:, None] >= j[None, :], jnp.nan, 0))
 
 
 @factor.defjvp
