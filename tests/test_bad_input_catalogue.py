@@ -156,6 +156,8 @@ CASES = [
      jw.BlockIndexError, "step"),
     ("explain/no-operation", lambda a, o: jw.explain(lambda: None),
      jw.ConfigError, "ran no jaxwren operation"),
+    ("observe/all-threads", lambda a, o: jw.observe(all_threads="yes"),
+     jw.ConfigError, "all_threads must be True or False"),
     ("from_numpy/bad-dims", lambda a, o: jw.from_numpy(V, o, (2, 2), dims=("r",)),
      jw.ShapeMismatchError, "dims must be two distinct"),
 ]  # fmt: skip

@@ -225,8 +225,7 @@ _SCOPES: contextvars.ContextVar[tuple[list[RunReport], ...]] = contextvars.Conte
 _EVERYWHERE: dict[int, list[RunReport]] = {}  # scopes opened with all_threads=True, by id
 
 
-@contextlib.contextmanager
-def observe(*, all_threads: bool = False) -> Iterator[list[RunReport]]:
+def observe(*, all_threads: bool = False) -> contextlib.AbstractContextManager[list[RunReport]]:
     """Collects the RunReport of every pipeline run that ends inside the block.
 
     ``with jw.observe() as runs:`` gives a list that each run appends its report to when
@@ -243,7 +242,20 @@ def observe(*, all_threads: bool = False) -> Iterator[list[RunReport]]:
       ``ThreadPoolExecutor`` started inside the block), while the block is open.
 
     Appending is guarded by a lock, so runs in several threads can end at once.
+
+    Raises:
+      ConfigError: ``all_threads`` is not True or False.
     """
+    if not isinstance(all_threads, bool):
+        raise ConfigError(
+            f"observe: all_threads must be True or False, got {all_threads!r}; pass "
+            "all_threads=True to collect the runs of every thread in this process."
+        )
+    return _observe(all_threads)
+
+
+@contextlib.contextmanager
+def _observe(all_threads: bool) -> Iterator[list[RunReport]]:
     runs: list[RunReport] = []
     token = _SCOPES.set((*_SCOPES.get(), runs))
     if all_threads:
