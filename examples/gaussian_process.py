@@ -80,9 +80,10 @@ def nll(theta: jax.Array, x: jax.Array, y: jax.Array, mesh: Any) -> jax.Array:
     return 0.5 * y @ alpha + 0.5 * wl.cho_logdet(low) + 0.5 * y.shape[0] * jnp.log(2 * jnp.pi)
 
 
-def nll_jnp(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-    """The same with ``jnp.linalg`` / ``jax.scipy.linalg`` (run it on one device)."""
-    low = jnp.linalg.cholesky(kernel_matrix(theta, x))
+def nll_jnp(theta: jax.Array, x: jax.Array, y: jax.Array, sharding: Any = None) -> jax.Array:
+    """The same with ``jnp.linalg`` / ``jax.scipy.linalg`` (on one device; with
+    ``sharding``, on the sharded kernel matrix: XLA gathers it to factor it)."""
+    low = jnp.linalg.cholesky(kernel_matrix(theta, x, sharding))
     alpha = jsl.cho_solve((low, True), y)
     logdet = 2 * jnp.sum(jnp.log(jnp.diag(low)))
     return 0.5 * y @ alpha + 0.5 * logdet + 0.5 * y.shape[0] * jnp.log(2 * jnp.pi)

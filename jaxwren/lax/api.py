@@ -131,8 +131,11 @@ def cholesky(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     and differentiable in every mode, never gathered.
 
     The matrix is padded and permuted to a block-cyclic layout on the devices, factored by
-    the sharded kernel (one ``shard_map``, a ``fori_loop`` over block columns) and put
-    back: the collectives are all-to-alls of the matrix and ``psum``s of ``n x b`` panels.
+    the sharded kernel of :mod:`jaxwren.linalg.cholesky_kernel` (one ``shard_map``, a
+    ``fori_loop`` over block columns: the program does not grow with ``n / block``) and
+    put back: the collectives are all-to-alls of the matrix and ``psum``s of ``n x b``
+    panels, never an all-gather of it. Per device: the input, the output and two
+    matrix-sized temporaries (``4 n^2 / p`` elements).
     Derivatives: ``dL = L Phi(L^-1 dA L^-T)`` by sharded solves and products; reverse mode
     is Murray's adjoint ``Abar = L^-T Phi(L^T Lbar) L^-1`` (see :mod:`jaxwren.lax.ops`).
 
@@ -156,7 +159,8 @@ def cholesky(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
       ConfigError: a mesh without the axes ``('rows', 'cols')``.
       NotPositiveDefiniteError / NonFiniteError: **eager calls only** (concrete input),
         when the factorisation fails. Traced (inside ``jit``, ``grad``, ``vmap``), a
-        failed factorisation returns a matrix of NaN, as ``jnp.linalg.cholesky`` does.
+        failed factorisation returns NaN on and below the diagonal (zero above), exactly
+        as ``jnp.linalg.cholesky`` does; check ``jnp.isnan(L[0, 0])``.
     """
     where = "jaxwren.lax.cholesky"
     n = _square(x, "x", where)
