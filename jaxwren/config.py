@@ -1,7 +1,8 @@
 """Configuration objects: frozen, keyword-only, validated dataclasses.
 
-The environment is read in exactly one place, :meth:`StorageConfig.resolve`, which the
-public entry points call once; everything below them receives a resolved config.
+The environment's settings are read here: :meth:`StorageConfig.resolve` (which the public
+entry points call once; everything below them receives a resolved config) and
+:func:`platform_setting` (``JAXWREN_PLATFORM``, read when a platform profile is computed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 
 from jaxwren.errors import ConfigError
 
-__all__ = ["RunSpec", "StorageConfig", "format_bytes", "parse_bytes"]
+__all__ = [
+    "PLATFORMS",
+    "RunSpec",
+    "StorageConfig",
+    "format_bytes",
+    "parse_bytes",
+    "platform_setting",
+]
 
 _CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
 _UNITS = {
@@ -68,6 +76,28 @@ def parse_bytes(value: int | float | str | None, *, what: str = "memory_budget")
     if nbytes <= 0:
         raise ConfigError(f"{what}={value!r} must be positive.")
     return nbytes
+
+
+PLATFORMS = ("auto", "cpu", "accelerator")  # the values JAXWREN_PLATFORM accepts
+
+
+def platform_setting(environ: Mapping[str, str] | None = None) -> str:
+    """``JAXWREN_PLATFORM``: which platform profile to use (see
+    ``jaxwren.sharding.platform``): ``"auto"`` (unset or empty: the devices' own),
+    ``"cpu"`` or ``"accelerator"`` (``accelerator`` on CPU devices runs the accelerator code
+    paths, as CI's second lane does).
+
+    Raises:
+      ConfigError: any other value.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("JAXWREN_PLATFORM", "").strip().lower() or "auto"
+    if value not in PLATFORMS:
+        raise ConfigError(
+            f"JAXWREN_PLATFORM={environ['JAXWREN_PLATFORM']!r} is not a platform; use one of "
+            f"{', '.join(PLATFORMS)} (or leave it unset for auto)."
+        )
+    return value
 
 
 def format_bytes(nbytes: int) -> str:

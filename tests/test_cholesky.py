@@ -14,6 +14,7 @@ import jaxwren as jw
 from jaxwren.config import RunSpec
 from jaxwren.engine.run import run
 from jaxwren.linalg.cholesky import Cholesky
+from jaxwren.sharding.platform import platform_profile
 from tests.helpers import mem, run_until_killed, tolerance
 
 chol_mod = importlib.import_module("jaxwren.linalg.cholesky")
@@ -39,11 +40,13 @@ PLANS = ["tiles", "kernel", "out-of-core"]
 
 @pytest.fixture(params=PLANS)
 def budget(request, monkeypatch):
-    """The three ways a stored factor is computed: the default on CPU devices (the tile
-    plan with everything fitting), the in-core kernel (what accelerators and returned
-    factors take; forced here), and the tile plan at a budget below the matrix."""
-    if request.param == "kernel":  # as Cholesky("kernel") ranks it
-        monkeypatch.setattr(chol_mod, "tiles_first", lambda _mesh: False)
+    """The three ways a stored factor is computed: the tile plan with everything fitting
+    (the CPU profile's default), the in-core kernel (the accelerator profile's default and
+    what returned factors take), both forced here whatever the profile, and the tile plan
+    at a budget below the matrix."""
+    if request.param != "out-of-core":  # as Cholesky("kernel") / Cholesky("tiles") rank it
+        # (the tile plan: forced too, so the accelerator profile's lane runs it as well)
+        monkeypatch.setattr(chol_mod, "tiles_first", lambda _mesh: request.param == "tiles")
     return OOC if request.param == "out-of-core" else None
 
 
@@ -174,8 +177,8 @@ def test_bad_input_errors():
     wrong = jw.BigMatrix.create(mem("err-out"), (16, 15), (8, 8), "float64")
     with pytest.raises(jw.ShapeMismatchError, match=r"must have shape \(16, 16\)"):
         jw.cholesky(A, wrong)
-    with pytest.raises(jw.MemoryBudgetError, match="pass out=URL"):
-        jw.cholesky(A, memory_budget=1000)
+    with pytest.raises(jw.MemoryBudgetError, match="pass out=URL"):  # tiles need less
+        jw.cholesky(jw.from_numpy(spd(48), mem("err-a48"), (8, 8)), memory_budget=1000)
     never = mem("err-never")
     with pytest.raises(jw.MemoryBudgetError, match="smallest workable budget"):
         jw.cholesky(A, never, memory_budget=1000)
@@ -287,20 +290,23 @@ def test_the_op_ranks_the_plan_it_is_asked_for():
 
 
 def test_finished_tiles_stay_in_memory_when_the_budget_holds_them():
-    """On CPU devices, a fresh tile plan whose budget holds the lower triangle keeps its
-    finished tiles in host memory: the K panels are views of them, so only A's lower
-    tiles are read. A budget that cannot hold them reads the panels back from the store;
-    a resumed run (finished tiles in the store, not in memory) does too."""
+    """Where device buffers are host memory (the CPU profile), a fresh tile plan whose
+    budget holds the lower triangle keeps its finished tiles in host memory: the K panels
+    are views of them, so only A's lower tiles are read. A budget that cannot hold them
+    reads the panels back from the store; a resumed run (finished tiles in the store, not
+    in memory) does too. The accelerator profile always reads the panels back."""
+    kept = platform_profile().shares_host_memory
     a = spd(96, seed=12)
     A = jw.from_numpy(a, mem("kept-a"), (8, 8))
     got = run(Cholesky("tiles"), (A,), mem("kept-l"), RunSpec()).report
     L = jw.BigMatrix.open(got.stored["L"])
     check_factor(L.numpy(), a)
-    assert "finished tiles kept in memory" in got.tiles
+    assert ("finished tiles kept in memory" in got.tiles) == kept
     t = ast.literal_eval(got.tiling)[0]  # tiles of t
     nt = -(-96 // t)
-    assert got.bytes_read == nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles only
+    lower = nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles
+    assert (got.bytes_read == lower) == kept  # else the K panels too
     small = run(Cholesky("tiles"), (A,), mem("kept-l2"), RunSpec(memory_budget=16_000))
     check_factor(small.value.numpy(), a)
     assert "kept in memory" not in small.report.tiles
-    assert small.report.bytes_read > got.bytes_read
+    assert small.report.bytes_read > lower

@@ -154,12 +154,13 @@ def test_resume_after_kill(tmp_path):
     out = str(tmp_path / "c")
     call = (f"jw.matmul(jw.BigMatrix.open({A.url!r}), jw.BigMatrix.open({B.url!r}), {out!r}, "
             f"memory_budget={TINY})")  # fmt: skip
-    run_until_killed(tmp_path, call, after_marks=3)
-    assert len(jw.BigMatrix.open(out).marks()) == 3
+    # (3 or 4 output tiles: the platform profile's memory projections decide)
+    run_until_killed(tmp_path, call, after_marks=2)
+    assert len(jw.BigMatrix.open(out).marks()) == 2
     spec = RunSpec(memory_budget=TINY)
     done = run(Matmul(), (A, B), out, spec)
     np.testing.assert_allclose(done.value.numpy(), a @ b, **tolerance("float64"))
-    assert done.report.steps_skipped >= 3 and done.report.steps_run > 0  # finished tiles skipped
+    assert done.report.steps_skipped >= 2 and done.report.steps_run > 0  # finished tiles skipped
     again = run(Matmul(), (A, B), out, spec)  # complete: nothing runs
     assert again.value.url == done.value.url
     assert again.report.steps_run == 0 and again.report.bytes_read == 0

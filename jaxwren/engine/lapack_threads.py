@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import jax
+from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["single_threaded_blas"]
 
@@ -22,9 +22,9 @@ __all__ = ["single_threaded_blas"]
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """BLAS/LAPACK libraries limited to one thread when this process drives several CPU
-    devices; a no-op otherwise (or without threadpoolctl)."""
-    local = jax.local_devices()
-    if len(local) < 2 or any(d.platform != "cpu" for d in local):
+    devices (the platform profile's ``emulated_devices``); a no-op otherwise (or without
+    threadpoolctl)."""
+    if not platform_profile().emulated_devices:
         yield
         return
     try:

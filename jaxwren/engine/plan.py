@@ -19,6 +19,7 @@ import jax
 
 from jaxwren.config import format_bytes, parse_bytes
 from jaxwren.errors import MemoryBudgetError
+from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["Read", "Write", "Step", "Plan", "default_budget", "resolve_budget"]
 
@@ -50,7 +51,9 @@ class Write:
     size: tuple[int, int] | None = None
     record: str | None = None
     lower: bool = False  # strictly upper part zero and target emptied by the run: the
-    # target's blocks wholly above the diagonal are not written (absent reads as zero)
+    # target's blocks wholly above the diagonal are not written (absent reads as zero);
+    # honoured for host (numpy) results and tiles assembled on the host, so a kernel
+    # whose output is written lower gives a host array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,16 +122,13 @@ class Plan:
 
 
 def default_budget(devices: Sequence[jax.Device] | None = None) -> int:
-    """Bytes a run may hold: 80% of the devices' memory from their memory stats, or, on
-    CPU devices (which share host RAM), 40% of the host's physical memory."""
+    """Bytes a run may hold: 80% of the devices' memory (the platform profile's
+    ``memory_per_device``), or, where that is unknown (CPU devices share host RAM), 40% of
+    the host's physical memory."""
     devices = list(jax.devices() if devices is None else devices)
-    limits = []
-    for d in devices:
-        stats = d.memory_stats() if d.platform != "cpu" else None
-        if stats and stats.get("bytes_limit"):
-            limits.append(int(stats["bytes_limit"]))
-    if limits and len(limits) == len(devices):
-        return int(0.8 * sum(limits))
+    per_device = platform_profile(devices).memory_per_device
+    if per_device is not None:
+        return int(0.8 * per_device * len(devices))
     return int(0.4 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 

@@ -22,6 +22,7 @@ from jaxwren.compile_cache import CompileCounter
 from jaxwren.engine.lapack_threads import single_threaded_blas
 from jaxwren.engine.plan import Plan, Write
 from jaxwren.sharding import multihost
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import PendingTile, shard_bounds, splits_blocks, start_tile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.buffers import aligned_empty
@@ -331,7 +332,7 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
     # its own: XLA's CPU client was seen to deadlock (an all-reduce waiting for devices
     # whose launches sat behind their full in-flight semaphores) with a few hundred
     # programs queued ahead; reads and writes still overlap the compute.
-    pace = jax.local_device_count() > 1 and jax.local_devices()[0].platform == "cpu"
+    pace = platform_profile().emulated_devices
 
     def depends(k: int, submitted: int) -> bool:
         """Whether step k reads what a step not yet submitted (submitted <= j < k) writes."""

@@ -51,7 +51,8 @@ from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic
 from jaxwren.sharding.lower import LowerTriangle
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.tiles import host_copy, replicas_shared, replicate
+from jaxwren.sharding.platform import platform_profile
+from jaxwren.sharding.tiles import host_copy, replicate
 from jaxwren.storage.bigmatrix import BigMatrix
 from jaxwren.storage.buffers import aligned_empty
 
@@ -70,17 +71,20 @@ def _incore_block(n: int, mesh: Mesh) -> int:
 
 
 # ------------------------------------------------------------------------------ kernels
-def _factor(x: jax.Array, n: int, kb: int, mesh: Mesh) -> tuple[jax.Array, ...]:
+def _factor(x: jax.Array, n: int, kb: int, mesh: Mesh, stored: bool = False
+            ) -> tuple[jax.Array, ...]:  # fmt: skip
     """x (natural layout, n_pad x n_pad, P(rows, cols)) -> (L natural, info): permuted to
-    block-cyclic on the devices, factored by the shard_map kernel, and back."""
-    return _factor_cyclic(ck.to_cyclic(x, kb, mesh), n, kb, mesh)
+    block-cyclic on the devices, factored by the shard_map kernel, and back (a ``stored``
+    result as a host array: written lower-only, see :func:`_factor_cyclic`)."""
+    return _factor_cyclic(ck.to_cyclic(x, kb, mesh), n, kb, mesh, stored=stored)
 
 
 def _factor_cyclic(x_cyc: jax.Array, n: int, kb: int, mesh: Mesh, src: CyclicSource | None = None,
                    stored: bool = False) -> tuple[jax.Array, ...]:  # fmt: skip
     """x in cyclic layout (read so from the host by ``src``) -> (L natural n x n, info).
     ``L`` is assembled in ``src``'s host buffer (no fresh pages); a ``stored`` result
-    (only written to the store) stays there, a host array (written as is)."""
+    (only written to the store) stays there, a host array (written as is, its blocks
+    above the diagonal skipped: the runner honours ``Write.lower`` for host results)."""
     l_cyc, info = ck.cholesky_cyclic(x_cyc, block=kb, n=n, mesh=mesh)
     buffer = None if src is None else src.take_buffer()
     return natural_from_cyclic(l_cyc, kb, mesh, n, buffer=buffer, host=stored), info
@@ -190,7 +194,7 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
     if multi:
         return jax.jit(lambda x, *a: fn(lax.with_sharding_constraint(x, rep), *a),
                        out_shardings=rep)  # fmt: skip
-    if replicas_shared(rep):  # CPU devices: LAPACK on the host
+    if platform_profile(mesh).host_lapack:  # CPU devices: LAPACK on the host
         return functools.partial(_host_tile, kind, rep)
     one, single = mesh.devices.flat[0], jax.jit(fn)
 
@@ -202,7 +206,9 @@ def _tile_kernel(kind: str, first: bool, mesh: Mesh):
         if kind == "inverse":
             return replicate(outs, rep)
         low, inv, info = outs
-        return low, replicate(inv, rep), info
+        # L[J, J] as a host array: the runner writes a host result lower-only (the tile's
+        # blocks above the diagonal are absent), a device array whole
+        return np.asarray(low), replicate(inv, rep), info
 
     return on_one
 
@@ -280,7 +286,7 @@ def _incore_plan(s: _Setup) -> tuple[Plan, int]:
     write = Write(s.out, (0, 0), (s.n, s.n), lower=True)
     if isinstance(s.src, jax.Array):  # on accelerators: permuted on the devices
         read = Read(s.src, (0, s.n, 0, s.n), (n_pad, n_pad), sharding, s.dtype)
-        factor, warm = _factor, None
+        factor, warm = functools.partial(_factor, stored=s.out is not None), None
     else:  # read from the host (store or memory) straight into the cyclic layout
         src = CyclicSource(s.src, kb, s.mesh)
         read = Read(src, (0, n_pad, 0, n_pad), (n_pad, n_pad), sharding, s.dtype)
@@ -308,9 +314,10 @@ def _tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> in
     and its host copy, after the accumulator is freed), two finished tiles on their way to
     the store (write-behind, also without prefetch) and the replicated inverse of the
     column's diagonal tile."""
-    copies = 1 if replicas_shared(NamedSharding(mesh, P())) else mesh.devices.size
+    profile = platform_profile(mesh)
+    copies = 1 if profile.shares_host_memory else mesh.devices.size
     panels = (prefetch + 1) * t * kw * (1 + copies)
-    staging = 0 if copies == 1 else prefetch * 2 * t * kw
+    staging = prefetch * 2 * t * kw if profile.host_staging else 0
     tiles = (prefetch + 1 + 2 + 2 + copies) * t * t
     return (panels + staging + tiles) * itemsize
 
@@ -510,9 +517,11 @@ def tiles_first(mesh: Mesh) -> bool:
     compiles). The tiles' updates and solves are local GEMMs (no collective, no cyclic
     permutation) and the diagonal tile goes to host LAPACK; the kernel's per-block
     steps and psums cost more than they save on emulated devices. Accelerators and
-    several processes keep the kernel first (not measured here)."""
+    several processes keep the kernel first (not measured here): the platform profile's
+    ``host_lapack`` on this process's devices."""
     here = jax.process_index()
-    return all(d.platform == "cpu" and d.process_index == here for d in mesh.devices.flat)
+    local = all(d.process_index == here for d in mesh.devices.flat)
+    return local and platform_profile(mesh).host_lapack
 
 
 class Cholesky(Op):
@@ -554,7 +563,11 @@ class Cholesky(Op):
         unit = math.lcm(granule, mesh.devices.size)  # tiles are sharded by rows over all
         tiles = tiles_first(mesh) if self.prefer == "auto" else self.prefer == "tiles"
         first = max(_TILE_FIRST, unit) if tiles else 0
-        host = tiles_first(mesh)  # finished tiles can stay in host memory
+        # finished tiles can stay in host memory, later panels views of them
+        here = jax.process_index()
+        host = platform_profile(mesh).shares_host_memory and all(
+            d.process_index == here for d in mesh.devices.flat
+        )
         for t in range(unit, round_up(n, unit) + unit, unit):
             nt = -(-n // t)
             for kt in range(1, max(nt - 1, 1) + 1):  # fewest steps first, then least memory

@@ -31,7 +31,7 @@ from jaxwren.errors import ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import tile_candidates
 from jaxwren.sharding.mesh import COLS, ROWS
-from jaxwren.sharding.tiles import replicas_shared
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage import device_io
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -45,17 +45,21 @@ def _granule(x: Any, axis: int, default: int = 512) -> int:
 def gemm_projected_bytes(
     t: tuple[int, int, int], mesh: Mesh, sizes: tuple[int, int, int], prefetch: int, stored: bool
 ) -> int:
-    """Peak bytes: the A and B tiles of every step in flight (replicated on accelerators:
-    A over ``cols``, B over ``rows``; on CPU devices replicas share one host buffer, which
-    is also the staging), the host staging of the reads in flight (accelerators), the
-    accumulator, its update and the output being written."""
+    """Peak bytes: the A and B tiles of every step in flight (replicated: A over ``cols``,
+    B over ``rows``; where device buffers are host memory, CPU devices, replicas share one
+    host buffer, which is also the staging), the host staging of the reads in flight
+    (the platform profile's ``host_staging``: accelerators), the accumulator, its update
+    and the output being written."""
     (tm, tn, tk), (sa, sb, sc) = t, sizes
     panels_host = tm * tk * sa + tk * tn * sb
-    if replicas_shared(NamedSharding(mesh, P())):
+    profile = platform_profile(mesh)
+    if profile.shares_host_memory:
         panels = (prefetch + 1) * panels_host
     else:
         r, c = mesh.shape[ROWS], mesh.shape[COLS]
-        panels = (prefetch + 1) * (tm * tk * sa * c + tk * tn * sb * r) + prefetch * panels_host
+        panels = (prefetch + 1) * (tm * tk * sa * c + tk * tn * sb * r)
+    if profile.host_staging:
+        panels += prefetch * panels_host
     return panels + tm * tn * sc * (3 if stored else 2)
 
 

@@ -39,9 +39,10 @@ from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import tile_candidates
 from jaxwren.linalg.distances import ALL, BIG, check_row_sets, granule, non_finite_error
-from jaxwren.linalg.neighbors_kernel import Config, on_cpu, step
+from jaxwren.linalg.neighbors_kernel import Config, step
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["NearestNeighbors", "Tiling", "nearest_neighbors"]
@@ -76,7 +77,7 @@ class _Sizes:
     k: int
     s: int  # bytes per element of the compute dtype
     nd: int  # devices
-    cpu: bool  # CPU devices (the ring's moved shards are views)
+    cpu: bool  # device buffers are host memory (the ring's moved shards are views)
 
 
 def _chunk(rows: int, chunk: int) -> int:
@@ -176,7 +177,8 @@ class NearestNeighbors(Op):
             return [Candidate(self.tiling, lambda _pf: 0)]
         (q, x), mesh = problem.sources, problem.mesh
         (m, d), (n, k) = q.shape, (x.shape[0], problem.outputs[0].shape[1])
-        z = _Sizes(m, n, d, k, problem.outputs[1].dtype.itemsize, mesh.size, on_cpu(mesh))
+        shared = platform_profile(mesh).shares_host_memory
+        z = _Sizes(m, n, d, k, problem.outputs[1].dtype.itemsize, mesh.size, shared)
         stored = targets["indices"]
         gq = granule(q, 0, stored[0] if stored is not None else 512)
         return [Candidate(t, functools.partial(_projected, z, t), _cost(z, t))
@@ -190,7 +192,7 @@ class NearestNeighbors(Op):
         (q, x), mesh, t = problem.sources, problem.mesh, tiling
         (m, d), n, k = q.shape, x.shape[0], problem.outputs[0].shape[1]
         dtype = problem.outputs[1].dtype
-        fused = on_cpu(mesh) if self.fused is None else self.fused
+        fused = platform_profile(mesh).shares_host_memory if self.fused is None else self.fused
         cfg = Config(mesh, k, self.exclude_self, m, n, t.qc, t.cw, t.ring, t.ring and fused)
         sq = NamedSharding(mesh, P(ALL, None))
         sx = NamedSharding(mesh, P(ALL if t.ring else None, None))

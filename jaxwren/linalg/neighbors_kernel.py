@@ -27,9 +27,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.linalg.distances import ALL, BIG, HIGHEST
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import shard_bounds
 
-__all__ = ["Config", "on_cpu", "step"]
+__all__ = ["Config", "step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +46,6 @@ class Config:
     cw: int  # data rows per device per chunk
     ring: bool  # data tiles split over the devices and passed around (else broadcast)
     fused: bool  # the ring's hops in one launch (CPU devices: moved shards are free views)
-
-
-def on_cpu(mesh: Mesh) -> bool:
-    """CPU devices share host memory: a shard moved to another device is a view."""
-    return all(d.platform == "cpu" for d in mesh.devices.flat)
 
 
 def _merge(best: tuple[jax.Array, jax.Array], dist: jax.Array, idx: jax.Array,
@@ -187,13 +183,14 @@ def _shard_ids(cfg: Config) -> list[jax.Array]:
 
 def _rotations(x: jax.Array, hops: int) -> Iterator[jax.Array]:
     """``x`` (split by rows over the devices), then with every shard moved on by one device
-    per hop: runtime device-to-device copies, no collective in any program. CPU devices
-    share host memory: there each device adopts the shard's buffer (no copy)."""
+    per hop: runtime device-to-device copies, no collective in any program. Where device
+    buffers are host memory (the platform profile's ``shares_host_memory``: CPU devices)
+    each device adopts the shard's buffer (no copy)."""
     by_start = {shard_bounds(sh.index, x.shape)[0]: sh for sh in x.addressable_shards}
     order = [by_start[r] for r in sorted(by_start)]
     targets = [sh.device for sh in order]
     data = [sh.data for sh in order]
-    if all(d.platform == "cpu" for d in targets):  # views taken before any kernel uses x
+    if platform_profile(targets).shares_host_memory:  # views taken before any kernel uses x
         data = [np.asarray(a) for a in data]
     devices = list(x.sharding.addressable_devices_indices_map(x.shape))
     yield x

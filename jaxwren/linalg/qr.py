@@ -41,7 +41,7 @@ from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, tile_candidates, trim
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.tiles import replicas_shared
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["MAX_COLS", "TSQR", "lstsq", "qr"]
@@ -67,13 +67,14 @@ def _granule(x: Any, unit: int) -> int:
 
 
 def _tile_bytes(t: Tiling, cols: int, itemsize: int, q_kind: bool, joined: bool,
-                shared: bool, prefetch: int) -> int:  # fmt: skip
-    """Peak bytes: the tiles in flight (plus their host staging on accelerators), the
+                staged: bool, prefetch: int) -> int:  # fmt: skip
+    """Peak bytes: the tiles in flight (plus their host staging where ``staged``: the
+    platform profile's ``host_staging``, accelerators), the
     kernel's scratch (XLA's memory analysis: half a tile for R only, 1.4 tiles when
     ``joined``, [A | B] concatenated for lstsq) and, with Q, the leaves' Q factors, the
     Q tile and its write."""
     tile = t.shape_rows * cols * itemsize
-    staging = 0 if shared else prefetch * tile
+    staging = prefetch * tile if staged else 0
     work = (4 if q_kind else 2 if joined else 1) * tile + 4 * cols * cols * itemsize
     return (prefetch + 1) * tile + staging + work
 
@@ -133,14 +134,14 @@ class TSQR(Op):
         m, cols = a.shape[0], self._cols(problem)
         itemsize = problem.outputs[0].dtype.itemsize
         unit = tk.row_unit(cols, mesh)
-        shared = replicas_shared(NamedSharding(mesh, P()))
+        staged = platform_profile(mesh).host_staging
         q_kind = self.kind in _Q_KINDS
         cands = []
         for rows in tile_candidates(m, _granule(a, unit), 1):
             t = Tiling(rows, round_up(rows, unit))
             ntiles = -(-m // rows)
             joined = len(problem.sources) > 1
-            proj = functools.partial(_tile_bytes, t, cols, itemsize, q_kind, joined, shared)
+            proj = functools.partial(_tile_bytes, t, cols, itemsize, q_kind, joined, staged)
             steps = ntiles if not q_kind or ntiles == 1 else 2 * ntiles + 1
             # a returned Q is one resident tile; bigger ones are stored (out=URL)
             cands.append(Candidate(t, proj, steps, returns=not q_kind or ntiles == 1))

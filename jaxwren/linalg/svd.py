@@ -41,7 +41,8 @@ from jaxwren.linalg.common import round_up, tile_candidates
 from jaxwren.linalg.qr import TSQR
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.tiles import on_one_device, replicas_shared
+from jaxwren.sharding.platform import platform_profile
+from jaxwren.sharding.tiles import on_one_device
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["RandomizedSVD", "randomized_svd", "svd"]
@@ -161,7 +162,7 @@ class RandomizedSVD(Op):
         (m, n), s = a.shape, problem.outputs[0].dtype.itemsize
         unit = tk.row_unit(pr.l, mesh)
         granule = a.block_shape[0] if isinstance(a, BigMatrix) else 8192
-        shared = replicas_shared(NamedSharding(mesh, P()))
+        staged = platform_profile(mesh).host_staging
         passes = 2 * pr.n_iter + 2
         cands = []
         for rows in tile_candidates(m, granule, 1):
@@ -170,7 +171,7 @@ class RandomizedSVD(Op):
             held = 5 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, TSQR's, U; Z, Ω, Vt
             tile = t_rows * n * s
             resident = functools.partial(_held, nt * tile + held)
-            streamed = functools.partial(_streamed, tile, held, shared)
+            streamed = functools.partial(_streamed, tile, held, staged)
             # cost: bytes read, then tiles (each tile is a few programs per pass)
             cands.append(Candidate(Tiling(rows, t_rows, True), resident, (m * n * s, nt)))
             if nt > 1:
@@ -227,8 +228,10 @@ def _held(total: int, _prefetch: int) -> int:
     return total
 
 
-def _streamed(tile: int, held: int, shared: bool, prefetch: int) -> int:
-    return (prefetch + 1) * tile + (0 if shared else prefetch * tile) + held
+def _streamed(tile: int, held: int, staged: bool, prefetch: int) -> int:
+    """The tiles in flight (and their host staging: the platform profile's
+    ``host_staging``) and what the plan holds."""
+    return (prefetch + 1) * tile + (prefetch * tile if staged else 0) + held
 
 
 def _init(n: int, pr: _Params, dtype: Any, mesh: Mesh) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage.backend import translate_errors
 from jaxwren.storage.bigmatrix import aligned_empty
 from jaxwren.storage.window import Futures, Window
@@ -92,14 +93,15 @@ class CpuShardsSource(_InMemory):
 
 def as_source(x: Any) -> Any:
     """A BigMatrix stays as it is; host arrays become ArraySources; a jax.Array stays on
-    its devices (tiles are cut and resharded there) except on CPU devices, where moving
+    its devices (tiles are cut and resharded there) except where the platform profile
+    says device buffers are host memory (CPU devices), where moving
     it through host memory is a memcpy while XLA's emulated collectives are slow
     (measured: resharding 64 MB from P(rows, cols) to P(rows, None) over 8 CPU devices
     takes ~0.7 s, a host round trip ~0.05 s)."""
     if hasattr(x, "read_region_into_async"):
         return x
     if isinstance(x, jax.Array):
-        if x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices()):
+        if x.is_fully_addressable and platform_profile(x).shares_host_memory:
             return CpuShardsSource(x)
         return x  # on accelerators, or spanning processes: cut tiles on the devices
     return ArraySource(np.asarray(x))
@@ -119,14 +121,21 @@ class DeviceTile:
     def result(self) -> jax.Array:
         r0, r1, c0, c1 = self.region
         x = self.array
-        if (r0, c0) != (0, 0) or (r1, c1) != x.shape:
-            x = x[r0:r1, c0:c1]
-        pad = ((0, self.shape[0] - x.shape[0]), (0, self.shape[1] - x.shape[1]))
-        return _pad_cast(x, pad, self.dtype, self.sharding)
+        # the region clipped to the array (past it reads as zeros); its offset is traced:
+        # one compile serves every tile of a plan (two or four with ragged edges)
+        r1, c1 = min(r1, x.shape[0]), min(c1, x.shape[1])
+        size = (max(r1 - r0, 0), max(c1 - c0, 0))
+        return _cut_pad_cast(x, np.int32(r0), np.int32(c0), size, self.shape, self.dtype,
+                             self.sharding)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("pad", "dtype", "sharding"))
-def _pad_cast(x: jax.Array, pad: Any, dtype: np.dtype, sharding: Any) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("size", "shape", "dtype", "sharding"))
+def _cut_pad_cast(x: jax.Array, r0: jax.Array, c0: jax.Array, size: tuple[int, int],
+                  shape: tuple[int, int], dtype: np.dtype, sharding: Any) -> jax.Array:  # fmt: skip
+    """``x[r0:r0 + size[0], c0:c0 + size[1]]`` zero padded to ``shape`` and cast."""
+    if size != x.shape:
+        x = jax.lax.dynamic_slice(x, (r0, c0), size)
+    pad = ((0, shape[0] - size[0]), (0, shape[1] - size[1]))
     return jax.lax.with_sharding_constraint(jnp.pad(x.astype(dtype), pad), sharding)
 
 
@@ -271,8 +280,9 @@ def start_tile(
 
 
 def replicas_shared(sharding: jax.sharding.Sharding) -> bool:
-    """Whether replicas of an engine tile share host memory (CPU devices: they do)."""
-    return all(d.platform == "cpu" for d in sharding.device_set)
+    """Whether replicas of an engine tile share host memory (the platform profile's
+    ``shares_host_memory``: CPU devices)."""
+    return platform_profile(sharding).shares_host_memory
 
 
 def host_copy(x: jax.Array) -> np.ndarray:
