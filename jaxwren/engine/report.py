@@ -73,8 +73,8 @@ class RunReport:
 
     Attributes:
       operation: the operation's name (``"matmul"``, ``"cholesky"`` ...).
-      platform: the platform the run planned for (the mesh's device platform, e.g.
-        ``"cpu"`` or ``"gpu"``).
+      platform: the platform profile the run planned for (``"cpu"`` or
+        ``"accelerator"``; see ``jaxwren.sharding.platform``).
       mesh_shape: the mesh's shape, e.g. ``(2, 4)``.
       mesh_axes: its axis names, ``("rows", "cols")``.
       budget: the memory budget in bytes.
@@ -150,9 +150,11 @@ class RunReport:
 
 
 def platform_of(mesh: Any) -> str:
-    """The platform a run plans for, as the report names it: the mesh's device platform
-    (the one place to switch to the platform profile's name)."""
-    return str(mesh.devices.flat[0].platform)
+    """The platform a run plans for, as the report names it: its platform profile's name
+    (``"cpu"`` or ``"accelerator"``; see ``jaxwren.sharding.platform``)."""
+    from jaxwren.sharding.platform import platform_profile
+
+    return platform_profile(mesh).name
 
 
 # ------------------------------------------------------------------------------ explain
