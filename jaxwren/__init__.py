@@ -76,6 +76,7 @@ Config: stores, caches, processes
                             Kubernetes auto-detected; or python -m jaxwren.launch)
 """
 
+from jaxwren import lax  # the traceable layer: jw.lax.cholesky, ... (a subpackage)
 from jaxwren.compile_cache import enable_compilation_cache
 from jaxwren.config import StorageConfig
 from jaxwren.engine.report import RunReport, explain, observe
@@ -161,6 +162,7 @@ __all__ = [
     "from_numpy",
     "from_parquet",
     "iter_table_batches",
+    "lax",
     "load",
     "lstsq",
     "map_blocks",
