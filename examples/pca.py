@@ -1,8 +1,9 @@
 """PCA of a matrix in object storage: scikit-learn's digits as a BigMatrix.
 
-The column means come from one streamed matmul (``1ᵀ X / m``), the data is centred with
-``jw.map_blocks`` (stored next to the input), and ``jw.randomized_svd`` gives the
-principal axes; the explained variance is printed next to
+The column means come from ``jw.mean(X, axis=0)`` (streamed), the data is centred with
+``jw.map_blocks`` (stored next to the input), ``jw.randomized_svd`` gives the principal
+axes and ``jw.var(X, axis=0, ddof=1)`` the total variance; the explained variance is
+printed next to
 ``sklearn.decomposition.PCA(svd_solver="full")`` on the same data in memory.
 
     python examples/pca.py                          # a temporary file store
@@ -31,12 +32,12 @@ import jaxwren as jw
 def pca(x: jw.BigMatrix, root: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(components (k, n), explained_variance (k,), explained_variance_ratio (k,))``."""
     m = x.shape[0]
-    mean = jw.matmul(np.full((1, m), 1.0 / m), x)  # (1, n) column means, streamed
+    mean = jw.mean(x, axis=0).reshape(1, -1)  # (1, n) column means, streamed
     xc = jw.map_blocks(lambda xb, mu: xb - mu, x, mean, align=("ij", ".j"), out=f"{root}/Xc")
     _, s, vt = jw.randomized_svd(xc, k, n_oversamples=10, n_iter=4, seed=0)
-    total = float(np.asarray(jw.matmul(np.ones((1, m)), jw.map_blocks(jax.numpy.square, xc))).sum())
+    total = float(np.sum(jw.var(x, axis=0, ddof=1)))  # the total variance, streamed
     var = np.asarray(s) ** 2 / (m - 1)
-    return np.asarray(vt), var, var / (total / (m - 1))
+    return np.asarray(vt), var, var / total
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from jaxwren.linalg.matmul import matmul
 from jaxwren.linalg.neighbors import nearest_neighbors
 from jaxwren.linalg.qr import lstsq, qr
 from jaxwren.linalg.reduce import argmin
+from jaxwren.linalg.reductions import max, mean, min, norm, std, sum, var
 from jaxwren.linalg.svd import randomized_svd, svd
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
 
@@ -18,10 +19,17 @@ __all__ = [
     "lstsq",
     "map_blocks",
     "matmul",
+    "max",
+    "mean",
+    "min",
     "nearest_neighbors",
+    "norm",
     "pairwise_sq_distances",
     "qr",
     "randomized_svd",
     "solve_triangular",
+    "std",
+    "sum",
     "svd",
+    "var",
 ]
