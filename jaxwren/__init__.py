@@ -8,6 +8,7 @@ through the devices tile by tile, so they may be larger than device or host memo
     A = jw.from_numpy(x, "s3://bucket/A", block_shape=(4096, 4096))
     C = jw.matmul(A, A.T, "s3://bucket/C")      # out a URL: stored, a BigMatrix back
     G = jw.matmul(A.T, A)                       # no out: returned as a jax.Array
+    m = jw.mean(A, axis=0)                      # reductions: numpy arrays
 
 Compute functions take BigMatrix, jax.Array or numpy inputs (and, where they make a
 matrix, ``out``: a URL stores the result); most take the keyword arguments ``mesh`` and
@@ -34,6 +35,8 @@ Compute: linear algebra, streamed out of core
   argmin                    argmin-reduce along an axis (indices and values)
   nearest_neighbors         k nearest rows
   map_blocks                apply a function to every output block
+  sum, mean, min, max       reductions (numpy semantics, axis=None|0|1)
+  var, std, norm            variance, standard deviation, matrix and vector norms
   default_mesh              all devices in a 2-D (rows, cols) mesh
   default_sharding          a NamedSharding over that mesh
   explain                   plan a call without running it: its RunReport

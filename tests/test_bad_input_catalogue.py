@@ -160,6 +160,20 @@ CASES = [
      jw.ConfigError, "all_threads must be True or False"),
     ("from_numpy/bad-dims", lambda a, o: jw.from_numpy(V, o, (2, 2), dims=("r",)),
      jw.ShapeMismatchError, "dims must be two distinct"),
+    ("sum/bad-axis", lambda a, o: jw.sum(a, axis=2),
+     jw.ConfigError, "axis"),
+    ("mean/empty", lambda a, o: jw.mean(np.ones((0, 3))),
+     jw.ShapeMismatchError, "empty"),
+    ("min/bad-axis", lambda a, o: jw.min(V, axis=(0, 0)),
+     jw.ConfigError, "axis"),
+    ("max/3-d", lambda a, o: jw.max(np.ones((2, 2, 2))),
+     jw.ShapeMismatchError, "2-D"),
+    ("var/ddof", lambda a, o: jw.var(a, axis=0, ddof=6),
+     jw.ConfigError, "ddof"),
+    ("std/ddof", lambda a, o: jw.std(a, ddof=24),
+     jw.ConfigError, "ddof"),
+    ("norm/bad-ord", lambda a, o: jw.norm(a, ord="spectral"),
+     jw.ConfigError, "ord"),
 ]  # fmt: skip
 
 
