@@ -42,6 +42,8 @@ Compute: linear algebra, streamed out of core
   explain                   plan a call without running it: its RunReport
   observe                   collect the RunReport of every run in a with-block
   RunReport                 what a run did: tiling, bytes, steps, seconds
+  lax                       inside your jax.jit / jax.grad: sharded, differentiable
+                            cholesky, solve_triangular, cho_solve, cho_logdet
 
 Tables: CSV and Parquet part files in
   from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix
