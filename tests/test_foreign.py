@@ -43,6 +43,16 @@ def test_a_zarr_operand_is_read_tile_by_tile(tmp_path, monkeypatch):
     assert 0 < largest["n"] <= x.size // 2  # never the whole matrix at once
 
 
+def test_reductions_take_zarr_dask_and_url_operands(tmp_path):
+    x = rand((40, 24), seed=55)
+    z = zarr.create_array(str(tmp_path / "z"), shape=x.shape, chunks=(16, 16), dtype="float64")
+    z[:] = x
+    jw.from_numpy(x, str(tmp_path / "a"), (16, 16))
+    for a in (z, da.from_array(x, chunks=(16, 16)), str(tmp_path / "a")):
+        np.testing.assert_allclose(jw.mean(a, axis=0), x.mean(axis=0), **tolerance("float64"))
+        np.testing.assert_allclose(jw.norm(a), np.linalg.norm(x), **tolerance("float64"))
+
+
 def test_a_url_operand_that_holds_nothing_is_typed(tmp_path):
     with pytest.raises(jw.MatrixNotFoundError):
         jw.matmul(str(tmp_path / "nothing"), np.ones((2, 2)))

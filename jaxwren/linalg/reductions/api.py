@@ -9,6 +9,7 @@ with numpy's dtypes: a numpy scalar for the whole matrix, else a 1-D numpy array
 from __future__ import annotations
 
 import builtins
+import os
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.linalg.reductions.op import Reduce, Stat, acc_dtype
 from jaxwren.linalg.svd import svd
 from jaxwren.sharding.multihost import to_host
+from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["max", "mean", "min", "norm", "std", "sum", "var"]
 
@@ -50,7 +52,10 @@ def _axes(axis: Any, where: str) -> tuple[int, ...]:
 
 
 def _matrix(a: Any, where: str) -> Any:
-    """``a`` (a numpy array if it is neither a BigMatrix nor an array), refused when empty."""
+    """``a`` (a URL opened as a BigMatrix; a numpy array if it is neither a matrix nor an
+    array), refused when empty."""
+    if isinstance(a, str | os.PathLike):
+        a = BigMatrix.open(a)
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         a = np.asarray(a)
     if len(a.shape) != 2:
