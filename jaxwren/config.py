@@ -19,11 +19,13 @@ from jaxwren.errors import ConfigError
 
 __all__ = [
     "PLATFORMS",
+    "RUN_KEYWORDS",
     "RunSpec",
     "StorageConfig",
     "format_bytes",
     "parse_bytes",
     "platform_setting",
+    "run_spec",
 ]
 
 _CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
@@ -288,10 +290,14 @@ class RunSpec:
       memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
         staging; None: from the devices' memory (40% of host RAM on CPU).
       storage: StorageConfig for ``out`` URLs; None: the environment's AWS settings.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
       prefetch: steps of reads in flight ahead of the computing step (>= 0); lowered to
         0 when the budget only fits an unpipelined run.
       block_shape: the block shape of an ``out`` this run creates (None: from the inputs).
+
+    Every public operation takes one as ``spec=``; its keywords of the same names are
+    copies of these fields (see :func:`run_spec`).
     """
 
     mesh: Any = None
@@ -332,3 +338,47 @@ class RunSpec:
     def budget_bytes(self) -> int | None:
         """The user's budget in bytes (None: choose from the devices)."""
         return parse_bytes(self.memory_budget, what="memory_budget")
+
+
+RUN_KEYWORDS = tuple(f.name for f in dataclasses.fields(RunSpec))
+
+
+def run_spec(where: str, spec: RunSpec | None = None, **keywords: Any) -> RunSpec:
+    """The RunSpec of one public call: ``spec`` with the keyword copies it was given.
+
+    A keyword left at None is not given. A given keyword fills a field that ``spec``
+    leaves at its default; where ``spec`` sets the same field to another value the call
+    is refused (it would be ambiguous which one wins).
+
+    Args:
+      where: the public function, for messages.
+      spec: the caller's RunSpec (None: defaults).
+      **keywords: the keyword copies (names of RunSpec fields), None when not given.
+
+    Raises:
+      ConfigError: ``spec`` is not a RunSpec; a keyword is invalid (as RunSpec checks);
+        a keyword and ``spec`` give one setting different values.
+    """
+    if spec is None:
+        spec = RunSpec()
+    elif not isinstance(spec, RunSpec):
+        raise ConfigError(
+            f"{where}: spec must be a jw.RunSpec, got {type(spec).__name__}; build one with "
+            "jw.RunSpec(memory_budget=..., prefetch=...)."
+        )
+    given = {k: v for k, v in keywords.items() if v is not None}
+    copies = RunSpec(**given)  # validates the keywords as RunSpec does
+    default = RunSpec()
+    for name in given:
+        ours, theirs = _setting(copies, name), _setting(spec, name)
+        if theirs != _setting(default, name) and theirs != ours:
+            raise ConfigError(
+                f"{where}: {name}={getattr(copies, name)!r} and spec.{name}="
+                f"{getattr(spec, name)!r} disagree; give {name} once, as a keyword or in spec."
+            )
+    return dataclasses.replace(spec, **{k: getattr(copies, k) for k in given})
+
+
+def _setting(spec: RunSpec, name: str) -> Any:
+    """A field as compared by :func:`run_spec` (budgets in bytes: ``"1KiB"`` is 1024)."""
+    return spec.budget_bytes if name == "memory_budget" else getattr(spec, name)

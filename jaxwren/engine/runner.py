@@ -77,7 +77,8 @@ def execute(
       prefetch: how many steps' reads are in flight ahead of the step computing; 0 also
         stores each output tile before the next step (no write-behind) unless the plan's
         projection allows some (``Plan.write_behind``).
-      progress: show a progress bar (None: when stderr is a terminal).
+      progress: show a progress bar (None: when the session is interactive: stderr is
+        a terminal, or a Jupyter/IPython kernel).
       write_bytes: bytes of finished output in flight to the store (default: budget / 4).
       stats: the RunStats to count into (the caller's, so that a failed run's counts
         survive it); None: a new one.

@@ -28,7 +28,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -264,7 +264,8 @@ def pairwise_sq_distances(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Squared Euclidean distances between the rows of ``x`` and the rows of ``y``.
 
@@ -286,8 +287,10 @@ def pairwise_sq_distances(
         staging; None: from the devices' memory (40% of RAM on CPU).
       block_shape: block shape of a new ``out`` (default: x's row block by y's row block).
       storage: StorageConfig for an ``out`` URL.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` with these settings (as in :func:`jaxwren.matmul`).
 
     Returns:
       D ``(m, n)``: a sharded jax.Array or the BigMatrix ``out``, in the dtype jnp gives
@@ -301,7 +304,8 @@ def pairwise_sq_distances(
         before ``out`` is created or written).
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("pairwise_sq_distances", spec, mesh=mesh,
+                    memory_budget=memory_budget, storage=storage, progress=progress,
+                    prefetch=prefetch, block_shape=block_shape)  # fmt: skip
     run(RowNormCheck("pairwise_sq_distances", ("x", "y")), (x, y), None, spec)
     return run(PairwiseSqDistances(), (x, y), out, spec).value

@@ -41,7 +41,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import check_representable
 from jaxwren.engine.plan import Plan, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -261,7 +261,8 @@ def map_blocks(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Applies ``fn`` to every block of the output: PyWren's ``pwex.map`` over block indices.
 
@@ -291,7 +292,7 @@ def map_blocks(
       align: per-input alignment strings (one string: the same for all); default ``'ij'``.
       block_shape: the output's block shape (default: an existing ``out``'s, else the
         block of the first BigMatrix input along each aligned axis, else 1024).
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`;
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`;
         the budget covers the tiles and outputs, not ``fn``'s own temporaries.
 
     Returns:
@@ -310,7 +311,8 @@ def map_blocks(
     """
     if not inputs:
         raise ConfigError("map_blocks: pass at least one input matrix after fn.")
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("map_blocks", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     op = MapBlocks(fn, len(inputs), align=align, block_shape=spec.block_shape)
     return run(op, inputs, out, spec).value

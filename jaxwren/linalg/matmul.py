@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import is_float, result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -162,7 +162,8 @@ def matmul(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Matrix product ``a @ b`` (matches ``numpy.matmul`` for 2-D inputs).
 
@@ -179,8 +180,13 @@ def matmul(
         staging; None: from the devices' memory (40% of RAM on CPU).
       block_shape: block shape of a newly created ``out`` (default from the inputs).
       storage: StorageConfig for an ``out`` URL.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` holding these settings, for a configuration
+        reused across calls. The keywords above are copies of its fields: a keyword
+        fills a field the spec leaves at its default; both set differently raise
+        ConfigError.
 
     Returns:
       The product: a sharded jax.Array, or the BigMatrix ``out``. The dtype is what
@@ -188,14 +194,16 @@ def matmul(
       x64; 16-bit floats accumulate in float32).
 
     Raises:
+      ConfigError: a bad run setting, or a keyword and ``spec`` that disagree.
       ShapeMismatchError: non-2-D inputs, inner dimensions differ, ``out`` of the wrong
         shape/dtype.
       OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
       DTypeMismatchError: 64-bit inputs while JAX runs 32-bit.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("matmul", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(Matmul(), (a, b), out, spec).value
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -241,7 +241,8 @@ def nearest_neighbors(
     out: str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[jax.Array | BigMatrix, jax.Array | BigMatrix]:
     """The k nearest rows of ``data`` to each row of ``queries`` (squared Euclidean).
 
@@ -282,8 +283,10 @@ def nearest_neighbors(
         result recorded complete for the same input data (any write to an input or an
         output voids the records) is returned as it is.
       storage: StorageConfig for ``out``.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` with these settings (as in :func:`jaxwren.matmul`).
 
     Returns:
       ``(indices, sq_distances)``: the two BigMatrix objects with ``out``, else jax.Arrays
@@ -301,6 +304,6 @@ def nearest_neighbors(
       OutputConflictError: ``out`` holds other data, or aliases an input.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch)  # fmt: skip
+    spec = run_spec("nearest_neighbors", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     return run(NearestNeighbors(k, exclude_self), (queries, data), out, spec).value

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -319,7 +319,8 @@ def qr(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """QR of a tall-skinny matrix by TSQR: ``a = Q R``, ``Q`` ``(m, n)`` with orthonormal
     columns, ``R`` ``(n, n)`` upper triangular.
@@ -335,7 +336,7 @@ def qr(
         ``Q`` at ``OUT/Q`` (and ``R`` at ``OUT/R``). With ``mode="r"``, a URL stores R.
       mode: ``"reduced"`` -> ``(Q, R)``; ``"r"`` -> ``R`` only (one pass, nothing but
         ``R`` held).
-      mesh, memory_budget, block_shape, storage, progress, prefetch: as in
+      mesh, memory_budget, block_shape, storage, progress, prefetch, spec: as in
         :func:`jaxwren.matmul`.
 
     Returns:
@@ -349,8 +350,9 @@ def qr(
     """
     if mode not in ("reduced", "r"):
         raise ConfigError(f"qr: mode must be 'reduced' or 'r', got {mode!r}.")
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("qr", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(TSQR(mode), (a,), out, spec).value
 
 
@@ -363,7 +365,8 @@ def lstsq(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """Least-squares solution ``x`` minimising ``||a x - b||``: ``numpy.linalg.lstsq(a, b)[0]``
     for a full-rank tall-skinny ``a``.
@@ -375,7 +378,7 @@ def lstsq(
       a: ``(m, n)`` with ``m >= n`` (BigMatrix, jax.Array or numpy).
       b: ``(m,)`` or ``(m, k)`` right-hand sides (a 1-D host/jax array gives a 1-D x).
       out: None to return ``x`` as a jax.Array; a URL to store it.
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Raises:
       RankDeficientError: ``a`` is rank deficient to working precision (smallest/largest
@@ -386,7 +389,7 @@ def lstsq(
     vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
     if vector:
         b = b.reshape(-1, 1)
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("lstsq", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     x = run(TSQR("lstsq"), (a, b), out, spec).value
     return x[:, 0] if vector and isinstance(x, jax.Array) else x

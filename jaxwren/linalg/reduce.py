@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec
+from jaxwren.config import RunSpec, run_spec
 from jaxwren.dtypes import is_float, result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -163,7 +163,8 @@ def argmin(
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Argmin-reduce of a matrix along ``axis``: ``(numpy.argmin(a, axis), numpy.min(a, axis))``.
 
@@ -176,7 +177,7 @@ def argmin(
         (16-bit floats included) or bool.
       axis: 0 for the minimum of each column (result length n), 1 for each row (length
         m); -2 and -1 are accepted too.
-      mesh, memory_budget, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       ``(indices, values)``: jax.Arrays (not numpy), 1-D, sharded over the mesh as far as
@@ -189,5 +190,6 @@ def argmin(
         writes nothing).
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("argmin", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     return run(Argmin(axis), (a,), None, spec).value

@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -297,7 +297,8 @@ def svd(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """Thin SVD of a tall-skinny matrix: ``a = U diag(S) Vt`` (``numpy.linalg.svd(a,
     full_matrices=False)`` up to the signs of singular vector pairs).
@@ -310,7 +311,7 @@ def svd(
       out: None to return U as a jax.Array; a URL prefix to store ``OUT/U`` (and ``OUT/S``
         as ``(1, n)``, ``OUT/Vt``). With ``compute_uv=False``, a URL stores S.
       compute_uv: False: only the singular values (one pass, nothing but R held).
-      mesh, memory_budget, block_shape, storage, progress, prefetch: as in matmul.
+      mesh, memory_budget, block_shape, storage, progress, prefetch, spec: as in matmul.
 
     Returns:
       ``(U, S, Vt)`` (S 1-D, descending) or ``S``.
@@ -320,8 +321,9 @@ def svd(
         the SVD of ``a.T`` with U and V swapped).
       NonFiniteError: NaN or Inf in ``a``.
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("svd", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(TSQR("svd" if compute_uv else "sv"), (a,), out, spec).value
 
 
@@ -337,7 +339,8 @@ def randomized_svd(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Rank-``k`` truncated SVD ``a ≈ U diag(S) Vt`` by randomized range finding
     (Halko, Martinsson & Tropp 2011, Algorithm 4.4 with QR-normalised power iterations),
@@ -355,7 +358,7 @@ def randomized_svd(
       n_iter: power iterations (each two passes over ``a``); more for slowly decaying
         spectra.
       seed: the Gaussian sketch's seed (``jax.random.key(seed)``); same seed, same result.
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       ``(U, S, Vt)``: U ``(m, k)``, S ``(k,)`` descending, Vt ``(k, n)``.
@@ -364,7 +367,7 @@ def randomized_svd(
       ConfigError: ``k`` outside ``[1, min(m, n)]``, negative oversamples or iterations.
       NonFiniteError: NaN or Inf in ``a`` (found in the first pass; nothing stored).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("randomized_svd", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     op = RandomizedSVD(k, n_oversamples, n_iter, seed)
     return run(op, (a,), out, spec).value

@@ -21,7 +21,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -218,7 +218,8 @@ def solve_triangular(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Solves ``op(l) x = b`` for triangular ``l`` (``scipy.linalg.solve_triangular``).
 
@@ -230,7 +231,7 @@ def solve_triangular(
         least as many as devices); a URL or BigMatrix stores the ``(n, k)`` solution.
       lower: ``l`` is lower (else upper) triangular.
       trans: solve ``l^T x = b`` instead (``scipy``'s ``trans=1``).
-      mesh, memory_budget, storage, progress, prefetch: as for :func:`jaxwren.matmul`;
+      mesh, memory_budget, storage, progress, prefetch, spec: as for :func:`jaxwren.matmul`;
         ``l`` is streamed tile by tile when it does not fit the budget.
 
     Returns:
@@ -244,8 +245,8 @@ def solve_triangular(
       MemoryBudgetError: no tiling fits ``memory_budget``.
     """
     vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("solve_triangular", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     x = run(SolveTriangular(lower, trans), (l, b[:, None] if vector else b), out, spec).value
     return x[:, 0] if vector and out is None else x
 
