@@ -105,17 +105,18 @@ class _Draft:
         self.fields.update(fields)
 
     def choice(self, choice: Choice, budget: int) -> None:
-        pairs = zip(choice.considered, choice.projected, strict=True)
+        pairs = list(zip(choice.considered, choice.projected, strict=True))
         cands = tuple(CandidateReport(repr(c.tiling), p, p <= budget, repr(c.cost))
                       for c, p in pairs)  # fmt: skip
         chosen, pf = choice.cand, choice.prefetch
+        need = next((p for c, p in pairs if c is chosen), None)
         self.set(
             budget=budget,
             candidates=cands,
             prefetch=pf,
             reason=choice.reason,
             tiling=None if chosen is None else repr(chosen.tiling),
-            projected_bytes=None if chosen is None else chosen.projected(pf),
+            projected_bytes=need,
         )
 
     def planned(self) -> None:
@@ -191,17 +192,17 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
     blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
     cands = op.tilings(problem, blocks)
     returned = not all(s.stored for s in slots)
-    choice = choose(cands, budget, spec.prefetch, returned)
+    choice = choose(cands, budget, spec.prefetch, returned, mesh)
     draft.choice(choice, budget)
     if choice.cand is None:
-        raise refusal(where, cands, choice, budget, returned)
+        raise refusal(where, cands, choice, budget, returned, mesh)
     tokens = _input_tokens(sources)  # a read of the inputs is validated at the end
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
     draft.set(state=state)
     if state == "partial":  # the interrupted run's tiling, if it fits: its tiles resume
         choice = resumed_tiling(choice, recorded_tiling(slots, resume), budget, spec.prefetch,
-                                returned)  # fmt: skip
+                                returned, mesh)  # fmt: skip
         draft.choice(choice, budget)
     cand, prefetch = choice.cand, choice.prefetch
     assert cand is not None
@@ -222,7 +223,6 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
         record_tiling(slots, resume, cand.tiling)
         t1 = perf_counter()
         plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
-        plan = dataclasses.replace(plan, projected_bytes=cand.projected(prefetch))
         t2 = perf_counter()
         draft.write_s += t1 - t0
         draft.plan_s = (draft.plan_s or 0.0) + t2 - t1

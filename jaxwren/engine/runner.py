@@ -69,11 +69,11 @@ def execute(
     write_bytes: int | None = None,
     stats: RunStats | None = None,
 ) -> tuple[list[jax.Array], RunStats]:
-    """Runs ``plan`` after checking it against ``budget``.
+    """Runs ``plan`` (already chosen within ``budget`` by ``engine.choice``).
 
     Args:
       plan: the plan.
-      budget: bytes the run may hold; a plan projected over it is refused before it runs.
+      budget: bytes the run may hold (sizes the write-behind window).
       prefetch: how many steps' reads are in flight ahead of the step computing; 0 also
         stores each output tile before the next step (no write-behind) unless the plan's
         projection allows some (``Plan.write_behind``).
@@ -86,7 +86,6 @@ def execute(
     Returns:
       The outputs whose Write has ``target=None`` (in step order), and the RunStats.
     """
-    plan.check(budget)
     stats = RunStats() if stats is None else stats
     stats.prefetch = prefetch
     with CompileCounter() as compiles, single_threaded_blas():

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -41,7 +42,6 @@ from jaxwren.linalg.common import round_up, tile_candidates
 from jaxwren.linalg.qr import TSQR
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import on_one_device
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -162,20 +162,21 @@ class RandomizedSVD(Op):
         (m, n), s = a.shape, problem.outputs[0].dtype.itemsize
         unit = tk.row_unit(pr.l, mesh)
         granule = a.block_shape[0] if isinstance(a, BigMatrix) else 8192
-        staged = platform_profile(mesh).host_staging
+        dtype, rows_sh = problem.outputs[0].dtype, NamedSharding(mesh, P(tk.ALL, None))
         passes = 2 * pr.n_iter + 2
         cands = []
         for rows in tile_candidates(m, granule, 1):
             t_rows = round_up(rows, unit)
             nt = -(-m // rows)
-            held = 5 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, TSQR's, U; Z, Ω, Vt
-            tile = t_rows * n * s
-            resident = functools.partial(_held, nt * tile + held)
-            streamed = functools.partial(_streamed, tile, held, staged)
+            tile = Buffer((t_rows, n), dtype, rows_sh)
+            # held: Y, Q, TSQR's, U (tall, l columns); Z, Ω, Vt and their updates (n x l)
+            held = (Buffer((5 * nt * t_rows, pr.l), dtype), Buffer((6 * n, pr.l), dtype))
+            resident = Footprint(reads=(tile,), held=(*held, Buffer((nt * t_rows, n), dtype)))
             # cost: bytes read, then tiles (each tile is a few programs per pass)
             cands.append(Candidate(Tiling(rows, t_rows, True), resident, (m * n * s, nt)))
             if nt > 1:
-                cands.append(Candidate(Tiling(rows, t_rows, False), streamed,
+                cands.append(Candidate(Tiling(rows, t_rows, False),
+                                       Footprint(reads=(tile,), held=held),
                                        (passes * m * n * s, nt)))  # fmt: skip
         return cands
 
@@ -211,7 +212,7 @@ class RandomizedSVD(Op):
         init = functools.partial(_init, n, pr, dtype, mesh)
         passes = "read once, kept" if t.resident else f"{2 * pr.n_iter + 2} passes"
         desc = f"{len(starts)} row tiles of {t.rows}, {passes}"
-        return Plan(self.name, steps, init, 0, 0, desc)
+        return Plan(self.name, steps, init, tiles=desc)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         names = [o.name for o in problem.outputs]
@@ -222,16 +223,6 @@ class RandomizedSVD(Op):
         mesh = problem.mesh
         return (jax.device_put(u, default_sharding(u.shape, mesh)), s[0],
                 jax.device_put(vt, default_sharding(vt.shape, mesh)))  # fmt: skip
-
-
-def _held(total: int, _prefetch: int) -> int:
-    return total
-
-
-def _streamed(tile: int, held: int, staged: bool, prefetch: int) -> int:
-    """The tiles in flight (and their host staging: the platform profile's
-    ``host_staging``) and what the plan holds."""
-    return (prefetch + 1) * tile + (prefetch * tile if staged else 0) + held
 
 
 def _init(n: int, pr: _Params, dtype: Any, mesh: Mesh) -> dict[str, Any]:
