@@ -156,8 +156,8 @@ class StorageConfig:
       file_io_concurrency: at most this many concurrent local-file operations.
       file_sync: fsync each file write (durable against power loss, slower).
       file_memmap: read local files through ``mmap`` (TensorStore's ``file_io_mode``
-        ``memmap``): a third of the CPU per byte read, 2-3x faster reads (320 MB of
-        blocks: 52 vs 100-170 ms on 2 cores). A file that another program truncates in
+        ``memmap``): less CPU per byte read and faster reads (docs/decisions.md:
+        local files read through mmap). A file that another program truncates in
         place *while* it is being read would end the process with SIGBUS; TensorStore
         (hence jaxwren) and zarr-python replace files atomically, so their writes are
         safe. Set False for stores that other tools rewrite in place during reads.

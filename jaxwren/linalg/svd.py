@@ -81,8 +81,8 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
 
     def sketch(x, w, extra=0):  # noqa: ANN001, ANN202
         # Ω padded with zero columns to a multiple of 16 and the zero columns of Y
-        # dropped: the same Y, but XLA's CPU GEMM runs the 16-aligned width 1.6x faster
-        # (20,480 x 4,000 x 60 f32 on 8 CPU devices: 49 ms vs 78 ms)
+        # dropped: the same Y, but XLA's CPU GEMM runs the 16-aligned width faster
+        # (docs/decisions.md: randomized_svd)
         l = w.shape[1]  # noqa: E741
         wide = jnp.pad(w, ((0, 0), (0, -(l + extra) % 16 + extra)))
         y = jnp.matmul(x, wide, precision=_HI)
@@ -91,15 +91,15 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
     def checked(x, w):  # noqa: ANN001, ANN202
         # The first pass also checks that a is finite, for free: a zero column of Ω
         # gives exactly 0 in a finite row of A Ω (0 * finite = 0, no overflow) and NaN
-        # in a row holding NaN or Inf (0 * Inf = NaN). A separate isfinite pass over the
-        # tile cost 42 ms of 90 at 20,480 x 4,000 f32.
+        # in a row holding NaN or Inf (0 * Inf = NaN), where a separate isfinite pass
+        # over the tile would be most of a pass's time (docs/decisions.md).
         y, pad = sketch(x, w, extra=1)
         return y, jnp.all(pad == 0)
 
     def project(z, x, q):  # noqa: ANN001, ANN202
         # Qᵀ A with Qᵀ materialised first (the barrier keeps XLA from folding the
-        # transpose into the dot): an NN GEMM, 65 ms against 96 ms for Qᵀ A contracted
-        # over rows and 127 ms for Aᵀ Q, at 20,480 x 4,000 x 60 f32 on 8 CPU devices
+        # transpose into the dot): an NN GEMM, faster than Qᵀ A contracted over rows or
+        # Aᵀ Q (docs/decisions.md: randomized_svd)
         return z + project0(x, q)
 
     def project0(x, q):  # noqa: ANN001, ANN202  (the first tile: no zeros to add to)
@@ -118,8 +118,8 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
             project, in_shardings=(rep, rows, rows), out_shardings=rep, donate_argnums=0
         ),  # fmt: skip
         "project0": jax.jit(project0, in_shardings=(rows, rows), out_shardings=rep),
-        # the n x l factors: LAPACK on one device, the result replicated (8 replicas on 2
-        # CPU cores: 12 vs 6 ms a QR at 4,000 x 60)
+        # the n x l factors: LAPACK on one device, the result replicated
+        # (docs/decisions.md: small replicated factors on one device)
         "rotate": on_one_device(lambda z: jnp.linalg.qr(z)[0], rep),
         "top": on_one_device(top, rep, static_argnums=1),
         "u": jax.jit(

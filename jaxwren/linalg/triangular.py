@@ -66,8 +66,8 @@ def _kernels(mesh: Mesh, xspec: P, lower: bool):
         return lax.dynamic_update_slice_in_dim(x, xi, ioff, axis=0)
 
     if xspec == P():  # fewer columns than devices: X replicated, so every device would
-        # repeat the same solve; one computes it (n = 2048, one column, 8 CPU devices:
-        # 10-19 ms against 95-157 ms replicated) and the result is replicated
+        # repeat the same solve; one computes it and the result is replicated
+        # (docs/decisions.md: small replicated factors on one device)
         one = functools.partial(on_one_device, rep=rep)
         return one(upd), one(upd), one(fin), one(fin)
     j = functools.partial(jax.jit, out_shardings=sx)

@@ -78,7 +78,7 @@ class BigMatrix(BlockIO, StoredState):
         self._transposed = self._spec.transposed
         self._view = views.apply(array, self._spec)
         # fixed for this handle (a resize makes a new handle): asked on every read and
-        # write, and a TensorStore property access each time cost ~30 ms of a 1 s plan
+        # write (docs/decisions.md: shape and dtype cached per handle)
         self._shape = tuple(int(s) for s in self._view.shape)
         self._dtype = np.dtype(self._view.dtype.numpy_dtype)
         self.parent_fn = parent_fn
