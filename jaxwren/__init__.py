@@ -11,9 +11,10 @@ through the devices tile by tile, so they may be larger than device or host memo
     m = jw.mean(A, axis=0)                      # reductions: numpy arrays
 
 Compute functions take BigMatrix, jax.Array or numpy inputs (and, where they make a
-matrix, ``out``: a URL stores the result); most take the keyword arguments ``mesh`` and
-``memory_budget``: where they run and within how much memory. Each name below has
-its own ``help()``.
+matrix, ``out``: a URL stores the result); they take the keyword arguments ``mesh`` and
+``memory_budget`` (where they run and within how much memory), ``prefetch``, ``progress``
+and, where they store, ``storage``, or all of them at once as ``spec=jw.RunSpec(...)``.
+Each name below has its own ``help()``.
 
 Storage: where matrices live
   BigMatrix                 a blocked matrix in a store: create, open, get_block,
@@ -73,7 +74,9 @@ Errors: every one a JaxwrenError, with a message that names the fix
   PartsNotFoundError        no part file matches a pattern
   TableParseError           a part that cannot become numeric rows
 
-Config: stores, caches, processes
+Config: runs, stores, caches, processes
+  RunSpec                   how an operation runs (mesh, memory_budget, prefetch, ...):
+                            pass it as spec= to any compute function
   StorageConfig             endpoint, region, credentials, retries (default: the AWS
                             environment variables and shared config file)
   enable_compilation_cache  JAX's persistent compilation cache
@@ -83,7 +86,7 @@ Config: stores, caches, processes
 
 from jaxwren import lax  # the traceable layer: jw.lax.cholesky, ... (a subpackage)
 from jaxwren.compile_cache import enable_compilation_cache
-from jaxwren.config import StorageConfig
+from jaxwren.config import RunSpec, StorageConfig
 from jaxwren.engine.report import RunReport, explain, observe
 from jaxwren.errors import (
     BlockIndexError,
@@ -156,6 +159,7 @@ __all__ = [
     "PartsNotFoundError",
     "RankDeficientError",
     "RunReport",
+    "RunSpec",
     "ShapeMismatchError",
     "StorageConfig",
     "StorageError",

@@ -7,7 +7,6 @@ entry points call once; everything below them receives a resolved config) and
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import math
 import os
@@ -15,15 +14,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from jaxwren import aws_config
 from jaxwren.errors import ConfigError
 
 __all__ = [
     "PLATFORMS",
+    "RUN_KEYWORDS",
     "RunSpec",
     "StorageConfig",
     "format_bytes",
     "parse_bytes",
     "platform_setting",
+    "run_spec",
 ]
 
 _CREDENTIAL_TYPES = ("default", "anonymous", "environment", "profile", "imds", "ecs")
@@ -154,8 +156,8 @@ class StorageConfig:
       file_io_concurrency: at most this many concurrent local-file operations.
       file_sync: fsync each file write (durable against power loss, slower).
       file_memmap: read local files through ``mmap`` (TensorStore's ``file_io_mode``
-        ``memmap``): a third of the CPU per byte read, 2-3x faster reads (320 MB of
-        blocks: 52 vs 100-170 ms on 2 cores). A file that another program truncates in
+        ``memmap``): less CPU per byte read and faster reads (docs/decisions.md:
+        local files read through mmap). A file that another program truncates in
         place *while* it is being read would end the process with SIGBUS; TensorStore
         (hence jaxwren) and zarr-python replace files atomically, so their writes are
         safe. Set False for stores that other tools rewrite in place during reads.
@@ -226,7 +228,7 @@ class StorageConfig:
           ConfigError: the shared config file cannot be parsed, or its endpoint is not
             an http(s) URL (the message names the file and the variables that override it).
         """
-        ignore = _true(environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"))
+        ignore = aws_config.true(environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"))
         endpoint = self.s3_endpoint or (
             None
             if ignore
@@ -234,17 +236,21 @@ class StorageConfig:
         )
         region = self.s3_region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
         if region is None or (endpoint is None and not ignore):
-            shared = _shared_config(environ)
+            shared = aws_config.shared_config(environ)
             region = region or shared.get("region")
-            if endpoint is None and not ignore and not _true(shared.get("ignore_endpoints")):
+            if (
+                endpoint is None
+                and not ignore
+                and not aws_config.true(shared.get("ignore_endpoints"))
+            ):
                 endpoint = shared.get("s3_endpoint") or shared.get("endpoint_url")
         if region is None and endpoint is not None:
             region = "us-east-1"
         credentials = self.credentials
         if credentials == "default":
-            credentials = _default_credentials(environ)
+            credentials = aws_config.default_credentials(environ)
         elif isinstance(credentials, Mapping) and credentials.get("type") == "profile":
-            credentials = _with_profile_files(credentials, environ)
+            credentials = aws_config.with_profile_files(credentials, environ)
         return dataclasses.replace(
             self, s3_endpoint=endpoint, s3_region=region or None, credentials=credentials
         )
@@ -255,121 +261,6 @@ class StorageConfig:
             f"StorageConfig(s3_endpoint={self.s3_endpoint!r}, s3_region={self.s3_region!r}, "
             f"credentials={cred!r})"
         )
-
-
-def _default_credentials(environ: Mapping[str, str]) -> str | dict[str, str]:
-    """``credentials="default"`` resolved in the AWS SDK's order to the one source that
-    applies. TensorStore's own default chain probes every source in turn (logging an
-    error line per source that fails, on every store opened) and, in TensorStore 0.1.x,
-    reads ``~/.aws`` profiles only when given both files' paths explicitly."""
-    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
-        return "environment"
-    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE")
-    if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):  # comes before profiles in the chain
-        return {"type": "default", "profile": profile} if profile else "default"
-    cred_file, config_file = _shared_files(environ)
-    name = profile or "default"
-    if _profile_in(cred_file, name):
-        cred_file = os.path.abspath(cred_file)
-        return {"type": "profile", "profile": name, "credentials_file": cred_file,
-                "config_file": config_file}  # fmt: skip
-    if profile:
-        return {"type": "default", "profile": profile}
-    return "default"
-
-
-def _true(value: str | None) -> bool:
-    return (value or "").strip().lower() == "true"
-
-
-def _nested(value: str) -> dict[str, str]:
-    """A sub-section value of an AWS config file (``s3 =`` followed by indented
-    ``key = value`` lines) as a dict."""
-    out = {}
-    for line in value.splitlines():
-        key, eq, val = line.partition("=")
-        if eq:
-            out[key.strip().lower()] = val.strip()
-    return out
-
-
-def _shared_config(environ: Mapping[str, str]) -> dict[str, str]:
-    """What the AWS shared config file (``AWS_CONFIG_FILE`` or ``~/.aws/config``) sets for
-    S3 in the active profile (``AWS_PROFILE``, else ``default``), as the AWS SDKs read it:
-    ``region``, ``endpoint_url`` (all services), ``s3_endpoint`` (the ``endpoint_url`` of
-    the s3 sub-section of the profile's ``services`` section), ``ignore_endpoints``.
-
-    Raises:
-      ConfigError: the file exists but cannot be parsed, or names an endpoint that is
-        not an http(s) URL.
-    """
-    _, path = _shared_files(environ)
-    if path == os.devnull:
-        return {}
-    parser = configparser.RawConfigParser()
-    try:
-        parser.read(path, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"The AWS config file {path} cannot be read ({str(e).splitlines()[0]}); fix it, "
-            "or set AWS_ENDPOINT_URL_S3 and AWS_REGION (which take precedence), or point "
-            "AWS_CONFIG_FILE at another file."
-        ) from None
-    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE") or "default"
-    names = ["default", "profile default"] if profile == "default" else [f"profile {profile}"]
-    section = next((n for n in names if parser.has_section(n)), None)
-    if section is None:
-        return {}
-    got = {k.lower(): v.strip() for k, v in parser.items(section)}
-    out = {k: got[k] for k in ("region", "endpoint_url") if got.get(k)}
-    out["ignore_endpoints"] = got.get("ignore_configured_endpoint_urls", "")
-    services = got.get("services")
-    where = f"[{section}]"
-    if services and parser.has_section(f"services {services}"):
-        s3 = dict(parser.items(f"services {services}")).get("s3", "")
-        if _nested(s3).get("endpoint_url"):
-            out["s3_endpoint"] = _nested(s3)["endpoint_url"]
-            where = f"[services {services}] s3"
-    for key in ("s3_endpoint", "endpoint_url"):
-        if out.get(key) and not re.match(r"^https?://[^/]+", out[key]):
-            raise ConfigError(
-                f"The AWS config file {path} sets endpoint_url = {out[key]!r} "
-                f"({where if key == 's3_endpoint' else f'[{section}]'}), which is not an "
-                "http(s) URL such as 'http://127.0.0.1:9000'; fix it there, or set "
-                "AWS_ENDPOINT_URL_S3 (which takes precedence)."
-            )
-    return out
-
-
-def _shared_files(environ: Mapping[str, str]) -> tuple[str, str]:
-    """The AWS shared credentials and config files (the config file: os.devnull when
-    absent)."""
-    aws_dir = os.path.join(
-        environ.get("HOME") or environ.get("USERPROFILE") or "/nonexistent", ".aws"
-    )
-    cred_file = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(aws_dir, "credentials")
-    config_file = environ.get("AWS_CONFIG_FILE") or os.path.join(aws_dir, "config")
-    return cred_file, config_file if os.path.isfile(config_file) else os.devnull
-
-
-def _with_profile_files(credentials: Mapping[str, Any], environ: Mapping[str, str]) -> dict:
-    """An explicit ``{"type": "profile", ...}`` with the shared files' paths filled in
-    where not given: TensorStore 0.1.x finds no profile at all (not even an existing one)
-    without both paths."""
-    if "credentials_file" in credentials and "config_file" in credentials:
-        return dict(credentials)
-    cred_file, config_file = _shared_files(environ)
-    return {"credentials_file": os.path.abspath(cred_file), "config_file": config_file,
-            **credentials}  # fmt: skip
-
-
-def _profile_in(credentials_file: str, profile: str) -> bool:
-    """Whether a shared credentials file exists and has a ``[profile]`` section."""
-    parser = configparser.RawConfigParser()
-    try:
-        return bool(parser.read(credentials_file)) and parser.has_section(profile)
-    except (configparser.Error, OSError, UnicodeDecodeError):
-        return False
 
 
 class _FrozenDict(dict):
@@ -399,10 +290,14 @@ class RunSpec:
       memory_budget: bytes (or ``"2GiB"``) the run may hold on the devices and in host
         staging; None: from the devices' memory (40% of host RAM on CPU).
       storage: StorageConfig for ``out`` URLs; None: the environment's AWS settings.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
       prefetch: steps of reads in flight ahead of the computing step (>= 0); lowered to
         0 when the budget only fits an unpipelined run.
       block_shape: the block shape of an ``out`` this run creates (None: from the inputs).
+
+    Every public operation takes one as ``spec=``; its keywords of the same names are
+    copies of these fields (see :func:`run_spec`).
     """
 
     mesh: Any = None
@@ -443,3 +338,47 @@ class RunSpec:
     def budget_bytes(self) -> int | None:
         """The user's budget in bytes (None: choose from the devices)."""
         return parse_bytes(self.memory_budget, what="memory_budget")
+
+
+RUN_KEYWORDS = tuple(f.name for f in dataclasses.fields(RunSpec))
+
+
+def run_spec(where: str, spec: RunSpec | None = None, **keywords: Any) -> RunSpec:
+    """The RunSpec of one public call: ``spec`` with the keyword copies it was given.
+
+    A keyword left at None is not given. A given keyword fills a field that ``spec``
+    leaves at its default; where ``spec`` sets the same field to another value the call
+    is refused (it would be ambiguous which one wins).
+
+    Args:
+      where: the public function, for messages.
+      spec: the caller's RunSpec (None: defaults).
+      **keywords: the keyword copies (names of RunSpec fields), None when not given.
+
+    Raises:
+      ConfigError: ``spec`` is not a RunSpec; a keyword is invalid (as RunSpec checks);
+        a keyword and ``spec`` give one setting different values.
+    """
+    if spec is None:
+        spec = RunSpec()
+    elif not isinstance(spec, RunSpec):
+        raise ConfigError(
+            f"{where}: spec must be a jw.RunSpec, got {type(spec).__name__}; build one with "
+            "jw.RunSpec(memory_budget=..., prefetch=...)."
+        )
+    given = {k: v for k, v in keywords.items() if v is not None}
+    copies = RunSpec(**given)  # validates the keywords as RunSpec does
+    default = RunSpec()
+    for name in given:
+        ours, theirs = _setting(copies, name), _setting(spec, name)
+        if theirs != _setting(default, name) and theirs != ours:
+            raise ConfigError(
+                f"{where}: {name}={getattr(copies, name)!r} and spec.{name}="
+                f"{getattr(spec, name)!r} disagree; give {name} once, as a keyword or in spec."
+            )
+    return dataclasses.replace(spec, **{k: getattr(copies, k) for k in given})
+
+
+def _setting(spec: RunSpec, name: str) -> Any:
+    """A field as compared by :func:`run_spec` (budgets in bytes: ``"1KiB"`` is 1024)."""
+    return spec.budget_bytes if name == "memory_budget" else getattr(spec, name)

@@ -124,6 +124,11 @@ CASES = [
      jw.ConfigError, "jax.make_mesh"),
     ("StorageConfig/endpoint", lambda a, o: jw.StorageConfig(s3_endpoint="minio:9000"),
      jw.ConfigError, "http"),
+    ("RunSpec/prefetch", lambda a, o: jw.RunSpec(prefetch=-1),
+     jw.ConfigError, "must be an int >= 0"),
+    ("matmul/spec-disagrees", lambda a, o: jw.matmul(a, a.T, o, prefetch=2,
+                                                     spec=jw.RunSpec(prefetch=0)),
+     jw.ConfigError, "give prefetch once"),
     ("distributed/unset", lambda a, o: initialize(environ={}),
      jw.ConfigError, "jaxwren.launch"),
     ("qr/wide", lambda a, o: jw.qr(a.T, o),
@@ -200,7 +205,7 @@ def test_catalogue_covers_every_public_function():
     covered = {c[0].split("/")[0] for c in CASES}
     public = {n for n in jw.__all__ if callable(getattr(jw, n)) and not n[0].isupper()}
     public |= {"create", "open", "put_block", "get_block", "write_region", "iter_row_batches",
-               "StorageConfig"}  # fmt: skip
+               "StorageConfig", "RunSpec"}  # fmt: skip
     missing = public - covered - {"map_blocks"}
     missing -= (
         {"pairwise_sq_distances", "nearest_neighbors"}

@@ -3,9 +3,8 @@
 On CPU, JAX's LAPACK kernels (QR, Cholesky, SVD, triangular solves) call SciPy's
 OpenBLAS from the device threads. With several CPU devices in one process every device
 thread already runs its own LAPACK call, and OpenBLAS's own thread pool on top of that
-oversubscribes the cores: measured on the 2-core box, the batched leaf QRs of a
-1,000,000 x 64 matrix over 8 CPU devices take 0.46-0.5 s single-threaded and 0.8-35 s
-(sic, spin-waiting) with OpenBLAS's default threads. The limit applies only during a
+oversubscribes the cores (the figures are in docs/decisions.md: BLAS/LAPACK
+single-threaded during runs). The limit applies only during a
 run and is restored after it (``threadpoolctl``); accelerators are not affected.
 """
 

@@ -1,11 +1,11 @@
-"""Plans: the tiles of a blocked algorithm, their dependencies and projected memory.
+"""Plans: the tiles of a blocked algorithm, their reads, kernels and writes.
 
 A Plan is a sequence of Steps. A Step names the tiles it reads (each a region of a source,
 padded to a fixed shape and sharded over the mesh), a jit-compiled kernel that folds them
 into the carried device state, and where its outputs go. The in-core case is a plan with
 one step; out-of-core plans have many steps of the same tile shapes, so one compiled kernel
-serves them all. The projected peak bytes are computed when the plan is built, and a plan
-over budget is refused before anything runs.
+serves them all. Memory is not the plan's business: each candidate tiling declares its
+footprint and the engine refuses an over-budget one before any plan is built.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 
 import jax
 
-from jaxwren.config import format_bytes, parse_bytes
-from jaxwren.errors import MemoryBudgetError
+from jaxwren.config import parse_bytes
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["Read", "Write", "Step", "Plan", "default_budget", "resolve_budget"]
@@ -88,16 +87,19 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """An ordered list of steps and the memory they need.
+    """An ordered list of steps.
+
+    What a plan holds is declared before it is built, by its candidate's footprint
+    (:mod:`jaxwren.engine.memory`); the engine refuses an over-budget tiling then, once.
 
     Attributes:
       name: the calling operation (``"matmul"``), for messages.
       steps: the steps, run in order.
       init: makes the initial carried state (None: no carry).
-      projected_bytes: peak bytes held on the devices and in host staging.
-      min_budget: the smallest budget for which this operation can build a plan.
+      projected_bytes, min_budget: unused by the engine; still passed by
+        ``linalg/cholesky.py`` (positionally), removed once it declares footprints.
       tiles: a human description of the tiling, for messages and logs.
-      write_behind: bytes of finished output that ``projected_bytes`` allows in flight to
+      write_behind: bytes of finished output that the projection allows in flight to
         the store even without prefetch (one output queued, writes up to this many bytes
         in progress); 0: without prefetch each output is stored before the next step.
     """
@@ -105,20 +107,10 @@ class Plan:
     name: str
     steps: Sequence[Step]
     init: Callable[[], Any] | None
-    projected_bytes: int
-    min_budget: int
+    projected_bytes: int = 0
+    min_budget: int = 0
     tiles: str = ""
     write_behind: int = 0
-
-    def check(self, budget: int) -> None:
-        """Refuses the plan when it needs more than ``budget`` bytes."""
-        if self.projected_bytes > budget:
-            raise MemoryBudgetError(
-                f"{self.name}: the plan ({self.tiles}) needs "
-                f"{format_bytes(self.projected_bytes)} but memory_budget is "
-                f"{format_bytes(budget)}; the smallest workable budget is "
-                f"{format_bytes(self.min_budget)} (or store the result with out=URL)."
-            )
 
 
 def default_budget(devices: Sequence[jax.Device] | None = None) -> int:

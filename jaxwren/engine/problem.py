@@ -2,7 +2,7 @@
 
 An operation (``jaxwren.linalg.base.Op``) turns its operands into a :class:`Problem` (the
 validated sources, the outputs it produces, the parameters that identify its result) and
-offers :class:`Candidate` tilings with their projected bytes; ``engine.run.run`` does the
+offers :class:`Candidate` tilings with their footprints; ``engine.run.run`` does the
 rest. These are plain frozen records: the engine never imports the algorithms.
 """
 
@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from jaxwren.engine.memory import Footprint
 
 __all__ = ["Candidate", "Output", "Problem", "Resume"]
 
@@ -62,14 +64,17 @@ class Candidate:
 
     Attributes:
       tiling: the operation's own description (passed back to ``plan``).
-      projected: peak bytes (devices and host staging) at a given prefetch depth.
+      footprint: what the tiling holds (:class:`~jaxwren.engine.memory.Footprint`); the
+        engine projects its bytes. A callable of the prefetch depth giving the bytes
+        itself is the older form, still taken from ``linalg/cholesky.py`` until it
+        declares footprints.
       cost: a sort key, lower is better (e.g. modelled seconds or IO bytes).
       returns: whether this tiling can hand its outputs back as device arrays (an
         out-of-core tiling that only writes to the store cannot).
     """
 
     tiling: Any
-    projected: Callable[[int], int]
+    footprint: Footprint | Callable[[int], int]
     cost: Any = 0
     returns: bool = True
 

@@ -139,7 +139,9 @@ class RunReport:
             f"  tiling {self.tiling} at prefetch={self.prefetch}, projected "
             f"{self.projected_bytes} of {self.budget} bytes: {self.reason}",
             f"  {len(self.candidates)} candidate(s), "
-            f"{sum(c.fits for c in self.candidates)} fitting",
+            f"{sum(c.fits for c in self.candidates)} fitting; projected bytes: "
+            + ", ".join(f"{c.tiling} {c.projected_bytes}" for c in self.candidates[:4])
+            + (", ..." if len(self.candidates) > 4 else ""),
             f"  outputs: {', '.join(outs) or '-'}; state {self.state}; tiles: {self.tiles or '-'}",
             f"  steps {self.steps_run} run, {self.steps_skipped} skipped; bytes read "
             f"{self.bytes_read}, written {self.bytes_written}; compiles {self.compiles}",

@@ -23,8 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxwren.config import RunSpec, format_bytes
+from jaxwren.config import RunSpec
 from jaxwren.engine import outputs as outs_mod
+from jaxwren.engine.choice import Choice, choose, refusal, resumed_tiling
 from jaxwren.engine.outputs import Slot
 from jaxwren.engine.plan import resolve_budget
 from jaxwren.engine.problem import NO_RESUME, Candidate, Problem, Resume
@@ -47,7 +48,7 @@ from jaxwren.engine.report import (
     record,
 )
 from jaxwren.engine.runner import RunStats, execute
-from jaxwren.errors import JaxwrenError, MemoryBudgetError, ShapeMismatchError, StorageError
+from jaxwren.errors import JaxwrenError, ShapeMismatchError, StorageError
 from jaxwren.sharding import multihost
 from jaxwren.sharding.foreign import lazy_source
 from jaxwren.sharding.mesh import check_mesh, on_mesh
@@ -88,65 +89,6 @@ def operand(x: Any, *, name: str, where: str, storage: Any = None) -> Any:
     return as_source(x)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Choice:
-    """A tiling decision: the candidate (None: none fits), its prefetch, why, and the
-    candidates considered with their projected bytes at that prefetch."""
-
-    cand: Candidate | None
-    prefetch: int
-    reason: str
-    considered: tuple[Candidate, ...]
-    projected: tuple[int, ...]
-
-
-def _choose(cands: Sequence[Candidate], budget: int, prefetch: int,
-            returned: bool) -> _Choice:  # fmt: skip
-    """The cheapest candidate within ``budget`` at the requested prefetch, else without
-    prefetch; ``cand=None`` when none fits even then."""
-    usable = tuple(c for c in cands if c.returns or not returned)
-    only = "; only tilings that return their outputs (out=None)" if len(usable) < len(cands) else ""
-    proj: tuple[int, ...] = ()
-    for pf in dict.fromkeys((prefetch, 0)):
-        proj = tuple(c.projected(pf) for c in usable)
-        fits = [i for i, p in enumerate(proj) if p <= budget]
-        if fits:
-            best = min(fits, key=lambda i: (usable[i].cost, proj[i]))
-            why = f"cheapest within budget at prefetch={pf} ({len(fits)} of {len(usable)} fit)"
-            if pf != prefetch:
-                why = f"prefetch degraded from {prefetch} to 0 to fit (none fits at " \
-                      f"prefetch={prefetch}); {why}"  # fmt: skip
-            return _Choice(usable[best], pf, why + only, usable, proj)
-    return _Choice(None, 0, "no tiling fits the budget, even without prefetch" + only,
-                   usable, proj)  # fmt: skip
-
-
-def _refusal(where: str, cands: Sequence[Candidate], choice: _Choice, budget: int,
-             returned: bool) -> MemoryBudgetError:  # fmt: skip
-    """The one budget error: the smallest plan's need and the budget (with a hint to
-    store the result when a stored plan would fit)."""
-    smallest = min(choice.projected, default=None)
-    stored_min = min((c.projected(0) for c in cands), default=None)
-    hint = ""
-    if returned and stored_min is not None and (smallest is None or stored_min < smallest):
-        hint = f"; or pass out=URL to store the result, which needs {format_bytes(stored_min)}"
-    need = format_bytes(smallest) if smallest is not None else "more than any tiling offers"
-    return MemoryBudgetError(
-        f"{where}: the smallest plan (smallest tiles, no prefetch) needs {need} but "
-        f"memory_budget is {format_bytes(budget)}; the smallest workable budget is {need}{hint}."
-    )
-
-
-def choose(where: str, cands: Sequence[Candidate], budget: int, prefetch: int,
-           returned: bool) -> tuple[Candidate, int]:  # fmt: skip
-    """The cheapest candidate within ``budget`` at the requested prefetch, else without
-    prefetch (no reads ahead, no write-behind); refuses only below the bare minimum."""
-    choice = _choose(cands, budget, prefetch, returned)
-    if choice.cand is None:
-        raise _refusal(where, cands, choice, budget, returned)
-    return choice.cand, choice.prefetch
-
-
 class _Draft:
     """The report of a run while it runs: fields as they become known, phase times."""
 
@@ -162,18 +104,19 @@ class _Draft:
     def set(self, **fields: Any) -> None:
         self.fields.update(fields)
 
-    def choice(self, choice: _Choice, budget: int) -> None:
-        pairs = zip(choice.considered, choice.projected, strict=True)
+    def choice(self, choice: Choice, budget: int) -> None:
+        pairs = list(zip(choice.considered, choice.projected, strict=True))
         cands = tuple(CandidateReport(repr(c.tiling), p, p <= budget, repr(c.cost))
                       for c, p in pairs)  # fmt: skip
         chosen, pf = choice.cand, choice.prefetch
+        need = next((p for c, p in pairs if c is chosen), None)
         self.set(
             budget=budget,
             candidates=cands,
             prefetch=pf,
             reason=choice.reason,
             tiling=None if chosen is None else repr(chosen.tiling),
-            projected_bytes=None if chosen is None else chosen.projected(pf),
+            projected_bytes=need,
         )
 
     def planned(self) -> None:
@@ -249,17 +192,17 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
     blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
     cands = op.tilings(problem, blocks)
     returned = not all(s.stored for s in slots)
-    choice = _choose(cands, budget, spec.prefetch, returned)
+    choice = choose(cands, budget, spec.prefetch, returned, mesh)
     draft.choice(choice, budget)
     if choice.cand is None:
-        raise _refusal(where, cands, choice, budget, returned)
+        raise refusal(where, cands, choice, budget, returned, mesh)
     tokens = _input_tokens(sources)  # a read of the inputs is validated at the end
     ident = identity(where, problem, sources, slots)
     resume, state = resume_state(where, ident, slots)
     draft.set(state=state)
     if state == "partial":  # the interrupted run's tiling, if it fits: its tiles resume
-        choice = _resumed_tiling(choice, recorded_tiling(slots, resume), budget, spec.prefetch,
-                                 returned)  # fmt: skip
+        choice = resumed_tiling(choice, recorded_tiling(slots, resume), budget, spec.prefetch,
+                                returned, mesh)  # fmt: skip
         draft.choice(choice, budget)
     cand, prefetch = choice.cand, choice.prefetch
     assert cand is not None
@@ -280,7 +223,6 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
         record_tiling(slots, resume, cand.tiling)
         t1 = perf_counter()
         plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
-        plan = dataclasses.replace(plan, projected_bytes=cand.projected(prefetch))
         t2 = perf_counter()
         draft.write_s += t1 - t0
         draft.plan_s = (draft.plan_s or 0.0) + t2 - t1
@@ -318,25 +260,6 @@ def _explain(op: Any, problem: Problem, cand: Candidate, prefetch: int, slots: S
         draft.set(tiles=plan.tiles, steps_run=len(plan.steps) - skipped, steps_skipped=skipped)
     draft.planned()
     raise Explained(draft.report())
-
-
-def _resumed_tiling(choice: _Choice, recorded: str | None, budget: int, prefetch: int,
-                    returned: bool) -> _Choice:  # fmt: skip
-    """The candidate an interrupted run used (another ``prefetch`` or budget would pick
-    other tiles and recompute them all), at the deepest prefetch that fits; else
-    ``choice``."""
-    for c in choice.considered:
-        if recorded is not None and repr(c.tiling) == recorded:
-            for pf in dict.fromkeys((prefetch, 0)):
-                if c.projected(pf) <= budget:
-                    proj = (choice.projected if pf == choice.prefetch
-                            else tuple(x.projected(pf) for x in choice.considered))  # fmt: skip
-                    why = f"the interrupted run's tiling (resume) at prefetch={pf}"
-                    return _Choice(c, pf, why, choice.considered, proj)
-    if recorded is None:
-        return choice
-    why = f"{choice.reason}; the interrupted run's tiling {recorded} does not fit now"
-    return dataclasses.replace(choice, reason=why)
 
 
 def _input_tokens(sources: Sequence[Any]) -> list[tuple[Any, Any]]:

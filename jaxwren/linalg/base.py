@@ -2,10 +2,11 @@
 
 An operation has four duties (lineax's solver objects, Cubed's primitives): ``check``
 the operands into a :class:`~jaxwren.engine.problem.Problem`, offer candidate
-``tilings`` with their projected bytes, build the ``plan`` for one tiling and the
-targets ``run`` chose, and ``finish`` the outputs. Operand conversion, the dtype policy,
-the mesh, the budget and tiling choice, the output lifecycle, resume, execution and
-cleanup all belong to :func:`jaxwren.engine.run.run`; a public function is a short call.
+``tilings`` with their footprints (what each holds; the engine projects the bytes), build
+the ``plan`` for one tiling and the targets ``run`` chose, and ``finish`` the outputs.
+Operand conversion, the dtype policy, the mesh, the budget and tiling choice, the output
+lifecycle, resume, execution and cleanup all belong to :func:`jaxwren.engine.run.run`; a
+public function is a short call.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class Op(abc.ABC):
 
     @abc.abstractmethod
     def tilings(self, problem: Problem, targets: Targets) -> Sequence[Candidate]:
-        """Candidate tilings. ``targets`` maps each output to its stored block shape
+        """Candidate tilings, each with its :class:`~jaxwren.engine.memory.Footprint`
+        (buffers read, emitted, carried and held; ``extra`` only for what the engine
+        cannot see). ``targets`` maps each output to its stored block shape
         (a tuple) or None (returned on the devices). This is the last place an operation
         may refuse its inputs: after it, ``run`` starts writing (an existing ``out`` is
         emptied before ``plan``)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["BlockClass", "block_classes", "check_align", "default_block", "grid_tiles",
-           "out_shape", "tile_bytes", "tile_read", "tile_specs"]  # fmt: skip
+           "out_shape", "tile_read", "tile_specs"]  # fmt: skip
 
 ALL = (ROWS, COLS)
 _LABELS = frozenset("ij.")
@@ -115,13 +114,6 @@ def tile_specs(cls: BlockClass, inputs: Sequence[Any], align: Sequence[str]) -> 
         t = [_tile_axis(label, cls, size) for label, size in zip(a, x.shape, strict=True)]
         out.append(((t[0][0], t[1][0]), P(t[0][1], t[1][1])))
     return out
-
-
-def tile_bytes(shape: tuple[int, int], spec: P, mesh: Mesh, itemsize: int) -> int:
-    """Bytes of a tile on the devices: replicated along mesh axes its spec does not use."""
-    used = [a for p in spec if p is not None for a in (p if isinstance(p, tuple) else (p,))]
-    shards = math.prod(mesh.shape[a] for a in used)
-    return math.prod(shape) * itemsize * (mesh.size // shards)
 
 
 def tile_read(x: Any, a: str, cls: BlockClass, origin: tuple[int, int], nb: tuple[int, int],

@@ -28,15 +28,15 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import NonFiniteError, ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, tile_candidates
-from jaxwren.linalg.matmul import gemm_projected_bytes
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.multihost import to_host
 from jaxwren.storage.bigmatrix import BigMatrix
@@ -110,9 +110,13 @@ def _norm_kernel(first: bool, last: bool, nops: int, st: Any, sv: Any, rep: Any)
     return jax.jit(step, in_shardings=(sv, st, rep, rep), out_shardings=outs, donate_argnums=donate)
 
 
-def _norm_bytes(tile: int, vec: int, prefetch: int) -> int:
-    """Tiles in flight (devices and host staging) and the tile's norms (acc, part, sum)."""
-    return (2 * prefetch + 2) * tile + 3 * vec
+def _norm_footprint(tile: tuple[int, int], dtype: Any, nops: int, mesh: Mesh) -> Footprint:
+    """A row tile ``P(all devices, None)`` read, its squared norms carried, the first bad
+    rows emitted; extra: the squared tile the kernel sums (one tile)."""
+    st, sv, rep = (NamedSharding(mesh, p) for p in (P(ALL, None), P(ALL), P()))
+    return Footprint(reads=(Buffer(tile, dtype, st),), writes=(Buffer((nops,), np.int32, rep),),
+                     accumulators=(Buffer(tile[:1], dtype, sv),),
+                     extra=Buffer(tile, dtype).nbytes)  # fmt: skip
 
 
 class RowNormCheck(Op):
@@ -136,14 +140,14 @@ class RowNormCheck(Op):
         return Problem(tuple(operands), (out,), None, mesh, data=dtype)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        xs, nd, s = problem.sources, problem.mesh.size, problem.data.itemsize
-        d = xs[0].shape[1]
+        xs, mesh, dtype = problem.sources, problem.mesh, problem.data
+        d, nd = xs[0].shape[1], mesh.size
         rows = set().union(*(tile_candidates(x.shape[0], granule(x, 0), nd) for x in xs))
         cands = []
         for tr, tc in itertools.product(sorted(rows), tile_candidates(d, granule(xs[0], 1), 1)):
             steps = sum(-(-x.shape[0] // self._rows(x, tr, nd)) for x in xs) * -(-d // tc)
-            proj = functools.partial(_norm_bytes, tr * tc * s, tr * s)
-            cands.append(Candidate((tr, tc), proj, steps))
+            fp = _norm_footprint((tr, tc), dtype, len(xs), mesh)
+            cands.append(Candidate((tr, tc), fp, steps))
         return cands
 
     @staticmethod
@@ -164,7 +168,7 @@ class RowNormCheck(Op):
                 steps.append(Step(reads, with_args(kern, np.int32(r0), np.int32(o)),
                                   (Write(None),) if kk == gc - 1 else (),
                                   label=f"|{self.operand_names[o]}[{r0}:]|^2 [{c0}:]"))  # fmt: skip
-        return Plan(f"{self.name}: row norms", steps, None, 0, 0, f"tiles of {tr0}x{tc}")
+        return Plan(f"{self.name}: row norms", steps, None, tiles=f"tiles of {tr0}x{tc}")
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> None:
         bad = np.stack([to_host(b) for b in returned]).min(axis=0)
@@ -194,9 +198,16 @@ def _dist_kernel(first: bool, last: bool, dtype: Any, sx: Any, sy: Any, sd: Any)
     return jax.jit(step, in_shardings=(sd, sx, sy), out_shardings=outs, donate_argnums=0)
 
 
-def _dist_bytes(t: tuple[int, int, int], mesh: Mesh, s: int, stored: bool, prefetch: int) -> int:
-    """matmul's projection (x tiles as A, y tiles as B^T) and the panel's distances."""
-    return gemm_projected_bytes(t, mesh, (s, s, s), prefetch, stored) + t[0] * t[1] * s
+def _dist_footprint(t: tuple[int, int, int], mesh: Mesh, dtype: Any) -> Footprint:
+    """x tiles ``P('rows', None)`` and y tiles ``P('cols', None)`` read, the distances
+    carried and emitted ``P('rows', 'cols')``; extra: the panel's distances before they
+    are added (one output tile)."""
+    (tm, tn, tk), sd = t, NamedSharding(mesh, P(ROWS, COLS))
+    sx, sy = NamedSharding(mesh, P(ROWS, None)), NamedSharding(mesh, P(COLS, None))
+    return Footprint(reads=(Buffer((tm, tk), dtype, sx), Buffer((tn, tk), dtype, sy)),
+                     writes=(Buffer((tm, tn), dtype, sd),),
+                     accumulators=(Buffer((tm, tn), dtype, sd),),
+                     extra=Buffer((tm, tn), dtype).nbytes)  # fmt: skip
 
 
 class PairwiseSqDistances(Op):
@@ -214,7 +225,8 @@ class PairwiseSqDistances(Op):
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         (x, y), mesh, stored = problem.sources, problem.mesh, targets["D"]
-        (m, d), n, s = x.shape, y.shape[0], problem.outputs[0].dtype.itemsize
+        (m, d), n, dtype = x.shape, y.shape[0], problem.outputs[0].dtype
+        s = dtype.itemsize
         gm, gn = stored if stored is not None else (granule(x, 0), granule(y, 0))
         cands = []
         cand_m = tile_candidates(m, gm, mesh.shape[ROWS])
@@ -223,8 +235,7 @@ class PairwiseSqDistances(Op):
         for t in itertools.product(cand_m, cand_n, cand_k):
             gi, gj, gk = -(-m // t[0]), -(-n // t[1]), -(-d // t[2])
             cost = (m * gj + n * gi) * d * s + gi * gj * gk * _STEP_COST
-            proj = functools.partial(_dist_bytes, t, mesh, s, stored is not None)
-            cands.append(Candidate(t, proj, cost, gi == gj == 1))
+            cands.append(Candidate(t, _dist_footprint(t, mesh, dtype), cost, gi == gj == 1))
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
@@ -251,7 +262,7 @@ class PairwiseSqDistances(Op):
         tiles = (
             f"{-(-m // tm)}x{-(-n // tn)} output tiles of {tm}x{tn}, {gk} feature panels of {tk}"
         )
-        return Plan(self.name, steps, None, 0, 0, tiles)
+        return Plan(self.name, steps, None, tiles=tiles)
 
 
 def pairwise_sq_distances(
@@ -264,7 +275,8 @@ def pairwise_sq_distances(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Squared Euclidean distances between the rows of ``x`` and the rows of ``y``.
 
@@ -286,8 +298,10 @@ def pairwise_sq_distances(
         staging; None: from the devices' memory (40% of RAM on CPU).
       block_shape: block shape of a new ``out`` (default: x's row block by y's row block).
       storage: StorageConfig for an ``out`` URL.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` with these settings (as in :func:`jaxwren.matmul`).
 
     Returns:
       D ``(m, n)``: a sharded jax.Array or the BigMatrix ``out``, in the dtype jnp gives
@@ -301,7 +315,8 @@ def pairwise_sq_distances(
         before ``out`` is created or written).
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("pairwise_sq_distances", spec, mesh=mesh,
+                    memory_budget=memory_budget, storage=storage, progress=progress,
+                    prefetch=prefetch, block_shape=block_shape)  # fmt: skip
     run(RowNormCheck("pairwise_sq_distances", ("x", "y")), (x, y), None, spec)
     return run(PairwiseSqDistances(), (x, y), out, spec).value

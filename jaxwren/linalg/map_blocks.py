@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,8 +40,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import check_representable
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -55,7 +55,6 @@ from jaxwren.linalg.block_grid import (
     default_block,
     grid_tiles,
     out_shape,
-    tile_bytes,
     tile_read,
     tile_specs,
 )
@@ -135,20 +134,21 @@ class _Data:
     block: tuple[int, int]
 
 
-def _projected(classes: Sequence[BlockClass], inputs: Sequence[Any], data: _Data, mesh: Mesh,
-               out_dtype: np.dtype, returned: int, prefetch: int) -> int:  # fmt: skip
-    """Peak bytes: the worst class's tiles in flight (on the devices and staged on the
-    host), its output tile and the one being written, plus a returned result."""
-    worst = 0
+def _footprint(classes: Sequence[BlockClass], inputs: Sequence[Any], data: _Data, mesh: Mesh,
+               out_dtype: np.dtype, returned: bool) -> Footprint:  # fmt: skip
+    """The largest class's input tiles read and output tile emitted (laid out as its
+    kernel takes them); a returned result held whole, in its tiles and assembled. ``fn``'s
+    own temporaries are not counted (the engine cannot see them)."""
+    shard = functools.partial(NamedSharding, mesh)
+    options = []
     for cls in classes:
         specs = tile_specs(cls, inputs, data.align)
-        dev = sum(tile_bytes(s, p, mesh, t.itemsize)
-                  for (s, p), t in zip(specs, data.dtypes, strict=True))  # fmt: skip
-        host = sum(math.prod(s) * t.itemsize for (s, _), t in zip(specs, data.dtypes, strict=True))
+        reads = tuple(Buffer(s, t, shard(p)) for (s, p), t in zip(specs, data.dtypes, strict=True))
         out_tile = (cls.count[0] * cls.block[0], cls.count[1] * cls.block[1])
-        outb = tile_bytes(out_tile, P(*cls.axes), mesh, out_dtype.itemsize)
-        worst = max(worst, (prefetch + 1) * (dev + outb) + prefetch * host + 2 * outb)
-    return worst + returned
+        options.append((reads, Buffer(out_tile, out_dtype, shard(P(*cls.axes)))))
+    reads, out = max(options, key=lambda o: sum(b.on_devices for b in (*o[0], o[1])))
+    held = (Buffer(data.shape, out_dtype),) * 2 if returned else ()
+    return Footprint(reads=reads, writes=(out,), held=held)
 
 
 class MapBlocks(Op):
@@ -209,10 +209,8 @@ class MapBlocks(Op):
         classes = block_classes(data.shape, block, problem.mesh)
         for cls in classes:
             _block_of(self.fn, cls, problem.sources, data.align, data.dtypes)
-        returned = 0 if stored is not None else 2 * math.prod(data.shape) * out.dtype.itemsize
-        proj = functools.partial(_projected, classes, problem.sources, data, problem.mesh,
-                                 out.dtype, returned)  # fmt: skip
-        return [Candidate(block, proj, 0, True)]
+        fp = _footprint(classes, problem.sources, data, problem.mesh, out.dtype, stored is None)
+        return [Candidate(block, fp, 0, True)]
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -234,9 +232,8 @@ class MapBlocks(Op):
             steps.append(Step(reads, kernel, (Write(target, origin, size, record=rec),),
                               label=f"{cls.name} block ({bi0}, {bj0})",
                               skip=resume.done(rec)))  # fmt: skip
-        proj = _projected(classes, problem.sources, data, mesh, out_dtype, 0, prefetch)
         tiles = f"{len(steps)} tiles of {tiling} blocks in {len(classes)} block shape(s)"
-        return Plan("map_blocks", steps, None, proj, proj, tiles)
+        return Plan("map_blocks", steps, None, tiles=tiles)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         """The stored out, or the returned tiles assembled (sharded ``default_sharding``)."""
@@ -261,7 +258,8 @@ def map_blocks(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Applies ``fn`` to every block of the output: PyWren's ``pwex.map`` over block indices.
 
@@ -291,7 +289,7 @@ def map_blocks(
       align: per-input alignment strings (one string: the same for all); default ``'ij'``.
       block_shape: the output's block shape (default: an existing ``out``'s, else the
         block of the first BigMatrix input along each aligned axis, else 1024).
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`;
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`;
         the budget covers the tiles and outputs, not ``fn``'s own temporaries.
 
     Returns:
@@ -310,7 +308,8 @@ def map_blocks(
     """
     if not inputs:
         raise ConfigError("map_blocks: pass at least one input matrix after fn.")
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("map_blocks", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     op = MapBlocks(fn, len(inputs), align=align, block_shape=spec.block_shape)
     return run(op, inputs, out, spec).value

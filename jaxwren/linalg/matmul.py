@@ -22,8 +22,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import is_float, result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -31,36 +32,27 @@ from jaxwren.errors import ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import tile_candidates
 from jaxwren.sharding.mesh import COLS, ROWS
-from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage import device_io
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["Matmul", "gemm_projected_bytes", "matmul"]
+__all__ = ["Matmul", "gemm_footprint", "matmul"]
 
 
 def _granule(x: Any, axis: int, default: int = 512) -> int:
     return x.block_shape[axis] if isinstance(x, BigMatrix) else default
 
 
-def gemm_projected_bytes(
-    t: tuple[int, int, int], mesh: Mesh, sizes: tuple[int, int, int], prefetch: int, stored: bool
-) -> int:
-    """Peak bytes: the A and B tiles of every step in flight (replicated: A over ``cols``,
-    B over ``rows``; where device buffers are host memory, CPU devices, replicas share one
-    host buffer, which is also the staging), the host staging of the reads in flight
-    (the platform profile's ``host_staging``: accelerators), the accumulator, its update
-    and the output being written."""
-    (tm, tn, tk), (sa, sb, sc) = t, sizes
-    panels_host = tm * tk * sa + tk * tn * sb
-    profile = platform_profile(mesh)
-    if profile.shares_host_memory:
-        panels = (prefetch + 1) * panels_host
-    else:
-        r, c = mesh.shape[ROWS], mesh.shape[COLS]
-        panels = (prefetch + 1) * (tm * tk * sa * c + tk * tn * sb * r)
-    if profile.host_staging:
-        panels += prefetch * panels_host
-    return panels + tm * tn * sc * (3 if stored else 2)
+def gemm_footprint(t: tuple[int, int, int], mesh: Mesh, dtypes: tuple[Any, Any, Any],
+                   out_dtype: Any, extra: int = 0) -> Footprint:  # fmt: skip
+    """A GEMM step's footprint: the A tile ``P('rows', None)`` and the B tile
+    ``P(None, 'cols')`` it reads, the accumulator (``dtypes[2]``) it carries and the
+    output tile it emits, all ``P('rows', 'cols')`` as the kernel lays them out."""
+    (tm, tn, tk), (da, db, dc) = t, dtypes
+    sa, sb = NamedSharding(mesh, P(ROWS, None)), NamedSharding(mesh, P(None, COLS))
+    sc = NamedSharding(mesh, P(ROWS, COLS))
+    return Footprint(reads=(Buffer((tm, tk), da, sa), Buffer((tk, tn), db, sb)),
+                     writes=(Buffer((tm, tn), out_dtype, sc),),
+                     accumulators=(Buffer((tm, tn), dc, sc),), extra=extra)  # fmt: skip
 
 
 def _acc_dtype(dtype: np.dtype) -> np.dtype:
@@ -112,15 +104,13 @@ class Matmul(Op):
         cand_m = tile_candidates(m, _granule(a, 0, gm), mesh.shape[ROWS])
         cand_n = tile_candidates(n, _granule(b, 1, gn), mesh.shape[COLS])
         cand_k = tile_candidates(k, _granule(a, 1, _granule(b, 0)), 1)
-        sizes = (dtype.itemsize, dtype.itemsize, _acc_dtype(dtype).itemsize)
+        dtypes = (dtype, dtype, _acc_dtype(dtype))
+        s = dtype.itemsize
         out = []
         for t in itertools.product(cand_m, cand_n, cand_k):
             gi, gj, gk = -(-m // t[0]), -(-n // t[1]), -(-k // t[2])
-            io = m * k * sizes[0] * gj + k * n * sizes[1] * gi
-            proj = functools.partial(
-                gemm_projected_bytes, t, mesh, sizes, stored=stored is not None
-            )
-            out.append(Candidate(t, lambda pf, proj=proj: proj(prefetch=pf),
+            io = m * k * s * gj + k * n * s * gi
+            out.append(Candidate(t, gemm_footprint(t, mesh, dtypes, dtype),
                                  io + gi * gj * gk * (4 << 20), gi == gj == 1))  # fmt: skip
         return out
 
@@ -149,7 +139,7 @@ class Matmul(Op):
                 steps.append(Step(reads, kernel, writes, skip=resume.done(rec),
                                   label=f"C[{i0}:, {j0}:] += A @ B [{k0}:]"))  # fmt: skip
         tiles = f"{-(-m // tm)}x{-(-n // tn)} output tiles of {tm}x{tn}, {gk} K panels of {tk}"
-        return Plan("matmul", steps, None, 0, 0, tiles)
+        return Plan("matmul", steps, None, tiles=tiles)
 
 
 def matmul(
@@ -162,7 +152,8 @@ def matmul(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Matrix product ``a @ b`` (matches ``numpy.matmul`` for 2-D inputs).
 
@@ -179,8 +170,13 @@ def matmul(
         staging; None: from the devices' memory (40% of RAM on CPU).
       block_shape: block shape of a newly created ``out`` (default from the inputs).
       storage: StorageConfig for an ``out`` URL.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` holding these settings, for a configuration
+        reused across calls. The keywords above are copies of its fields: a keyword
+        fills a field the spec leaves at its default; both set differently raise
+        ConfigError.
 
     Returns:
       The product: a sharded jax.Array, or the BigMatrix ``out``. The dtype is what
@@ -188,14 +184,16 @@ def matmul(
       x64; 16-bit floats accumulate in float32).
 
     Raises:
+      ConfigError: a bad run setting, or a keyword and ``spec`` that disagree.
       ShapeMismatchError: non-2-D inputs, inner dimensions differ, ``out`` of the wrong
         shape/dtype.
       OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
       DTypeMismatchError: 64-bit inputs while JAX runs 32-bit.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("matmul", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(Matmul(), (a, b), out, spec).value
 
 

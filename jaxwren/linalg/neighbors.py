@@ -30,8 +30,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -102,18 +103,27 @@ def _options(z: _Sizes, gq: int, gx: int) -> set[Tiling]:
     return out
 
 
-def _projected(z: _Sizes, t: Tiling, prefetch: int) -> int:
-    """Peak bytes: the carried query tile (and the next one), the data tiles in flight
-    (one copy per device when broadcast, staged on the host, the ring's copy in transit
-    except on CPU), the chunks' distances and slices, the top-k state."""
+def _footprint(z: _Sizes, t: Tiling, dtype: Any, mesh: Mesh, returned: bool) -> Footprint:
+    """The query tile (carried: the read's own buffer) and the data tile (split for the
+    ring, else on every device) read; the top-k state carried; the tile's indices and
+    distances emitted (and, returned, every tile's held). Extra: the chunks' distances and
+    the rows sliced for a chunk, the merge's two candidate sets, the row norms, and the
+    ring's data shard in transit (except where device buffers are host memory)."""
     m, d, k, s, nd = z.m, z.d, z.k, z.s, z.nd
+    sq = NamedSharding(mesh, P(ALL, None))
+    sx = NamedSharding(mesh, P(ALL if t.ring else None, None))
     per_x = t.tn // nd if t.ring else t.tn
-    queries = t.tq * d * s * (2 if t.tq < m else 1)
-    copies = (prefetch + 1) * (1 if t.ring else nd) + prefetch + (t.ring and not z.cpu)
     sliced = (t.qc < t.tq // nd) * t.qc + (t.cw < per_x) * t.cw  # rows sliced for a chunk
     chunk = nd * (t.qc * t.cw * s * (2 if k > 1 else 1) + sliced * d * s)
-    state = 3 * t.tq * k * (s + 4) + 2 * m * k * (s + 4) + 3 * (t.tq + t.tn) * s
-    return queries + t.tn * d * s * copies + chunk + state
+    extra = chunk + 2 * t.tq * k * (s + 4) + 3 * (t.tq + t.tn) * s
+    extra += t.tn * d * s * (t.ring and not z.cpu)
+
+    def topk(rows: int) -> tuple[Buffer, ...]:
+        return Buffer((rows, k), np.int32, sq), Buffer((rows, k), dtype, sq)
+
+    return Footprint(reads=(Buffer((t.tq, d), dtype, sq), Buffer((t.tn, d), dtype, sx)),
+                     writes=topk(t.tq), accumulators=topk(t.tq),
+                     held=topk(m) if returned else (), extra=extra)  # fmt: skip
 
 
 def _cost(z: _Sizes, t: Tiling) -> float:
@@ -173,15 +183,15 @@ class NearestNeighbors(Op):
         return Problem((q, x), outs, (k, self.exclude_self), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        if self.tiling is not None:
-            return [Candidate(self.tiling, lambda _pf: 0)]
-        (q, x), mesh = problem.sources, problem.mesh
+        if self.tiling is not None:  # fixed by the caller: not accounted
+            return [Candidate(self.tiling, Footprint())]
+        (q, x), mesh, dtype = problem.sources, problem.mesh, problem.outputs[1].dtype
         (m, d), (n, k) = q.shape, (x.shape[0], problem.outputs[0].shape[1])
         shared = platform_profile(mesh).shares_host_memory
-        z = _Sizes(m, n, d, k, problem.outputs[1].dtype.itemsize, mesh.size, shared)
+        z = _Sizes(m, n, d, k, dtype.itemsize, mesh.size, shared)
         stored = targets["indices"]
         gq = granule(q, 0, stored[0] if stored is not None else 512)
-        return [Candidate(t, functools.partial(_projected, z, t), _cost(z, t))
+        return [Candidate(t, _footprint(z, t, dtype, mesh, stored is None), _cost(z, t))
                 for t in _options(z, gq, granule(x, 0))]  # fmt: skip
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
@@ -209,8 +219,8 @@ class NearestNeighbors(Op):
                 steps.append(Step(reads, kern, writes if jj == gj - 1 else (),
                                   skip=resume.done(rec),
                                   label=f"queries [{i0}:] x data [{j0}:]"))  # fmt: skip
-        return Plan(self.name, steps, None, 0, 0,
-                    f"{-(-m // t.tq)}x{gj} tiles of {t.tq}x{t.tn} rows, device chunks of "
+        return Plan(self.name, steps, None,
+                    tiles=f"{-(-m // t.tq)}x{gj} tiles of {t.tq}x{t.tn} rows, device chunks of "
                     f"{t.qc}x{t.cw}, data {'ring' if t.ring else 'broadcast'}")  # fmt: skip
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
@@ -241,7 +251,8 @@ def nearest_neighbors(
     out: str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[jax.Array | BigMatrix, jax.Array | BigMatrix]:
     """The k nearest rows of ``data`` to each row of ``queries`` (squared Euclidean).
 
@@ -282,8 +293,10 @@ def nearest_neighbors(
         result recorded complete for the same input data (any write to an input or an
         output voids the records) is returned as it is.
       storage: StorageConfig for ``out``.
-      progress: progress bar for multi-step runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` with these settings (as in :func:`jaxwren.matmul`).
 
     Returns:
       ``(indices, sq_distances)``: the two BigMatrix objects with ``out``, else jax.Arrays
@@ -301,6 +314,6 @@ def nearest_neighbors(
       OutputConflictError: ``out`` holds other data, or aliases an input.
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage, progress=progress,
-                   prefetch=prefetch)  # fmt: skip
+    spec = run_spec("nearest_neighbors", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     return run(NearestNeighbors(k, exclude_self), (queries, data), out, spec).value

@@ -30,8 +30,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -41,7 +42,6 @@ from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, tile_candidates, trim
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.platform import platform_profile
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["MAX_COLS", "TSQR", "lstsq", "qr"]
@@ -66,17 +66,19 @@ def _granule(x: Any, unit: int) -> int:
     return x.block_shape[0] if isinstance(x, BigMatrix) else unit
 
 
-def _tile_bytes(t: Tiling, cols: int, itemsize: int, q_kind: bool, joined: bool,
-                staged: bool, prefetch: int) -> int:  # fmt: skip
-    """Peak bytes: the tiles in flight (plus their host staging where ``staged``: the
-    platform profile's ``host_staging``, accelerators), the
-    kernel's scratch (XLA's memory analysis: half a tile for R only, 1.4 tiles when
-    ``joined``, [A | B] concatenated for lstsq) and, with Q, the leaves' Q factors, the
-    Q tile and its write."""
-    tile = t.shape_rows * cols * itemsize
-    staging = prefetch * tile if staged else 0
-    work = (4 if q_kind else 2 if joined else 1) * tile + 4 * cols * cols * itemsize
-    return (prefetch + 1) * tile + staging + work
+def _footprint(t: Tiling, widths: tuple[int, ...], n: int, dtype: Any, q_kind: bool,
+               mesh: Mesh) -> Footprint:  # fmt: skip
+    """A row tile of every operand ``P(all devices, None)`` read; with Q, its Q tile
+    emitted. Extra: the kernel's scratch (XLA's memory analysis: half a tile for R only,
+    1.4 tiles when [A | B] is concatenated for lstsq; with Q, the leaves' Q factors and
+    the Q tile being formed) and the R factors (carried, stacked, combined)."""
+    rows = NamedSharding(mesh, P(tk.ALL, None))
+    reads = tuple(Buffer((t.shape_rows, w), dtype, rows) for w in widths)
+    tile, cols = sum(b.nbytes for b in reads), sum(widths)
+    scratch = (2 if q_kind or len(widths) > 1 else 1) * tile
+    writes = (Buffer((t.shape_rows, n), dtype, rows),) if q_kind else ()
+    extra = scratch + 4 * cols * cols * np.dtype(dtype).itemsize
+    return Footprint(reads=reads, writes=writes, extra=extra)
 
 
 def _check_shape(where: str, shape: tuple[int, int], what: str) -> None:
@@ -132,19 +134,17 @@ class TSQR(Op):
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         a, mesh = problem.sources[0], problem.mesh
         m, cols = a.shape[0], self._cols(problem)
-        itemsize = problem.outputs[0].dtype.itemsize
-        unit = tk.row_unit(cols, mesh)
-        staged = platform_profile(mesh).host_staging
+        dtype, unit = problem.outputs[0].dtype, tk.row_unit(cols, mesh)
+        widths = tuple(x.shape[1] for x in problem.sources)
         q_kind = self.kind in _Q_KINDS
         cands = []
         for rows in tile_candidates(m, _granule(a, unit), 1):
             t = Tiling(rows, round_up(rows, unit))
             ntiles = -(-m // rows)
-            joined = len(problem.sources) > 1
-            proj = functools.partial(_tile_bytes, t, cols, itemsize, q_kind, joined, staged)
+            fp = _footprint(t, widths, a.shape[1], dtype, q_kind, mesh)
             steps = ntiles if not q_kind or ntiles == 1 else 2 * ntiles + 1
             # a returned Q is one resident tile; bigger ones are stored (out=URL)
-            cands.append(Candidate(t, proj, steps, returns=not q_kind or ntiles == 1))
+            cands.append(Candidate(t, fp, steps, returns=not q_kind or ntiles == 1))
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
@@ -167,14 +167,14 @@ class TSQR(Op):
         if self.kind not in _Q_KINDS:
             steps = self._r_steps(problem, starts, reads, leaf, small)
             init = functools.partial(_r_init, cols, dtype, mesh)
-            return Plan(self.name, steps, init, 0, 0, desc)
+            return Plan(self.name, steps, init, tiles=desc)
         big = problem.outputs[0]
         target = targets[big.name]
         if len(starts) == 1:
             kern = _incore(mesh, leaf, self.kind == "svd", self.name)
             writes = (*small, Write(target, (0, 0), big.shape))
             step = Step(reads(0), kern, writes, label="TSQR in one tile")
-            return Plan(self.name, [step], None, 0, 0, desc)
+            return Plan(self.name, [step], None, tiles=desc)
         steps = [Step(reads(r0), _factor(mesh, leaf), label=f"R of rows {r0}:") for r0 in starts]
         steps.append(Step((), _combine(mesh, self.kind == "svd", self.name), small,
                           label="top of the tree"))  # fmt: skip
@@ -184,7 +184,7 @@ class TSQR(Op):
             steps.append(Step(reads(r0), functools.partial(_q_step, mesh, leaf, i),
                               (Write(target, (r0, 0), size, record=key),),
                               label=f"{big.name}[{r0}:]", skip=resume.done(key)))  # fmt: skip
-        return Plan(self.name, steps, list, 0, 0, desc)
+        return Plan(self.name, steps, list, tiles=desc)
 
     def _r_steps(self, problem: Problem, starts: list[int], reads: Any, leaf: int,
                  small: tuple[Write, ...]) -> list[Step]:  # fmt: skip
@@ -319,7 +319,8 @@ def qr(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """QR of a tall-skinny matrix by TSQR: ``a = Q R``, ``Q`` ``(m, n)`` with orthonormal
     columns, ``R`` ``(n, n)`` upper triangular.
@@ -335,7 +336,7 @@ def qr(
         ``Q`` at ``OUT/Q`` (and ``R`` at ``OUT/R``). With ``mode="r"``, a URL stores R.
       mode: ``"reduced"`` -> ``(Q, R)``; ``"r"`` -> ``R`` only (one pass, nothing but
         ``R`` held).
-      mesh, memory_budget, block_shape, storage, progress, prefetch: as in
+      mesh, memory_budget, block_shape, storage, progress, prefetch, spec: as in
         :func:`jaxwren.matmul`.
 
     Returns:
@@ -349,8 +350,9 @@ def qr(
     """
     if mode not in ("reduced", "r"):
         raise ConfigError(f"qr: mode must be 'reduced' or 'r', got {mode!r}.")
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("qr", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(TSQR(mode), (a,), out, spec).value
 
 
@@ -363,7 +365,8 @@ def lstsq(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """Least-squares solution ``x`` minimising ``||a x - b||``: ``numpy.linalg.lstsq(a, b)[0]``
     for a full-rank tall-skinny ``a``.
@@ -375,7 +378,7 @@ def lstsq(
       a: ``(m, n)`` with ``m >= n`` (BigMatrix, jax.Array or numpy).
       b: ``(m,)`` or ``(m, k)`` right-hand sides (a 1-D host/jax array gives a 1-D x).
       out: None to return ``x`` as a jax.Array; a URL to store it.
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Raises:
       RankDeficientError: ``a`` is rank deficient to working precision (smallest/largest
@@ -386,7 +389,7 @@ def lstsq(
     vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
     if vector:
         b = b.reshape(-1, 1)
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("lstsq", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     x = run(TSQR("lstsq"), (a, b), out, spec).value
     return x[:, 0] if vector and isinstance(x, jax.Array) else x

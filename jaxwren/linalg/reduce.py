@@ -20,8 +20,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec
+from jaxwren.config import RunSpec, run_spec
 from jaxwren.dtypes import is_float, result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -67,8 +68,24 @@ def _argmin_kernel(first: bool, last: bool, axis: int, shape: tuple[int, int], d
                    donate_argnums=0)  # fmt: skip
 
 
-def _argmin_bytes(t: tuple[int, int], axis: int, kept: int, s: int, prefetch: int) -> int:
-    return (2 * prefetch + 3) * t[0] * t[1] * s + 3 * (t[1 - axis] + kept) * (s + 5)
+def _argmin_footprint(t: tuple[int, int], axis: int, kept: int, dtype: Any,
+                      mesh: Mesh) -> Footprint:  # fmt: skip
+    """A tile ``P('rows', 'cols')`` read; (min, argmin, saw-NaN) of the running slice of
+    the kept axis carried (and emitted as it is: the result is the carry), sharded along
+    the mesh axis of the kept axis; the finished slices' results held until the end
+    (returned). Extra: two tiles of the kernel's temporaries (the masked tile and the
+    operand of the index reduction, whose iota XLA fuses)."""
+    st = NamedSharding(mesh, P(ROWS, COLS))
+    sv = NamedSharding(mesh, P(COLS if axis == 0 else ROWS))
+
+    def vectors(n: int) -> tuple[Buffer, ...]:
+        return tuple(Buffer((n,), d, sv) for d in (dtype, np.int32, np.bool_))
+
+    line = t[1 - axis]
+    done = -(-kept // line) * line - line
+    return Footprint(reads=(Buffer(t, dtype, st),), accumulators=vectors(line),
+                     held=vectors(done) if done else (),
+                     extra=2 * Buffer(t, dtype).nbytes)  # fmt: skip
 
 
 def _gather(parts: list[jax.Array], length: int, sharding: NamedSharding) -> jax.Array:
@@ -111,13 +128,14 @@ class Argmin(Op):
             raise ConfigError("argmin: the result is returned as device arrays, never stored; "
                               "call it without out.")  # fmt: skip
         (a,), axis, mesh = problem.sources, problem.data, problem.mesh
-        (m, n), s = a.shape, problem.outputs[1].dtype.itemsize
+        m, n = a.shape
+        dtype = problem.outputs[1].dtype
         cands = []
         cand_m = tile_candidates(m, granule(a, 0), mesh.shape[ROWS])
         cand_n = tile_candidates(n, granule(a, 1), mesh.shape[COLS])
         for t in itertools.product(cand_m, cand_n):
-            proj = functools.partial(_argmin_bytes, t, axis, a.shape[1 - axis], s)
-            cands.append(Candidate(t, proj, -(-m // t[0]) * -(-n // t[1])))
+            fp = _argmin_footprint(t, axis, a.shape[1 - axis], dtype, mesh)
+            cands.append(Candidate(t, fp, -(-m // t[0]) * -(-n // t[1])))
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
@@ -140,7 +158,7 @@ class Argmin(Op):
             reads = (Read(a, (r0, r0 + tm, c0, c0 + tn), (tm, tn), st, dtype),)
             steps.append(Step(reads, with_args(kern, np.int32(r0), np.int32(c0)),
                               (Write(None),) * 3 if last else ()))  # fmt: skip
-        return Plan(self.name, steps, None, 0, 0, f"{len(rows)}x{len(cols)} tiles of {tm}x{tn}")
+        return Plan(self.name, steps, None, tiles=f"{len(rows)}x{len(cols)} tiles of {tm}x{tn}")
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         kept, dtype = problem.outputs[1].shape[0], problem.outputs[1].dtype
@@ -163,7 +181,8 @@ def argmin(
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Argmin-reduce of a matrix along ``axis``: ``(numpy.argmin(a, axis), numpy.min(a, axis))``.
 
@@ -176,7 +195,7 @@ def argmin(
         (16-bit floats included) or bool.
       axis: 0 for the minimum of each column (result length n), 1 for each row (length
         m); -2 and -1 are accepted too.
-      mesh, memory_budget, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       ``(indices, values)``: jax.Arrays (not numpy), 1-D, sharded over the mesh as far as
@@ -189,5 +208,6 @@ def argmin(
         writes nothing).
       MemoryBudgetError: no tiling fits ``memory_budget`` (checked before anything runs).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("argmin", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     return run(Argmin(axis), (a,), None, spec).value

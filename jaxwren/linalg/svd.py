@@ -29,8 +29,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -41,7 +42,6 @@ from jaxwren.linalg.common import round_up, tile_candidates
 from jaxwren.linalg.qr import TSQR
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
-from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import on_one_device
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -81,8 +81,8 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
 
     def sketch(x, w, extra=0):  # noqa: ANN001, ANN202
         # Ω padded with zero columns to a multiple of 16 and the zero columns of Y
-        # dropped: the same Y, but XLA's CPU GEMM runs the 16-aligned width 1.6x faster
-        # (20,480 x 4,000 x 60 f32 on 8 CPU devices: 49 ms vs 78 ms)
+        # dropped: the same Y, but XLA's CPU GEMM runs the 16-aligned width faster
+        # (docs/decisions.md: randomized_svd)
         l = w.shape[1]  # noqa: E741
         wide = jnp.pad(w, ((0, 0), (0, -(l + extra) % 16 + extra)))
         y = jnp.matmul(x, wide, precision=_HI)
@@ -91,15 +91,15 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
     def checked(x, w):  # noqa: ANN001, ANN202
         # The first pass also checks that a is finite, for free: a zero column of Ω
         # gives exactly 0 in a finite row of A Ω (0 * finite = 0, no overflow) and NaN
-        # in a row holding NaN or Inf (0 * Inf = NaN). A separate isfinite pass over the
-        # tile cost 42 ms of 90 at 20,480 x 4,000 f32.
+        # in a row holding NaN or Inf (0 * Inf = NaN), where a separate isfinite pass
+        # over the tile would be most of a pass's time (docs/decisions.md).
         y, pad = sketch(x, w, extra=1)
         return y, jnp.all(pad == 0)
 
     def project(z, x, q):  # noqa: ANN001, ANN202
         # Qᵀ A with Qᵀ materialised first (the barrier keeps XLA from folding the
-        # transpose into the dot): an NN GEMM, 65 ms against 96 ms for Qᵀ A contracted
-        # over rows and 127 ms for Aᵀ Q, at 20,480 x 4,000 x 60 f32 on 8 CPU devices
+        # transpose into the dot): an NN GEMM, faster than Qᵀ A contracted over rows or
+        # Aᵀ Q (docs/decisions.md: randomized_svd)
         return z + project0(x, q)
 
     def project0(x, q):  # noqa: ANN001, ANN202  (the first tile: no zeros to add to)
@@ -118,8 +118,8 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
             project, in_shardings=(rep, rows, rows), out_shardings=rep, donate_argnums=0
         ),  # fmt: skip
         "project0": jax.jit(project0, in_shardings=(rows, rows), out_shardings=rep),
-        # the n x l factors: LAPACK on one device, the result replicated (8 replicas on 2
-        # CPU cores: 12 vs 6 ms a QR at 4,000 x 60)
+        # the n x l factors: LAPACK on one device, the result replicated
+        # (docs/decisions.md: small replicated factors on one device)
         "rotate": on_one_device(lambda z: jnp.linalg.qr(z)[0], rep),
         "top": on_one_device(top, rep, static_argnums=1),
         "u": jax.jit(
@@ -162,20 +162,21 @@ class RandomizedSVD(Op):
         (m, n), s = a.shape, problem.outputs[0].dtype.itemsize
         unit = tk.row_unit(pr.l, mesh)
         granule = a.block_shape[0] if isinstance(a, BigMatrix) else 8192
-        staged = platform_profile(mesh).host_staging
+        dtype, rows_sh = problem.outputs[0].dtype, NamedSharding(mesh, P(tk.ALL, None))
         passes = 2 * pr.n_iter + 2
         cands = []
         for rows in tile_candidates(m, granule, 1):
             t_rows = round_up(rows, unit)
             nt = -(-m // rows)
-            held = 5 * nt * t_rows * pr.l * s + 6 * n * pr.l * s  # Y, Q, TSQR's, U; Z, Ω, Vt
-            tile = t_rows * n * s
-            resident = functools.partial(_held, nt * tile + held)
-            streamed = functools.partial(_streamed, tile, held, staged)
+            tile = Buffer((t_rows, n), dtype, rows_sh)
+            # held: Y, Q, TSQR's, U (tall, l columns); Z, Ω, Vt and their updates (n x l)
+            held = (Buffer((5 * nt * t_rows, pr.l), dtype), Buffer((6 * n, pr.l), dtype))
+            resident = Footprint(reads=(tile,), held=(*held, Buffer((nt * t_rows, n), dtype)))
             # cost: bytes read, then tiles (each tile is a few programs per pass)
             cands.append(Candidate(Tiling(rows, t_rows, True), resident, (m * n * s, nt)))
             if nt > 1:
-                cands.append(Candidate(Tiling(rows, t_rows, False), streamed,
+                cands.append(Candidate(Tiling(rows, t_rows, False),
+                                       Footprint(reads=(tile,), held=held),
                                        (passes * m * n * s, nt)))  # fmt: skip
         return cands
 
@@ -211,7 +212,7 @@ class RandomizedSVD(Op):
         init = functools.partial(_init, n, pr, dtype, mesh)
         passes = "read once, kept" if t.resident else f"{2 * pr.n_iter + 2} passes"
         desc = f"{len(starts)} row tiles of {t.rows}, {passes}"
-        return Plan(self.name, steps, init, 0, 0, desc)
+        return Plan(self.name, steps, init, tiles=desc)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         names = [o.name for o in problem.outputs]
@@ -222,16 +223,6 @@ class RandomizedSVD(Op):
         mesh = problem.mesh
         return (jax.device_put(u, default_sharding(u.shape, mesh)), s[0],
                 jax.device_put(vt, default_sharding(vt.shape, mesh)))  # fmt: skip
-
-
-def _held(total: int, _prefetch: int) -> int:
-    return total
-
-
-def _streamed(tile: int, held: int, staged: bool, prefetch: int) -> int:
-    """The tiles in flight (and their host staging: the platform profile's
-    ``host_staging``) and what the plan holds."""
-    return (prefetch + 1) * tile + (prefetch * tile if staged else 0) + held
 
 
 def _init(n: int, pr: _Params, dtype: Any, mesh: Mesh) -> dict[str, Any]:
@@ -297,7 +288,8 @@ def svd(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """Thin SVD of a tall-skinny matrix: ``a = U diag(S) Vt`` (``numpy.linalg.svd(a,
     full_matrices=False)`` up to the signs of singular vector pairs).
@@ -310,7 +302,7 @@ def svd(
       out: None to return U as a jax.Array; a URL prefix to store ``OUT/U`` (and ``OUT/S``
         as ``(1, n)``, ``OUT/Vt``). With ``compute_uv=False``, a URL stores S.
       compute_uv: False: only the singular values (one pass, nothing but R held).
-      mesh, memory_budget, block_shape, storage, progress, prefetch: as in matmul.
+      mesh, memory_budget, block_shape, storage, progress, prefetch, spec: as in matmul.
 
     Returns:
       ``(U, S, Vt)`` (S 1-D, descending) or ``S``.
@@ -320,8 +312,9 @@ def svd(
         the SVD of ``a.T`` with U and V swapped).
       NonFiniteError: NaN or Inf in ``a``.
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("svd", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(TSQR("svd" if compute_uv else "sv"), (a,), out, spec).value
 
 
@@ -337,7 +330,8 @@ def randomized_svd(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Rank-``k`` truncated SVD ``a ≈ U diag(S) Vt`` by randomized range finding
     (Halko, Martinsson & Tropp 2011, Algorithm 4.4 with QR-normalised power iterations),
@@ -355,7 +349,7 @@ def randomized_svd(
       n_iter: power iterations (each two passes over ``a``); more for slowly decaying
         spectra.
       seed: the Gaussian sketch's seed (``jax.random.key(seed)``); same seed, same result.
-      mesh, memory_budget, storage, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, storage, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       ``(U, S, Vt)``: U ``(m, k)``, S ``(k,)`` descending, Vt ``(k, n)``.
@@ -364,7 +358,7 @@ def randomized_svd(
       ConfigError: ``k`` outside ``[1, min(m, n)]``, negative oversamples or iterations.
       NonFiniteError: NaN or Inf in ``a`` (found in the first pass; nothing stored).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("randomized_svd", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     op = RandomizedSVD(k, n_oversamples, n_iter, seed)
     return run(op, (a,), out, spec).value

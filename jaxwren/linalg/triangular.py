@@ -21,8 +21,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import operand, run
@@ -65,8 +66,8 @@ def _kernels(mesh: Mesh, xspec: P, lower: bool):
         return lax.dynamic_update_slice_in_dim(x, xi, ioff, axis=0)
 
     if xspec == P():  # fewer columns than devices: X replicated, so every device would
-        # repeat the same solve; one computes it (n = 2048, one column, 8 CPU devices:
-        # 10-19 ms against 95-157 ms replicated) and the result is replicated
+        # repeat the same solve; one computes it and the result is replicated
+        # (docs/decisions.md: small replicated factors on one device)
         one = functools.partial(on_one_device, rep=rep)
         return one(upd), one(upd), one(fin), one(fin)
     j = functools.partial(jax.jit, out_shardings=sx)
@@ -78,12 +79,16 @@ def _kernels(mesh: Mesh, xspec: P, lower: bool):
     return first_update, update, first_final, final
 
 
-def _tile_bytes(t: int, n_pad: int, k_pad: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
-    devices = mesh.devices.size
-    xrep = 1 if _x_spec(k_pad, mesh) != P() else devices
-    x = n_pad * k_pad * itemsize * xrep // (devices if xrep == 1 else 1)
-    tiles = (prefetch + 1) * (devices * t * t + 2 * t * k_pad) * itemsize
-    return 2 * x + tiles + 3 * t * k_pad * itemsize * xrep
+def _footprint(t: int, n_pad: int, k_pad: int, dtype: Any, mesh: Mesh) -> Footprint:
+    """A row tile of b (X's layout) and a tile of l (replicated) read; X and the row
+    tile's accumulator carried; X emitted once, at the end. Extra: the update's
+    temporaries (X's slice, the product, the new accumulator; replicated as X is)."""
+    sx, rep = NamedSharding(mesh, _x_spec(k_pad, mesh)), NamedSharding(mesh, P())
+    row = Buffer((t, k_pad), dtype, sx)
+    return Footprint(reads=(row, Buffer((t, t), dtype, rep)),
+                     writes=(Buffer((n_pad, k_pad), dtype, sx),),
+                     accumulators=(Buffer((n_pad, k_pad), dtype, sx), row),
+                     extra=3 * row.on_devices)  # fmt: skip
 
 
 def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np.dtype,
@@ -120,8 +125,7 @@ def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np
     steps[-1] = Step(last.reads, lambda c, *tiles, k=last.kernel: _emit(k(c, *tiles)),
                      (Write(out, (0, 0), (n, k)),), check=_check_finite)  # fmt: skip
     init = functools.partial(_zeros, (n_pad, k_pad), dtype, sx)
-    proj = _tile_bytes(t, n_pad, k_pad, np.dtype(dtype).itemsize, mesh, 1)
-    return Plan("solve_triangular", steps, init, proj, proj, f"{nt} row tiles of {t}")
+    return Plan("solve_triangular", steps, init, tiles=f"{nt} row tiles of {t}")
 
 
 def _start_update(c: tuple, bi: jax.Array, mk: jax.Array, *, fn: Any, off: Any) -> tuple:
@@ -192,8 +196,9 @@ class SolveTriangular(Op):
         granule = min(granule, round_up(n, 8))
         cands = []
         for t in range(granule, round_up(n, granule) + granule, granule):
-            proj = functools.partial(_tile_bytes, t, round_up(n, t), k_pad, dtype.itemsize, mesh)
-            cands.append(Candidate((t, k_pad), proj, -t))
+            cands.append(
+                Candidate((t, k_pad), _footprint(t, round_up(n, t), k_pad, dtype, mesh), -t)
+            )
             if t >= n:
                 break
         return cands
@@ -218,7 +223,8 @@ def solve_triangular(
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Solves ``op(l) x = b`` for triangular ``l`` (``scipy.linalg.solve_triangular``).
 
@@ -230,7 +236,7 @@ def solve_triangular(
         least as many as devices); a URL or BigMatrix stores the ``(n, k)`` solution.
       lower: ``l`` is lower (else upper) triangular.
       trans: solve ``l^T x = b`` instead (``scipy``'s ``trans=1``).
-      mesh, memory_budget, storage, progress, prefetch: as for :func:`jaxwren.matmul`;
+      mesh, memory_budget, storage, progress, prefetch, spec: as for :func:`jaxwren.matmul`;
         ``l`` is streamed tile by tile when it does not fit the budget.
 
     Returns:
@@ -244,8 +250,8 @@ def solve_triangular(
       MemoryBudgetError: no tiling fits ``memory_budget``.
     """
     vector = not isinstance(b, BigMatrix) and np.ndim(b) == 1
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch)  # fmt: skip
+    spec = run_spec("solve_triangular", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch)  # fmt: skip
     x = run(SolveTriangular(lower, trans), (l, b[:, None] if vector else b), out, spec).value
     return x[:, 0] if vector and out is None else x
 

@@ -18,8 +18,8 @@ blocked there, waiting for chunks no thread is left to run: a deadlock at 0% CPU
 from 25,000 rows per device; gdb shows all ``tf_XLAEigen`` threads in
 ``BlockingCounter::Wait``; upstream jax commit 859992407d disables that path in
 open-source builds, in no release on pip yet). :func:`_each` maps the leaves with
-``lax.map`` instead: one un-batched call per leaf, run inline, measured as fast (0.68 s
-vs 0.70 s batched for 1e6 x 64 on 8 CPU devices).
+``lax.map`` instead: one un-batched call per leaf, run inline, as fast as the batched
+calls (docs/decisions.md: TSQR leaves one LAPACK call at a time).
 
 Zero rows (padding past the matrix edge, or zero ``R`` blocks filling a group) stay zero
 through every Householder reflection, so padding never changes ``R`` and its rows of
@@ -271,8 +271,8 @@ def tsqr_tiles(tiles: list[jax.Array], mesh: Mesh, leaf: int, svd: bool = False,
     """``(Q tiles, outputs, finite)`` of the tall matrix whose row tiles (on the devices,
     ``P(ALL, None)``) are ``tiles``: both passes, for tiles already resident.
     ``keep_q``: keep the leaves' Q factors from the first pass instead of factoring the
-    leaves again (one more tile-sized array held; 20,480 x 60 f32 on 8 CPU devices: 20
-    instead of 27 ms)."""
+    leaves again (one more tile-sized array held, one factorisation fewer; see
+    docs/decisions.md)."""
     nq = [tree_levels(x.shape[0], mesh, leaf) if keep_q else 0 for x in tiles]
     parts = [_factor(x, mesh, leaf, k) for x, k in zip(tiles, nq, strict=True)]
     cs, outs = combine(mesh, svd)(jnp.stack([p[0] for p in parts]),

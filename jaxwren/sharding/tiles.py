@@ -96,8 +96,7 @@ def as_source(x: Any) -> Any:
     its devices (tiles are cut and resharded there) except where the platform profile
     says device buffers are host memory (CPU devices), where moving
     it through host memory is a memcpy while XLA's emulated collectives are slow
-    (measured: resharding 64 MB from P(rows, cols) to P(rows, None) over 8 CPU devices
-    takes ~0.7 s, a host round trip ~0.05 s)."""
+    (docs/decisions.md: CPU jax.Array operands are read through host memory)."""
     if hasattr(x, "read_region_into_async"):
         return x
     if isinstance(x, jax.Array):
@@ -194,7 +193,7 @@ class PendingTile:
             if fut is not None:
                 _wait(fut, self.op, self.location)
         if self.share_replicas or all(len(devices) == 1 for _, devices, _ in self.parts):
-            # one batched, zero-copy placement (~0.05 ms a tile vs ~0.3 ms device by device)
+            # one batched, zero-copy placement (docs/decisions.md: replicas share a buffer)
             by_device = {d: buf for buf, devices, _ in self.parts for d in devices}
             index = self.sharding.addressable_devices_indices_map(self.shape)
             by_bounds = {shard_bounds(index[d], self.shape): b for d, b in by_device.items()}

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxwren.config import RunSpec
+from jaxwren.config import RunSpec, run_spec
 from jaxwren.dtypes import is_float
 from jaxwren.engine.run import run
 from jaxwren.errors import ConfigError, ShapeMismatchError
@@ -99,14 +99,15 @@ def _float_dtype(dtype: np.dtype) -> np.dtype:
 
 def sum(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None = None,
         memory_budget: int | str | None = None, progress: bool | None = None,
-        prefetch: int = 1) -> Any:  # fmt: skip
+        prefetch: int | None = None,
+        spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Sum of the entries (``numpy.sum(a, axis)``), streamed tile by tile.
 
     Args:
       a: ``(m, n)`` BigMatrix (a ``.T`` view works), jax.Array or numpy array.
       axis: None (all entries), 0 (each column), 1 (each row), -2, -1, or a tuple.
       keepdims: keep the reduced axes with length 1, as numpy.
-      mesh, memory_budget, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       A numpy scalar (``axis=None``) or 1-D numpy array, with numpy's dtype: integers
@@ -122,7 +123,8 @@ def sum(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None =
     a = _matrix(a, where)
     stat = Stat("sum")
     acc = acc_dtype(stat, a.dtype, where=where, exact_ints=True)
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("sum", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     red = axes[0] if len(axes) == 1 else _long(a)
     (s,) = _stats(where, a, stat, red, acc, spec)
     out = np.dtype(a.dtype) if is_float(a.dtype) else acc
@@ -131,7 +133,7 @@ def sum(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None =
 
 def mean(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None = None,
          memory_budget: int | str | None = None, progress: bool | None = None,
-         prefetch: int = 1) -> Any:  # fmt: skip
+         prefetch: int | None = None, spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Mean of the entries (``numpy.mean(a, axis)``), streamed tile by tile.
 
     Args: as :func:`sum`.
@@ -146,20 +148,21 @@ def mean(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None 
     a = _matrix(a, where)
     stat = Stat("sum")
     acc = acc_dtype(stat, a.dtype, where=where)
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("mean", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     red = axes[0] if len(axes) == 1 else _long(a)
     (s,) = _stats(where, a, stat, red, acc, spec)
     value = s / a.shape[red] if len(axes) == 1 else np.sum(s) / (a.shape[0] * a.shape[1])
     return _shaped(value, _float_dtype(np.dtype(a.dtype)), axes, keepdims)
 
 
-def _extreme_of(kind: str, a: Any, axis: Any, keepdims: bool, spec_kw: dict) -> Any:
+def _extreme_of(kind: str, a: Any, axis: Any, keepdims: bool, spec: RunSpec) -> Any:
     axes = _axes(axis, kind)
     a = _matrix(a, kind)
     stat = Stat(kind)
     acc = acc_dtype(stat, a.dtype, where=kind)
     red = axes[0] if len(axes) == 1 else _long(a)
-    (v,) = _stats(kind, a, stat, red, acc, RunSpec(**spec_kw))
+    (v,) = _stats(kind, a, stat, red, acc, spec)
     if len(axes) == 2:
         v = np.min(v) if kind == "min" else np.max(v)  # NaN propagates, as in numpy
     return _shaped(v, np.dtype(a.dtype), axes, keepdims)
@@ -167,7 +170,8 @@ def _extreme_of(kind: str, a: Any, axis: Any, keepdims: bool, spec_kw: dict) -> 
 
 def min(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None = None,
         memory_budget: int | str | None = None, progress: bool | None = None,
-        prefetch: int = 1) -> Any:  # fmt: skip
+        prefetch: int | None = None,
+        spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Minimum of the entries (``numpy.min(a, axis)``; NaN propagates), streamed.
 
     Args: as :func:`sum`.
@@ -177,13 +181,15 @@ def min(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None =
 
     Raises: as :func:`sum`.
     """
-    kw = dict(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
-    return _extreme_of("min", a, axis, keepdims, kw)
+    spec = run_spec("min", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
+    return _extreme_of("min", a, axis, keepdims, spec)
 
 
 def max(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None = None,
         memory_budget: int | str | None = None, progress: bool | None = None,
-        prefetch: int = 1) -> Any:  # fmt: skip
+        prefetch: int | None = None,
+        spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Maximum of the entries (``numpy.max(a, axis)``; NaN propagates), streamed.
 
     Args: as :func:`sum`.
@@ -193,20 +199,22 @@ def max(a: Any, axis: Any = None, *, keepdims: bool = False, mesh: Mesh | None =
 
     Raises: as :func:`sum`.
     """
-    kw = dict(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
-    return _extreme_of("max", a, axis, keepdims, kw)
+    spec = run_spec("max", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
+    return _extreme_of("max", a, axis, keepdims, spec)
 
 
 def var(a: Any, axis: Any = None, *, ddof: int | float = 0, keepdims: bool = False,
         mesh: Mesh | None = None, memory_budget: int | str | None = None,
-        progress: bool | None = None, prefetch: int = 1) -> Any:  # fmt: skip
+        progress: bool | None = None, prefetch: int | None = None,
+        spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Variance of the entries (``numpy.var(a, axis, ddof=ddof)``), streamed in one pass.
 
     Each tile's mean and sum of squared deviations (two-pass, in float64 with x64) are
     combined with the carried ones by Chan et al.'s formula (never E[x^2] - E[x]^2).
 
     Args:
-      a, axis, keepdims, mesh, memory_budget, progress, prefetch: as :func:`sum`.
+      a, axis, keepdims, mesh, memory_budget, progress, prefetch, spec: as :func:`sum`.
       ddof: delta degrees of freedom: the divisor is ``N - ddof`` (N entries reduced).
 
     Returns:
@@ -229,7 +237,8 @@ def var(a: Any, axis: Any = None, *, ddof: int | float = 0, keepdims: bool = Fal
         )
     stat = Stat("moments")
     acc = acc_dtype(stat, a.dtype, where=where)
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("var", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     red = axes[0] if len(axes) == 1 else _long(a)
     mu, m2 = _stats(where, a, stat, red, acc, spec)
     if len(axes) == 2:  # every line holds a.shape[red] entries: combine the lines
@@ -240,11 +249,12 @@ def var(a: Any, axis: Any = None, *, ddof: int | float = 0, keepdims: bool = Fal
 
 def std(a: Any, axis: Any = None, *, ddof: int | float = 0, keepdims: bool = False,
         mesh: Mesh | None = None, memory_budget: int | str | None = None,
-        progress: bool | None = None, prefetch: int = 1) -> Any:  # fmt: skip
+        progress: bool | None = None, prefetch: int | None = None,
+        spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Standard deviation (``numpy.std(a, axis, ddof=ddof)``): the square root of
     :func:`var`, with its arguments, result dtypes and errors."""
     v = var(a, axis, ddof=ddof, keepdims=keepdims, mesh=mesh, memory_budget=memory_budget,
-            progress=progress, prefetch=prefetch)  # fmt: skip
+            progress=progress, prefetch=prefetch, spec=spec)  # fmt: skip
     return np.sqrt(v)
 
 
@@ -283,8 +293,7 @@ def _singular_values(a: Any, spec: RunSpec) -> np.ndarray:
             f"4096 columns (or rows), but a has shape {(m, n)}; use ord='fro' (an upper "
             "bound of the 2-norm) or the top singular values of jw.randomized_svd."
         )
-    kw = {k: getattr(spec, k) for k in ("mesh", "memory_budget", "progress", "prefetch")}
-    s = svd(a if m >= n else a.T, compute_uv=False, **kw)
+    s = svd(a if m >= n else a.T, compute_uv=False, spec=spec)
     return np.asarray(to_host(s), dtype=np.float64)
 
 
@@ -310,7 +319,8 @@ def _matrix_norm(a: Any, ord: Any, swapped: bool, spec: RunSpec) -> Any:
 
 def norm(a: Any, ord: Any = None, axis: Any = None, *, keepdims: bool = False,
          mesh: Mesh | None = None, memory_budget: int | str | None = None,
-         progress: bool | None = None, prefetch: int = 1) -> Any:  # fmt: skip
+         progress: bool | None = None, prefetch: int | None = None,
+         spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Matrix or vector norm (``numpy.linalg.norm(a, ord, axis)`` for 2-D ``a``), streamed.
 
     Args:
@@ -323,7 +333,7 @@ def norm(a: Any, ord: Any = None, axis: Any = None, *, keepdims: bool = False,
         non-zeros), any other p (``sum(|x|**p)**(1/p)``).
       axis: None, 0, 1, -2, -1, or a tuple of both axes (``(1, 0)`` swaps 1 and inf).
       keepdims: keep the reduced axes with length 1, as numpy.
-      mesh, memory_budget, progress, prefetch: as in :func:`jaxwren.matmul`.
+      mesh, memory_budget, progress, prefetch, spec: as in :func:`jaxwren.matmul`.
 
     Returns:
       A numpy scalar or 1-D numpy array; floats keep their dtype, integers and bools
@@ -338,7 +348,8 @@ def norm(a: Any, ord: Any = None, axis: Any = None, *, keepdims: bool = False,
     """
     axes, ord = _axes(axis, "norm"), _order(ord, "norm")
     a = _matrix(a, "norm")
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, progress=progress, prefetch=prefetch)
+    spec = run_spec("norm", spec, mesh=mesh, memory_budget=memory_budget,
+                    progress=progress, prefetch=prefetch)  # fmt: skip
     if len(axes) == 1:
         value = _vector_norm(a, ord, axes[0], spec)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, Sharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.dtypes import is_float, result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.errors import ConfigError
@@ -235,12 +237,6 @@ def _kernel(stat: Stat, first: bool, last: bool, axis: int, acc: Any, comp: bool
 
 
 # ------------------------------------------------------------------ the operation
-def _bytes(tile: int, temp: int, vectors: int, one: bool, prefetch: int) -> int:
-    """Tiles in flight (split over accelerators: also their host staging), the kernel's
-    temporary (a tile's transformed entries, where XLA materialises them) and vectors."""
-    return ((prefetch + 1) if one else (2 * prefetch + 1)) * tile + temp + vectors
-
-
 class Reduce(Op):
     """Per-line statistics along ``axis``; the result (``stat.parts`` numpy vectors of the
     kept length, in the accumulation dtype) is returned, never stored."""
@@ -275,18 +271,31 @@ class Reduce(Op):
                               "call it without out.")  # fmt: skip
         (a,), axis, layout = problem.sources, self.axis, Layout.of(problem.mesh)
         red, kept = a.shape[axis], a.shape[1 - axis]
-        s_in, s_acc = _read_dtype(a.dtype).itemsize, self.acc.itemsize
-        nvec = (4 if self._comp() else 2) * self.stat.parts + 2  # carry in and out, parts
+        rd, st = _read_dtype(a.dtype), layout.tile(axis)
         cands = []
         cand_r = tile_candidates(red, granule(a, axis), 1)
         cand_k = tile_candidates(kept, granule(a, 1 - axis), layout.multiple)
         for tr, tk in itertools.product(cand_r, cand_k):
             steps = -(-red // tr) * -(-kept // tk)
-            vectors = (nvec * tk + self.stat.parts * kept) * s_acc  # results held too
-            temp = tr * tk * self._temp_itemsize(s_in, s_acc)
-            proj = functools.partial(_bytes, tr * tk * s_in, temp, vectors, layout.one)
-            cands.append(Candidate((tr, tk), proj, steps * _STEP_COST + tr * tk * s_in))
+            tile = (tr, tk) if axis == 0 else (tk, tr)
+            fp = self._footprint(Buffer(tile, rd, st), tk, kept)
+            cands.append(Candidate((tr, tk), fp, steps * _STEP_COST + tr * tk * rd.itemsize))
         return cands
+
+    def _footprint(self, tile: Buffer, tk: int, kept: int) -> Footprint:
+        """A tile read; the strip's statistics (and their compensations) carried and
+        emitted; every strip's held (returned). Extra: the tile-sized temporary XLA
+        materialises for some statistics, and the fold's per-line temporaries (the tile's
+        own statistics, their compensations, two lines of scratch)."""
+        comp, parts = self._comp(), self.stat.parts
+        carried = parts * (2 if comp else 1)
+        scratch = ((4 if comp else 2) * parts + 2 - carried - parts) * tk
+        entries = math.prod(tile.shape)
+        temp = entries * self._temp_itemsize(np.dtype(tile.dtype).itemsize, self.acc.itemsize)
+        return Footprint(reads=(tile,), writes=(Buffer((parts * tk,), self.acc),),
+                         accumulators=(Buffer((carried * tk,), self.acc),),
+                         held=(Buffer((parts * kept,), self.acc),),
+                         extra=temp + scratch * self.acc.itemsize)  # fmt: skip
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -311,7 +320,7 @@ class Reduce(Op):
                               label=f"{self.name} [{k0}:] <- [{r0}:]"))  # fmt: skip
         where = "one device" if layout.one else "all devices"
         tiles = f"{-(-kept // tk)} strips of {tk}, tiles of {tr} along axis {axis} ({where})"
-        return Plan(self.name, steps, None, 0, 0, tiles)
+        return Plan(self.name, steps, None, tiles=tiles)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> list[np.ndarray]:
         kept, n = problem.outputs[0].shape[0], self.stat.parts
