@@ -131,7 +131,7 @@ def cholesky(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     and differentiable in every mode, never gathered.
 
     The matrix is padded and permuted to a block-cyclic layout on the devices, factored by
-    the sharded kernel of :mod:`jaxwren.linalg.cholesky_kernel` (one ``shard_map``, a
+    the sharded kernel of :mod:`jaxwren.lax.cholesky_kernel` (one ``shard_map``, a
     ``fori_loop`` over block columns: the program does not grow with ``n / block``) and
     put back: the collectives are all-to-alls of the matrix and ``psum``s of ``n x b``
     panels, never an all-gather of it. Per device: the input, the output and two
