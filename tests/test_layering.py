@@ -50,3 +50,13 @@ def test_to_jax_and_row_batches_without_device_io(monkeypatch):
 def test_device_io_slots_are_named():
     with pytest.raises(jw.ConfigError, match=r"unknown slot 'save'"):
         device_io.register("save", print)
+
+
+def test_lax_imports_no_store_backed_layer():
+    """jaxwren.lax (the traceable kernels) sits below the store-backed operations: the
+    pipeline's in-core Cholesky calls lax's kernel, never the other way round."""
+    files = sorted((STORAGE.parent / "lax").glob("*.py"))
+    assert any(f.name == "cholesky_kernel.py" for f in files)
+    upward = [(f.name, name) for f in files for name in _imports(f)
+              if name.startswith(("jaxwren.engine", "jaxwren.linalg", "jaxwren.tables"))]  # fmt: skip
+    assert upward == []
