@@ -23,7 +23,8 @@ Peers: ``numpy`` / ``scipy`` (in memory), ``dask`` (``from_zarr`` ->
 ``da.linalg.cholesky`` -> ``to_zarr``, same blocks, threaded; file store), ``jax_sharded``
 (``jnp.linalg.cholesky`` on the input sharded ``P('rows', 'cols')`` over all devices).
 Each is timed best-of-``--repeats`` after a first call (the extra first-call time,
-compilation included, is reported apart). GFLOP/s counts n^3/3. The residual is
+compilation included, is reported apart); the repeats are interleaved (one call of each
+in turn), so a busy machine's drift reaches every row alike. GFLOP/s counts n^3/3. The residual is
 ``||L L^T - A||_F / ||A||_F`` for n <= 4096, else a 4-vector probe ``||L (L^T V) - A V|| /
 ||A V||`` (named in the ``residual_kind`` column).
 """
@@ -146,6 +147,7 @@ class Forced(Cholesky):
 
 
 def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str = "L") -> tuple:
+    """``(f, result)``: ``f`` times one call; ``result()`` gives the last output and its IO."""
     box: list = []
     plans = {"jaxwren_store": "auto", "jaxwren_kernel_store": "kernel",
              "jaxwren_tiles_store": "tiles"}  # fmt: skip
@@ -168,14 +170,18 @@ def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str
             box[:] = [out]
     else:
         raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    first, best = common.warm_and_best(f, cfg.repeats)
-    stats = box[-1].stats
-    io = {"read_mib": stats.bytes_read / 2**20, "written_mib": stats.bytes_written / 2**20,
-          "tiling": box[-1].report.tiling}  # fmt: skip
-    return first, best, box[-1].value, io
+
+    def result() -> tuple:
+        stats = box[-1].stats
+        io = {"read_mib": stats.bytes_read / 2**20, "written_mib": stats.bytes_written / 2**20,
+              "tiling": box[-1].report.tiling}  # fmt: skip
+        return box[-1].value, io
+
+    return f, result
 
 
 def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config) -> tuple:
+    """As :func:`_mode`, for a peer."""
     box: list = []
     if peer == "numpy":
 
@@ -206,8 +212,7 @@ def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: C
             box[:] = [jw.BigMatrix.open(url)]
     else:
         raise app.UsageError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
-    first, best = common.warm_and_best(f, cfg.repeats)
-    return first, best, box[-1], {}
+    return f, lambda: (box[-1], {})
 
 
 def compile_scan(counts: tuple[int, ...], dtype: str) -> list[dict]:
@@ -237,23 +242,32 @@ def run(cfg: Config) -> list[dict]:
         a = write_spd(store, cfg)
         x = a.numpy()
         modes = list(cfg.modes) + [f"forced_{t}" for t in cfg.tilings]
-        runs = [(m, cfg, lambda m=m: _mode(m, a, store, cfg)) for m in modes]
+        runs = [(m, cfg, lambda m=m: _mode(m, a, store, cfg, out=f"L-{m}")) for m in modes]
         for f in cfg.ooc_fractions:  # the same store -> store run under 1/f of the bytes
             ooc = dataclasses.replace(cfg, memory_budget=cfg.n**2 * a.dtype.itemsize // f)
             runs.append((f"jaxwren_ooc_1/{f}", ooc,
                          lambda ooc=ooc, f=f: _mode("jaxwren_store", a, store, ooc,
                                                     out=f"L-ooc{f}")))  # fmt: skip
         runs += [(p, cfg, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
-        for name, run_cfg, fn in runs:
+        jobs = [(name, run_cfg, *make()) for name, run_cfg, make in runs]
+        first, times = {}, {name: [] for name, *_ in jobs}
+        for name, _, fn, _ in jobs:  # first calls (compiles), then interleaved repeats
             try:
-                first, best, out, io = fn()
+                first[name] = common.timed(fn)
             except jw.MemoryBudgetError as err:  # an --ooc_fractions budget below any plan
                 raise app.UsageError(f"{name}: {err}") from None
+        for _ in range(max(cfg.repeats, 1)):
+            for name, _, fn, _ in jobs:
+                times[name].append(common.timed(fn))
+        for name, run_cfg, _, result in jobs:
+            out, io = result()
+            best = min(times[name])
             res, kind = residual(out, x)
             row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
                    "store": cfg.store, "memory_budget": run_cfg.memory_budget, "seconds": best,
-                   "first_call_extra_s": max(first - best, 0.0), "gflops": flops / best / 1e9,
-                   "residual": res, "residual_kind": kind, **io}  # fmt: skip
+                   "first_call_extra_s": max(first[name] - best, 0.0),
+                   "gflops": flops / best / 1e9, "residual": res, "residual_kind": kind,
+                   **io}  # fmt: skip
             results.append(row)
             extra = row["first_call_extra_s"]
             print(f"{name:>16}: {best:8.3f} s {row['gflops']:7.1f} GFLOP/s (first call "

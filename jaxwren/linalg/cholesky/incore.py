@@ -41,13 +41,16 @@ def available(mesh: Mesh) -> bool:
 
 
 def work_tiles(n: int, mesh: Mesh) -> list[int]:
-    """Work tiles, best first: 512 up to n = 6144, then 1024 (n / tile of about 8: the
-    serial diagonal factors cost ``2 n t^2 / 3`` flops on one core, the per-step overhead
-    grows with ``(n / t)^2``; small n: the largest power of two up to n / 2), then the
-    others up to n / 2; each a multiple of the device count (tiles are sharded by rows
-    over all devices)."""
+    """Work tiles, best first: 512 up to n = 12288, then 1024 (small n: the largest power
+    of two up to n / 2), then the others up to n / 2; each a multiple of the device count
+    (tiles are sharded by rows over all devices). The serial diagonal factors cost ``2 n
+    t^2 / 3`` flops on one core, the per-step overhead grows with ``(n / t)^2``. Measured
+    store->store f64 on 8 CPU devices (2 cores, loaded), best of 4-5 interleaved: n = 4096
+    on stored blocks of 2048, tiles of 512 (K panels of 2) 1.09-1.20 s, 256 1.14 s, 1024
+    1.68 s, 2048 (the stored block, before) 1.23 s in another run; n = 8192 on blocks of
+    2048, tiles of 512 6.9 s, 1024 8.0 s, 2048 13.0 s."""
     unit = mesh.devices.size
-    best = 512 if n <= 6144 else 1024
+    best = 512 if n <= 12288 else 1024
     if best > n // 2:  # small n: at least two tiles a side
         best = 1 << max(n // 2, 1).bit_length() - 1
     sizes = (best, 256, 1024, 512, 2048, 128, 64, 32, 16, 8)
