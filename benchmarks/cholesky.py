@@ -10,15 +10,21 @@ Usage::
     python -m benchmarks.cholesky --n=4096 --block=512 --modes=jaxwren_store \
         --ooc_fractions=4,8 --peers=numpy
 
-Modes (jaxwren): ``jaxwren_store`` store -> store (the default plan: on CPU devices the
-tile plan; out-of-core when ``--memory_budget`` is below what it needs),
-``jaxwren_kernel_store`` store -> store on the in-core ``shard_map`` kernel (the default
-on accelerators), ``jaxwren_incore`` sharded device array -> device array (the kernel).
+Modes (jaxwren): ``jaxwren_store`` store -> store (the selector's algorithm: on CPU
+devices the in-core tile plan; out-of-core when ``--memory_budget`` is below what it
+needs), ``jaxwren_kernel_store`` store -> store on the in-core ``shard_map`` kernel (the
+default on accelerators), ``jaxwren_tiles_store`` store -> store on a tile plan
+(``Cholesky(plan="tiles")``), ``jaxwren_incore`` sharded device array -> device array (the
+kernel). ``--tilings`` adds store -> store runs forced onto exact tilings (e.g.
+``tiles:512:2`` = the in-core tile plan on work tiles of 512, K panels of 2 tiles;
+``out-of-core:2048:1``; ``kernel:128``), rows ``forced_<tiling>``: the default against the
+best plan the benchmark can force.
 Peers: ``numpy`` / ``scipy`` (in memory), ``dask`` (``from_zarr`` ->
 ``da.linalg.cholesky`` -> ``to_zarr``, same blocks, threaded; file store), ``jax_sharded``
 (``jnp.linalg.cholesky`` on the input sharded ``P('rows', 'cols')`` over all devices).
 Each is timed best-of-``--repeats`` after a first call (the extra first-call time,
-compilation included, is reported apart). GFLOP/s counts n^3/3. The residual is
+compilation included, is reported apart); the repeats are interleaved (one call of each
+in turn), so a busy machine's drift reaches every row alike. GFLOP/s counts n^3/3. The residual is
 ``||L L^T - A||_F / ||A||_F`` for n <= 4096, else a 4-vector probe ``||L (L^T V) - A V|| /
 ||A V||`` (named in the ``residual_kind`` column).
 """
@@ -39,10 +45,11 @@ import jaxwren as jw  # noqa: E402
 from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
 from jaxwren.config import RunSpec, parse_bytes  # noqa: E402
 from jaxwren.engine.run import run as run_op  # noqa: E402
-from jaxwren.linalg import cholesky_kernel as ck  # noqa: E402
-from jaxwren.linalg.cholesky import Cholesky, _incore_block  # noqa: E402
+from jaxwren.lax import cholesky_kernel as ck  # noqa: E402
+from jaxwren.linalg.cholesky import Cholesky  # noqa: E402
+from jaxwren.linalg.cholesky.kernel import incore_block as _incore_block  # noqa: E402
 
-MODES = ("jaxwren_store", "jaxwren_kernel_store", "jaxwren_incore")
+MODES = ("jaxwren_store", "jaxwren_kernel_store", "jaxwren_tiles_store", "jaxwren_incore")
 PEERS = ("numpy", "scipy", "dask", "jax_sharded")
 
 _N = flags.DEFINE_integer("n", 4096, "Matrix size.")
@@ -62,6 +69,12 @@ _OOC = flags.DEFINE_list(
     "Also run store -> store out-of-core with a memory_budget of 1/f of the matrix's bytes "
     "for each f (e.g. 4,8): rows jaxwren_ooc_1/f, compared with jaxwren_store in the same "
     "run (column x jaxwren_store; --block must let such tiles fit, e.g. --block=512).",
+)
+_TILINGS = flags.DEFINE_list(
+    "tilings",
+    [],
+    "Exact tilings to force store -> store (algorithm:size[:K tiles], e.g. tiles:512:2, "
+    "out-of-core:1024:2, kernel:128): rows forced_<tiling>.",
 )
 _SCAN = flags.DEFINE_list(
     "compile_scan",
@@ -84,6 +97,7 @@ class Config:
     file_dir: str | None = None
     compile_scan: tuple[int, ...] = ()
     ooc_fractions: tuple[int, ...] = ()
+    tilings: tuple[str, ...] = ()
 
 
 def write_spd(store: common.Store, cfg: Config) -> jw.BigMatrix:
@@ -115,10 +129,30 @@ def residual(l_mat: jw.BigMatrix | jax.Array | np.ndarray, a: np.ndarray) -> tup
     return float(np.linalg.norm(lm @ (lm.T @ v) - av) / np.linalg.norm(av)), "probe"
 
 
+class Forced(Cholesky):
+    """The Cholesky op offering exactly one tiling (``"tiles:512:2"`` -> ``("tiles", 512,
+    2)``), whatever the selector would rank first."""
+
+    def __init__(self, tiling: str) -> None:
+        super().__init__("auto")
+        name, *sizes = tiling.split(":")
+        self.want = (name, *map(int, sizes))
+
+    def tilings(self, problem, targets):  # noqa: ANN001, ANN201
+        cands = super().tilings(problem, targets)
+        got = [dataclasses.replace(c, cost=0) for c in cands if c.tiling == self.want]
+        if not got:
+            raise app.UsageError(f"--tilings: {self.want} is not offered here")
+        return got
+
+
 def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str = "L") -> tuple:
+    """``(f, result)``: ``f`` times one call; ``result()`` gives the last output and its IO."""
     box: list = []
-    if mode in ("jaxwren_store", "jaxwren_kernel_store"):
-        op = Cholesky("kernel" if mode == "jaxwren_kernel_store" else "auto")
+    plans = {"jaxwren_store": "auto", "jaxwren_kernel_store": "kernel",
+             "jaxwren_tiles_store": "tiles"}  # fmt: skip
+    if mode in plans or mode.startswith("forced_"):
+        op = Forced(mode[7:]) if mode.startswith("forced_") else Cholesky(plans[mode])
 
         def f() -> None:  # each call factors afresh into an emptied out
             if box:
@@ -136,13 +170,18 @@ def _mode(mode: str, a: jw.BigMatrix, store: common.Store, cfg: Config, out: str
             box[:] = [out]
     else:
         raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    first, best = common.warm_and_best(f, cfg.repeats)
-    stats = box[-1].stats
-    io = {"read_mib": stats.bytes_read / 2**20, "written_mib": stats.bytes_written / 2**20}
-    return first, best, box[-1].value, io
+
+    def result() -> tuple:
+        stats = box[-1].stats
+        io = {"read_mib": stats.bytes_read / 2**20, "written_mib": stats.bytes_written / 2**20,
+              "tiling": box[-1].report.tiling}  # fmt: skip
+        return box[-1].value, io
+
+    return f, result
 
 
 def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config) -> tuple:
+    """As :func:`_mode`, for a peer."""
     box: list = []
     if peer == "numpy":
 
@@ -173,8 +212,7 @@ def _peer(peer: str, a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: C
             box[:] = [jw.BigMatrix.open(url)]
     else:
         raise app.UsageError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
-    first, best = common.warm_and_best(f, cfg.repeats)
-    return first, best, box[-1], {}
+    return f, lambda: (box[-1], {})
 
 
 def compile_scan(counts: tuple[int, ...], dtype: str) -> list[dict]:
@@ -203,27 +241,38 @@ def run(cfg: Config) -> list[dict]:
     with common.open_store(cfg.store, cfg.file_dir) as store:
         a = write_spd(store, cfg)
         x = a.numpy()
-        runs = [(m, cfg, lambda m=m: _mode(m, a, store, cfg)) for m in cfg.modes]
+        modes = list(cfg.modes) + [f"forced_{t}" for t in cfg.tilings]
+        runs = [(m, cfg, lambda m=m: _mode(m, a, store, cfg, out=f"L-{m}")) for m in modes]
         for f in cfg.ooc_fractions:  # the same store -> store run under 1/f of the bytes
             ooc = dataclasses.replace(cfg, memory_budget=cfg.n**2 * a.dtype.itemsize // f)
             runs.append((f"jaxwren_ooc_1/{f}", ooc,
                          lambda ooc=ooc, f=f: _mode("jaxwren_store", a, store, ooc,
                                                     out=f"L-ooc{f}")))  # fmt: skip
         runs += [(p, cfg, lambda p=p: _peer(p, a, x, store, cfg)) for p in cfg.peers]
-        for name, run_cfg, fn in runs:
+        jobs = [(name, run_cfg, *make()) for name, run_cfg, make in runs]
+        first, times = {}, {name: [] for name, *_ in jobs}
+        for name, _, fn, _ in jobs:  # first calls (compiles), then interleaved repeats
             try:
-                first, best, out, io = fn()
+                first[name] = common.timed(fn)
             except jw.MemoryBudgetError as err:  # an --ooc_fractions budget below any plan
                 raise app.UsageError(f"{name}: {err}") from None
+        for _ in range(max(cfg.repeats, 1)):
+            for name, _, fn, _ in jobs:
+                times[name].append(common.timed(fn))
+        for name, run_cfg, _, result in jobs:
+            out, io = result()
+            best = min(times[name])
             res, kind = residual(out, x)
             row = {"name": name, "n": cfg.n, "block": cfg.block, "dtype": cfg.dtype,
                    "store": cfg.store, "memory_budget": run_cfg.memory_budget, "seconds": best,
-                   "first_call_extra_s": max(first - best, 0.0), "gflops": flops / best / 1e9,
-                   "residual": res, "residual_kind": kind, **io}  # fmt: skip
+                   "first_call_extra_s": max(first[name] - best, 0.0),
+                   "gflops": flops / best / 1e9, "residual": res, "residual_kind": kind,
+                   **io}  # fmt: skip
             results.append(row)
             extra = row["first_call_extra_s"]
             print(f"{name:>16}: {best:8.3f} s {row['gflops']:7.1f} GFLOP/s (first call "
-                  f"+{extra:.2f} s) residual {res:.1e} ({kind})", flush=True)  # fmt: skip
+                  f"+{extra:.2f} s) residual {res:.1e} ({kind}) {io.get('tiling', '')}",
+                  flush=True)  # fmt: skip
     for row in compile_scan(cfg.compile_scan, cfg.dtype):
         results.append({"name": f"compile@{row['block_columns']}", "n": row["n"],
                         "block": row["block"], "dtype": cfg.dtype,
@@ -241,7 +290,8 @@ COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("block", "block", "d"),
            ("first call extra s", "first_call_extra_s", ".2f"), ("x numpy", "x_numpy", ".2f"),
            ("x scipy", "x_scipy", ".2f"), ("x dask", "x_dask", ".2f"),
            ("x jnp sharded", "x_jax_sharded", ".1f"),
-           ("x jaxwren_store", "x_jaxwren_store", ".2f"), ("residual", "residual", ".1e"),
+           ("x jaxwren_store", "x_jaxwren_store", ".2f"), ("tiling", "tiling", ""),
+           ("residual", "residual", ".1e"),
            ("read MiB", "read_mib", ".0f"), ("written MiB", "written_mib", ".0f")]  # fmt: skip
 
 
@@ -253,7 +303,8 @@ def main(argv: list[str]) -> None:
                  peers=tuple(p for p in _PEERS.value if p), repeats=_REPEATS.value,
                  file_dir=_FILE_DIR.value,
                  compile_scan=tuple(int(c) for c in _SCAN.value),
-                 ooc_fractions=tuple(int(f) for f in _OOC.value))  # fmt: skip
+                 ooc_fractions=tuple(int(f) for f in _OOC.value),
+                 tilings=tuple(_TILINGS.value))  # fmt: skip
 
     common.run_and_report(
         run,

@@ -17,7 +17,7 @@ from jaxwren.linalg.cholesky import Cholesky
 from jaxwren.sharding.platform import platform_profile
 from tests.helpers import mem, run_until_killed, tolerance
 
-chol_mod = importlib.import_module("jaxwren.linalg.cholesky")
+select_mod = importlib.import_module("jaxwren.linalg.cholesky.select")
 
 
 def spd(n: int, dtype: str = "float64", seed: int = 0) -> np.ndarray:
@@ -46,7 +46,7 @@ def budget(request, monkeypatch):
     at a budget below the matrix."""
     if request.param != "out-of-core":  # as Cholesky("kernel") / Cholesky("tiles") rank it
         # (the tile plan: forced too, so the accelerator profile's lane runs it as well)
-        monkeypatch.setattr(chol_mod, "tiles_first", lambda _mesh: request.param == "tiles")
+        monkeypatch.setattr(select_mod, "tiles_first", lambda _mesh: request.param == "tiles")
     return OOC if request.param == "out-of-core" else None
 
 
@@ -201,8 +201,8 @@ def test_stored_factor_skips_blocks_above_the_diagonal(budget, request):
         L = jw.cholesky(a, mem("upper"), block_shape=(16, 16), memory_budget=budget)
     (report,) = runs
     kernel = request.node.callspec.params["budget"] == "kernel"  # the plan this param forces
-    assert report.tiles.startswith("in-core, kernel block") == kernel
-    assert report.tiles.startswith("tile plan") == (not kernel)
+    assert (ast.literal_eval(report.tiling)[0] == "kernel") == kernel
+    assert report.tiles.startswith("kernel: in-core") == kernel
     assert L.block_idxs_exist == {(i, j) for i in range(3) for j in range(i + 1)}
     check_factor(L.numpy(), a)  # the absent blocks read as zeros
 
@@ -214,7 +214,8 @@ def test_out_of_core_takes_several_k_tiles_per_step():
         L = jw.cholesky(A, mem("kpanels-l"), memory_budget=16_000)
     check_factor(L.numpy(), a)
     (got,) = runs
-    t, kt = ast.literal_eval(got.tiling)[:2]  # tiles of t, K panels of kt tiles
+    name, t, kt = ast.literal_eval(got.tiling)  # tiles of t, K panels of kt tiles
+    assert name == "out-of-core"
     nt = -(-96 // t)
     assert kt > 1  # each GEMM step takes several K tiles: fewer steps than one per tile
     widths = [w for w in range(kt, 0, -1) if w == kt or w & (w - 1) == 0]  # kt, 2^i < kt
@@ -277,14 +278,18 @@ def test_the_op_ranks_the_plan_it_is_asked_for():
     first for a stored factor; the result is the same; a returned factor always takes
     the kernel (a tile plan only stores)."""
     a = spd(50, seed=11)
-    for prefer, text in (("kernel", "in-core, kernel block"), ("tiles", "tile plan")):
+    tiled = "tiles" if platform_profile().shares_host_memory else "out-of-core"
+    for prefer, name in (("kernel", "kernel"), ("tiles", tiled)):
         spec = RunSpec(block_shape=(8, 8))
         got = run(Cholesky(prefer), (a,), mem(f"prefer-{prefer}"), spec)
-        assert got.report.tiles.startswith(text)
+        assert ast.literal_eval(got.report.tiling)[0] == name
+        assert got.report.tiles.startswith(f"{name}: ")
+        assert f"selected {name}: asked for" in got.report.tiles
         check_factor(got.value.numpy(), a)
     got = run(Cholesky("tiles"), (a,), None, RunSpec())
     check_factor(np.asarray(got.value), a)
-    assert got.report.tiles.startswith("in-core, kernel block")
+    assert ast.literal_eval(got.report.tiling)[0] == "kernel"
+    assert "only the kernel returns one" in got.report.tiles
     with pytest.raises(jw.ConfigError, match="plan='fast' must be"):
         Cholesky("fast")
 
@@ -302,7 +307,7 @@ def test_finished_tiles_stay_in_memory_when_the_budget_holds_them():
     L = jw.BigMatrix.open(got.stored["L"])
     check_factor(L.numpy(), a)
     assert ("finished tiles kept in memory" in got.tiles) == kept
-    t = ast.literal_eval(got.tiling)[0]  # tiles of t
+    t = ast.literal_eval(got.tiling)[1]  # tiles of t
     nt = -(-96 // t)
     lower = nt * (nt + 1) // 2 * t * t * 8  # A's lower tiles
     assert (got.bytes_read == lower) == kept  # else the K panels too
@@ -310,3 +315,57 @@ def test_finished_tiles_stay_in_memory_when_the_budget_holds_them():
     check_factor(small.value.numpy(), a)
     assert "kept in memory" not in small.report.tiles
     assert small.report.bytes_read > lower
+
+
+@pytest.mark.parametrize(("block", "dtype"), [(24, "float64"), (48, "float32"), (12, "float64")])
+def test_work_tiles_independent_of_the_stored_blocks(block, dtype):
+    """The in-core tile plan factors on its own work tile (32 at n = 100), whatever the
+    stored blocks: when the tile cuts them, L is written by columns of whole stored blocks
+    as they complete (lower blocks only), and failures are still named."""
+    a = spd(100, dtype, seed=13)
+    A = jw.from_numpy(a, mem(f"wt-a-{block}"), (block, block))
+    with jw.observe() as runs:
+        L = run(Cholesky("tiles"), (A,), mem(f"wt-l-{block}"), RunSpec()).value
+    check_factor(L.numpy(), a)
+    (got,) = runs
+    name, t, _ = ast.literal_eval(got.tiling)
+    if platform_profile().shares_host_memory:
+        assert (name, t) == ("tiles", 32) and "columns of stored blocks" in got.tiles
+    nb = -(-100 // block)
+    assert L.block_idxs_exist == {(i, j) for i in range(nb) for j in range(i + 1)}
+    bad = a.copy()
+    bad[70, 70] = -50.0
+    B = jw.from_numpy(bad, mem(f"wt-bad-{block}"), (block, block))
+    with pytest.raises(jw.NotPositiveDefiniteError, match=r"block column 2 \(columns 64:96\)"
+                       if name == "tiles" else "block column"):  # fmt: skip
+        run(Cholesky("tiles"), (B,), mem(f"wt-bad-l-{block}"), RunSpec())
+    bad[70, 3] = np.nan
+    B = jw.from_numpy(bad, mem(f"wt-nan-{block}"), (block, block))
+    with pytest.raises(jw.NonFiniteError, match="NaN or Inf"):
+        run(Cholesky("tiles"), (B,), mem(f"wt-nan-l-{block}"), RunSpec())
+
+
+def test_the_report_names_the_algorithm_and_the_selectors_reason():
+    """jw.explain and jw.observe show the algorithm (first item of the tiling) and the
+    selector's reason (in the plan's description), also when the budget overrules it."""
+    from jaxwren.linalg.cholesky import select
+
+    a = spd(64, seed=14)
+    A = jw.from_numpy(a, mem("why-a"), (8, 8))
+    best, why = select.select(jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4),
+                                                ("rows", "cols")), True)  # fmt: skip
+    planned = jw.explain(jw.cholesky, A, mem("why-l"))
+    assert (
+        ast.literal_eval(planned.tiling)[0] == best and f"selected {best}: {why}" in planned.tiles
+    )
+    with jw.observe() as runs:
+        jw.cholesky(A, mem("why-l"))
+        jw.cholesky(A)
+        jw.cholesky(A, mem("why-ooc"), memory_budget=16_000)
+    stored, returned, small = runs
+    assert (stored.tiling, stored.tiles) == (planned.tiling, planned.tiles)
+    assert ast.literal_eval(returned.tiling)[0] == "kernel"
+    assert "selected kernel: a returned factor" in returned.tiles
+    assert ast.literal_eval(small.tiling)[0] == "out-of-core"
+    if best != "out-of-core":
+        assert f"selected {best} (" in small.tiles and "does not fit the budget" in small.tiles

@@ -11,7 +11,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.errors import ConfigError, DTypeMismatchError, ShapeMismatchError
-from jaxwren.linalg import cholesky_kernel as ck
+from jaxwren.lax import cholesky_kernel as ck
 from jaxwren.sharding.mesh import default_mesh, default_sharding
 from tests.helpers import tolerance
 

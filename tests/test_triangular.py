@@ -97,3 +97,21 @@ def test_few_columns_on_a_mesh_without_the_first_device(k, budget):
     x = jw.cho_solve(L, b, mesh=mesh, memory_budget=budget)
     np.testing.assert_allclose(np.asarray(x), np.linalg.solve(s, b), rtol=1e-9, atol=1e-9)
     assert set(x.sharding.device_set) == set(devices)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_in_core_solve_is_the_lax_kernel(dtype):
+    """In-core, the store-backed solve runs jaxwren.lax's substitution kernel (one kernel,
+    two entries): the same numbers as jw.lax.solve_triangular; streamed under a budget."""
+    _, l_mat = factor(45, seed=4)
+    m, b = l_mat.astype(dtype), rand((45, 11), seed=5).astype(dtype)
+    L = jw.from_numpy(m, mem(f"tri-lax-{dtype}"), (8, 8))
+    with jw.observe() as runs:
+        x = jw.solve_triangular(L, b, trans=True)
+        y = jw.solve_triangular(L, b, trans=True, memory_budget=STREAM * m.itemsize // 8)
+    assert [r.tiling.startswith("('in-core'") for r in runs] == [True, False]
+    ref = jw.lax.solve_triangular(jax.numpy.asarray(m), jax.numpy.asarray(b), trans=True)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(np.asarray(y), sl.solve_triangular(m, b, lower=True, trans=1), rtol=tol,
+                               atol=tol)  # fmt: skip

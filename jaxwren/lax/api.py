@@ -131,7 +131,7 @@ def cholesky(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     and differentiable in every mode, never gathered.
 
     The matrix is padded and permuted to a block-cyclic layout on the devices, factored by
-    the sharded kernel of :mod:`jaxwren.linalg.cholesky_kernel` (one ``shard_map``, a
+    the sharded kernel of :mod:`jaxwren.lax.cholesky_kernel` (one ``shard_map``, a
     ``fori_loop`` over block columns: the program does not grow with ``n / block``) and
     put back: the collectives are all-to-alls of the matrix and ``psum``s of ``n x b``
     panels, never an all-gather of it. Per device: the input, the output and two
@@ -182,8 +182,10 @@ def cholesky(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
 
 
 @functools.partial(jax.jit, static_argnames=("geo", "lower", "trans", "cho"))
-def _solve(low: jax.Array, b: jax.Array, geo: ops.Geometry, lower: bool, trans: bool,
-           cho: bool) -> jax.Array:  # fmt: skip
+def sharded_solve(low: jax.Array, b: jax.Array, geo: ops.Geometry, lower: bool, trans: bool,
+                  cho: bool) -> jax.Array:  # fmt: skip
+    """``op(L) X = B`` (``cho``: ``L L^T X = B``) on the substitution kernel, natural layout
+    in and out: also the in-core plan of the store-backed ``jw.solve_triangular``."""
     gl, gb = geo.square, geo.rhs(b.shape[1])
     lm = to_layout(_constrain(low, geo.mesh), *gl, geo.mesh, eye=True)
     x = to_layout(_constrain(b, geo.mesh), *gb, geo.mesh)
@@ -214,7 +216,7 @@ def _solve_call(low: Any, b: Any, mesh: Any, block: Any, where: str, ref: Any, *
     ls, bs = _place((low, b), mesh, dtype)
     vector = bs.ndim == 1
     geo = ops.Geometry(mesh, n, block or block_size(n, mesh), False)
-    x = _solve(ls, bs[:, None] if vector else bs, geo, **kw)
+    x = sharded_solve(ls, bs[:, None] if vector else bs, geo, **kw)
     x = x[:, 0] if vector else x
     if not _traced(low, b) and not bool(jnp.all(jnp.isfinite(x))):
         raise NonFiniteError(

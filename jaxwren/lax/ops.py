@@ -1,5 +1,5 @@
 """The differentiable operations on layout-space matrices: the Cholesky factor (the block-
-cyclic kernel of :mod:`jaxwren.linalg.cholesky_kernel`, with its derivative rule) and
+cyclic kernel of :mod:`jaxwren.lax.cholesky_kernel`, with its derivative rule) and
 triangular solves (the substitution kernel, with derivatives and transposes by
 ``lax.custom_linear_solve``).
 
@@ -30,9 +30,9 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxwren.lax import cholesky_kernel as ck
 from jaxwren.lax import kernels
 from jaxwren.lax.layout import Axis, natural_index, padded, spec
-from jaxwren.linalg import cholesky_kernel as ck
 from jaxwren.sharding.mesh import COLS, ROWS
 
 __all__ = ["Geometry", "factor", "lower_part", "product", "triangular"]

@@ -1,5 +1,12 @@
 """Triangular solves (blocked substitution on the engine), cho_solve and log-determinants.
 
+In-core (both operands and the solution fit the budget): one step calling the sharded
+substitution kernel of :mod:`jaxwren.lax` (the one ``jw.lax.solve_triangular`` traces:
+one kernel, two entries; a ``fori_loop`` over block columns, compiled once). n = 4096,
+512 right-hand sides, f64, 8 CPU devices (loaded box): 0.31 s, against 4.9 s for the
+streamed plan's single row tile (XLA's triangular solve of the whole matrix on every
+device) and 0.36 s for scipy. Otherwise the streamed plan below.
+
 ``op(A) X = B`` with ``op(A) = A`` or ``A^T``: the transpose is a lazy view, so every case
 is forward (lower) or backward (upper) substitution over row tiles of the effective matrix:
 ``X[I] = M[I, I]^{-1} (B[I] - sum_K M[I, K] X[K])``. The triangular matrix is streamed tile
@@ -28,9 +35,12 @@ from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import operand, run
 from jaxwren.errors import NonFiniteError, ShapeMismatchError
+from jaxwren.lax import ops as lax_ops
+from jaxwren.lax.api import sharded_solve
+from jaxwren.lax.layout import block_size, padded
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import pad_identity, round_up
-from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.mesh import COLS, ROWS, fit_spec
 from jaxwren.sharding.tiles import ArraySource, CpuShardsSource, on_one_device
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -128,6 +138,27 @@ def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np
     return Plan("solve_triangular", steps, init, tiles=f"{nt} row tiles of {t}")
 
 
+def _incore_kernel(mesh: Mesh, n: int, block: int, lower: bool, trans: bool) -> Any:
+    """The lax substitution (jitted, the geometry static) for one geometry."""
+    geo = lax_ops.Geometry(mesh, n, block, False)
+    return functools.partial(sharded_solve, geo=geo, lower=lower, trans=trans, cho=False)
+
+
+def _incore_plan(l: Any, b: Any, lower: bool, trans: bool, block: int, mesh: Mesh,  # noqa: E741
+                 dtype: np.dtype, out: BigMatrix | None) -> Plan:  # fmt: skip
+    """One step: ``l`` and ``b`` read whole (sharded over the mesh) and solved by the lax
+    kernel; the solution is checked finite before it is stored or returned."""
+    (n, k), fn = b.shape, _incore_kernel(mesh, l.shape[0], block, lower, trans)
+    reads = tuple(Read(x, (0, x.shape[0], 0, x.shape[1]), tuple(x.shape),
+                       NamedSharding(mesh, fit_spec(x.shape, mesh)), dtype)
+                  for x in (l, b))  # fmt: skip
+    step = Step(reads, lambda _c, lm, bm: (None, (fn(lm, bm),)), (Write(out, (0, 0), (n, k)),),
+                label="solve", check=_check_finite)  # fmt: skip
+    proj = (3 * n * n + 6 * n * k) * np.dtype(dtype).itemsize
+    return Plan("solve_triangular", [step], None, proj, proj,
+                f"in-core, the lax substitution kernel (block {block})")  # fmt: skip
+
+
 def _start_update(c: tuple, bi: jax.Array, mk: jax.Array, *, fn: Any, off: Any) -> tuple:
     return (c[0], fn(c[0], bi, mk, off)), ()
 
@@ -194,7 +225,9 @@ class SolveTriangular(Op):
         k_pad = round_up(k, mesh.devices.size) if k >= mesh.devices.size else k
         granule = math.lcm(*l.block_shape) if isinstance(l, BigMatrix) else 256
         granule = min(granule, round_up(n, 8))
-        cands = []
+        n_pad = padded(n, block_size(n, mesh), mesh)
+        incore = (3 * n_pad * n_pad + 6 * n_pad * k_pad) * dtype.itemsize
+        cands = [Candidate(("in-core", block_size(n, mesh)), lambda _pf: incore, -(1 << 62))]
         for t in range(granule, round_up(n, granule) + granule, granule):
             cands.append(
                 Candidate((t, k_pad), _footprint(t, round_up(n, t), k_pad, dtype, mesh), -t)
@@ -206,6 +239,9 @@ class SolveTriangular(Op):
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
         l, b = problem.sources  # noqa: E741
+        if tiling[0] == "in-core":
+            return _incore_plan(l, b, self.lower, self.trans, tiling[1], problem.mesh,
+                                problem.outputs[0].dtype, targets["X"])  # fmt: skip
         m = _transposed(l) if self.trans else l
         t, k_pad = tiling
         return _plan(m, b, self.lower != self.trans, t, k_pad, problem.mesh,

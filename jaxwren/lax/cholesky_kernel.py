@@ -1,5 +1,9 @@
 """In-core blocked Cholesky on a 2-D block-cyclic layout (ScaLAPACK style), never gathered.
 
+The one Cholesky kernel, with two entries: :func:`jaxwren.lax.cholesky` (traced, with its
+derivative rule) and the store-backed ``jw.cholesky``'s in-core algorithm
+(:mod:`jaxwren.linalg.cholesky.kernel`).
+
 Layout: the padded ``(n_pad, n_pad)`` matrix is cut into ``b x b`` blocks; block row ``i``
 lives on mesh row ``i % R`` (local block row ``i // R``), block column ``j`` on mesh column
 ``j % C`` (local ``j // C``). A *cyclic* array has its block rows and columns permuted
