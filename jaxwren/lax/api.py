@@ -104,8 +104,9 @@ def _place(xs: tuple, mesh: Any, dtype: np.dtype) -> tuple:
     """Arguments cast to ``dtype``; concrete ones put on ``mesh``'s devices (eager calls)."""
     out = []
     for x in xs:
-        if not _traced(x):
-            x = jax.device_put(x, NamedSharding(mesh, fit_spec(np.shape(x), mesh)))
+        if not _traced(x):  # (beside a traced argument the mesh is abstract: a constant)
+            x = (jax.device_put(x, NamedSharding(mesh, fit_spec(np.shape(x), mesh)))
+                 if isinstance(mesh, Mesh) else jnp.asarray(x))  # fmt: skip
         out.append(x.astype(dtype))
     return tuple(out)
 
