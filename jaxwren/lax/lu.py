@@ -25,14 +25,14 @@ from jaxwren.lax.api import (
     cholesky,
     resolve_mesh,
 )
-from jaxwren.lax.layout import block_size, from_layout, to_layout
+from jaxwren.lax.layout import from_layout, lu_block_size, to_layout
 from jaxwren.lax.ops import Geometry
 
 __all__ = ["lu_factor", "lu_solve", "solve"]
 
 
 def _geometry(n: int, mesh: Any, block: int | None) -> Geometry:
-    return Geometry(mesh, n, block or block_size(n, mesh), True)
+    return Geometry(mesh, n, block or lu_block_size(n, mesh), True)
 
 
 def _padded_piv(piv: jax.Array, geo: Geometry) -> jax.Array:
@@ -81,7 +81,7 @@ def lu_factor(a: Any, *, mesh: Any = None, block: int | None = None) -> tuple[ja
       a: ``(n, n)`` array (jax.Array, possibly sharded over a ``('rows', 'cols')`` mesh;
         numpy accepted eagerly). Integers are promoted as jnp promotes them.
       mesh: the mesh (default: the argument's, else the context mesh, else all devices).
-      block: kernel block size (default: 128, smaller for small ``n``).
+      block: kernel block size (default: 64, smaller for small ``n``).
 
     Returns:
       ``(lu, piv)``: ``L`` (unit lower, diagonal implied) and ``U`` packed in ``lu``

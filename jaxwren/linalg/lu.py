@@ -27,7 +27,7 @@ from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import NonFiniteError, ShapeMismatchError, SingularMatrixError
-from jaxwren.lax.layout import block_size, natural_index
+from jaxwren.lax.layout import lu_block_size, natural_index
 from jaxwren.linalg.base import Op
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_size, to_cyclic
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
@@ -48,7 +48,7 @@ def check_square(a: Any, where: str) -> int:
 def incore_bytes(n: int, itemsize: int, mesh: Mesh, copies: int = 4) -> int:
     """The in-core kernel's peak: the cyclic input (donated to the factor), its host
     buffer, the natural result and a temporary (``copies`` matrices), and the panels."""
-    kb = block_size(n, mesh)
+    kb = lu_block_size(n, mesh)
     n_pad = padded_size(n, kb, mesh)
     return copies * n_pad * n_pad * itemsize + 8 * n_pad * kb * itemsize
 
@@ -56,7 +56,7 @@ def incore_bytes(n: int, itemsize: int, mesh: Mesh, copies: int = 4) -> int:
 def cyclic_read(src: Any, n: int, dtype: np.dtype, mesh: Mesh) -> tuple[Read, Any, int]:
     """The read of ``src`` into the padded block-cyclic layout: from the host by a memcpy
     (:class:`CyclicSource`), or permuted on the devices for a device array."""
-    kb = block_size(n, mesh)
+    kb = lu_block_size(n, mesh)
     n_pad = padded_size(n, kb, mesh)
     sharding = NamedSharding(mesh, P(ROWS, COLS))
     if isinstance(src, jax.Array):
