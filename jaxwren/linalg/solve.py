@@ -33,7 +33,7 @@ from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.lax.layout import from_layout, natural_index, to_layout
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.lu import check_square, cyclic_read, incore_bytes, prepare, raise_failed
-from jaxwren.sharding.mesh import default_sharding
+from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
 
 __all__ = ["Solve", "backward_error"]
@@ -69,6 +69,15 @@ def _refine(x: jax.Array, b: jax.Array, a: jax.Array, n: int, matvec: Any, corr:
 
     it, x, _, e, _ = lax.while_loop(cond, body, (jnp.int32(0), x, r, e, jnp.bool_(False)))
     return x, it, e
+
+
+def _few_rhs_product(a: jax.Array, x: jax.Array, *, rows: Any, cols: Any) -> jax.Array:
+    """``A X`` for a few right-hand sides held whole along ``cols``: ``X`` shared down the
+    mesh columns (a ``psum`` of ``n x k``), the local product, a ``psum`` over ``cols``."""
+    from jaxwren.lax.kernels import _rows_at
+
+    y = jnp.matmul(a, _rows_at(x, rows, cols), precision=lax.Precision.HIGHEST)
+    return lax.psum(y, cols.name)
 
 
 @functools.cache
@@ -108,7 +117,11 @@ def _solve_fn(kind: str, n: int, k: int, kb: int, mesh: Mesh, device_array: bool
                 return lu_ops.solve(lu, piv, r.astype(jnp.float32), geo, gb, False).astype(a.dtype)
 
             def matvec(x: jax.Array) -> jax.Array:
-                return kernels.matmul(a, x, ga=g, gb=gb, gc=gb, mesh=mesh)
+                if gb[1].name is not None:  # many right-hand sides: SUMMA
+                    return kernels.matmul(a, x, ga=g, gb=gb, gc=gb, mesh=mesh)
+                body = functools.partial(_few_rhs_product, rows=g[0], cols=g[1])
+                return jax.shard_map(body, mesh=mesh, in_specs=(P(ROWS, COLS), P(ROWS, None)),
+                                     out_specs=P(ROWS, None))(a, x)  # fmt: skip
 
             i, j = natural_index(g[0])[:, None], natural_index(g[1])[None, :]
             real = jnp.where((i < n) & (j < n), a, 0)
