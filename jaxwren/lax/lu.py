@@ -188,7 +188,8 @@ def solve(a: Any, b: Any, *, assume_a: str = "gen", mesh: Any = None,
     where = "jaxwren.lax.solve"
     if assume_a not in ("gen", "pos"):
         raise ConfigError(f"{where}: assume_a must be 'gen' or 'pos', got {assume_a!r}.")
-    _square(a, "a", where)
+    n = _square(a, "a", where)
     if assume_a == "pos":
         return cho_solve(cholesky(a, mesh=mesh, block=block), b, mesh=mesh, block=block)
+    block = block or lu_block_size(n, resolve_mesh((a, b), mesh, where))  # as lu_factor's
     return _solve_call(a, b, mesh, block, where, jsl.solve, call=_solve, cyclic=True, what="matrix")
