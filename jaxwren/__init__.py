@@ -29,6 +29,10 @@ Compute: linear algebra, streamed out of core
   cholesky                  lower Cholesky factor
   solve_triangular          op(l) x = b for triangular l
   cho_solve, cho_logdet     solve and log-determinant from a Cholesky factor
+  lu_factor, lu_solve       LU with partial pivoting, and solves from the factor
+  solve                     a x = b (LU, or Cholesky with assume_a="pos"; refine=True:
+                            float32 factor, float64 refinement)
+  inv, slogdet, det         inverse, sign and log |det|, determinant
   lstsq                     least squares
   qr, svd                   tall-skinny QR and thin SVD
   randomized_svd            rank-k truncated SVD
@@ -44,7 +48,8 @@ Compute: linear algebra, streamed out of core
   observe                   collect the RunReport of every run in a with-block
   RunReport                 what a run did: tiling, bytes, steps, seconds
   lax                       inside your jax.jit / jax.grad: sharded, differentiable
-                            cholesky, solve_triangular, cho_solve, cho_logdet
+                            cholesky, solve_triangular, cho_solve, cho_logdet,
+                            lu_factor, lu_solve, solve
 
 Tables: CSV and Parquet part files in
   from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix
@@ -59,6 +64,7 @@ Errors: every one a JaxwrenError, with a message that names the fix
   NonFiniteError            NaN or Inf where a finite value is required
   NotPositiveDefiniteError  Cholesky of a matrix that is not positive definite
   RankDeficientError        a least-squares matrix without full rank
+  SingularMatrixError       an exactly zero pivot in an LU factorisation (.column)
   MemoryBudgetError         a plan over the memory budget
   OutputConflictError       an out that is, holds or lies inside an input
   BlockIndexError           a block index outside the grid
@@ -107,6 +113,7 @@ from jaxwren.errors import (
     PartsNotFoundError,
     RankDeficientError,
     ShapeMismatchError,
+    SingularMatrixError,
     StorageError,
     TableParseError,
     UnsupportedURLError,
@@ -116,7 +123,11 @@ from jaxwren.linalg import (
     cho_logdet,
     cho_solve,
     cholesky,
+    det,
+    inv,
     lstsq,
+    lu_factor,
+    lu_solve,
     map_blocks,
     matmul,
     max,
@@ -127,6 +138,8 @@ from jaxwren.linalg import (
     pairwise_sq_distances,
     qr,
     randomized_svd,
+    slogdet,
+    solve,
     solve_triangular,
     std,
     sum,
@@ -161,6 +174,7 @@ __all__ = [
     "RunReport",
     "RunSpec",
     "ShapeMismatchError",
+    "SingularMatrixError",
     "StorageConfig",
     "StorageError",
     "TableParseError",
@@ -169,6 +183,7 @@ __all__ = [
     "cho_logdet",
     "cho_solve",
     "cholesky",
+    "det",
     "enable_compilation_cache",
     "explain",
     "default_mesh",
@@ -177,10 +192,13 @@ __all__ = [
     "copy",
     "from_numpy",
     "from_parquet",
+    "inv",
     "iter_table_batches",
     "lax",
     "load",
     "lstsq",
+    "lu_factor",
+    "lu_solve",
     "map_blocks",
     "matmul",
     "max",
@@ -193,6 +211,8 @@ __all__ = [
     "qr",
     "randomized_svd",
     "save",
+    "slogdet",
+    "solve",
     "solve_triangular",
     "std",
     "sum",

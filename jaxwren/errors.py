@@ -26,6 +26,7 @@ __all__ = [
     "OutputConflictError",
     "PartsNotFoundError",
     "ShapeMismatchError",
+    "SingularMatrixError",
     "StorageError",
     "TableParseError",
     "UnsupportedURLError",
@@ -69,6 +70,15 @@ class NonFiniteError(JaxwrenError, ValueError):
 
 class NotPositiveDefiniteError(JaxwrenError, np.linalg.LinAlgError):
     """A matrix given to a Cholesky factorisation is not positive definite."""
+
+
+class SingularMatrixError(JaxwrenError, np.linalg.LinAlgError):
+    """An LU factorisation met an exactly zero pivot: the matrix is singular. ``column``
+    is the first such column (0-based; LAPACK's ``info`` less one)."""
+
+    def __init__(self, message: str, column: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
 
 
 class RankDeficientError(JaxwrenError, np.linalg.LinAlgError):

@@ -179,6 +179,22 @@ CASES = [
      jw.ConfigError, "ddof"),
     ("norm/bad-ord", lambda a, o: jw.norm(a, ord="spectral"),
      jw.ConfigError, "ord"),
+    ("lu_factor/non-square", lambda a, o: jw.lu_factor(a, o),
+     jw.ShapeMismatchError, "must be square.*jw.lstsq"),
+    ("lu_factor/singular", lambda a, o: jw.lu_factor(SPD * (np.arange(4) != 2), o),
+     jw.SingularMatrixError, r"U\[2, 2\] is exactly zero.*info = 3"),
+    ("lu_solve/piv", lambda a, o: jw.lu_solve((SPD, np.zeros(3, np.int32)), V[:4], o),
+     jw.ShapeMismatchError, "piv must be the"),
+    ("solve/assume_a", lambda a, o: jw.solve(SPD, V[:4], o, assume_a="sym"),
+     jw.ConfigError, "'gen' or 'pos'"),
+    ("solve/refine-float32", lambda a, o: jw.solve(SPD.astype("f4"), SPD.astype("f4"), o, refine=True),
+     jw.ConfigError, "pass float64 data"),
+    ("inv/nan", lambda a, o: jw.inv(np.where(np.eye(4) > 0, np.nan, SPD), o),
+     jw.NonFiniteError, "NaN or Inf"),
+    ("slogdet/non-square", lambda a, o: jw.slogdet(a),
+     jw.ShapeMismatchError, "must be square"),
+    ("det/over-budget", lambda a, o: jw.det(SPD, memory_budget=64),
+     jw.MemoryBudgetError, "smallest workable budget"),
 ]  # fmt: skip
 
 

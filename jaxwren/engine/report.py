@@ -98,6 +98,8 @@ class RunReport:
       seconds: wall seconds per phase (explained: only ``plan`` and ``total``).
       explained: whether this report comes from :func:`explain` (planned, not run).
       error: the exception's type name when the run failed, else None.
+      details: figures the operation reports about its result (``lu_factor``: the
+        growth factor; a refined ``solve``: its iterations and backward error).
     """
 
     operation: str
@@ -122,6 +124,7 @@ class RunReport:
     seconds: PhaseSeconds = PhaseSeconds()
     explained: bool = False
     error: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -147,6 +150,7 @@ class RunReport:
             f"{self.bytes_read}, written {self.bytes_written}; compiles {self.compiles}",
             f"  seconds: plan {s.plan:.3f}, read {s.read:.3f}, compute {s.compute:.3f}, "
             f"write {s.write:.3f}, total {s.total:.3f}",
+            *([f"  details: {self.details}"] if self.details else []),
         ]
         return "\n".join(lines)
 

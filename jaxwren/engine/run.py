@@ -235,6 +235,7 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
         _commit(where, slots, stats)
         draft.write_s += perf_counter() - t0
         value = op.finish(problem, returned_arrays, _targets(slots))  # may still refuse it
+        draft.set(details=dict(getattr(op, "details", None) or {}))  # e.g. growth factor
     except BaseException as exc:
         # a wrong input (not positive definite, NaN ...) leaves no trace; an outage or an
         # interruption of a resumable run keeps its finished tiles for the rerun

@@ -12,6 +12,9 @@ one ``n x b`` panel at a time.
 * :func:`solve_triangular`, :func:`cho_solve`: blocked substitution with many right-hand
   sides.
 * :func:`cho_logdet`: ``log det A`` from the factor.
+* :func:`lu_factor`, :func:`lu_solve`, :func:`solve`: LU with partial pivoting (the
+  block-cyclic GEPP kernel: ``n x b`` panels and ``2b`` interchanged rows move, never the
+  matrix) and general solves (``assume_a="pos"``: Cholesky).
 
 Bad input: inside ``jit`` a matrix that is not positive definite gives a NaN factor (as
 ``jnp``'s); an eager call raises :class:`~jaxwren.errors.NotPositiveDefiniteError`.
@@ -20,5 +23,7 @@ On CPU devices in one process, run under
 """
 
 from jaxwren.lax.api import cho_logdet, cho_solve, cholesky, solve_triangular
+from jaxwren.lax.lu import lu_factor, lu_solve, solve
 
-__all__ = ["cho_logdet", "cho_solve", "cholesky", "solve_triangular"]
+__all__ = ["cho_logdet", "cho_solve", "cholesky", "lu_factor", "lu_solve", "solve",
+           "solve_triangular"]  # fmt: skip

@@ -104,8 +104,9 @@ def _place(xs: tuple, mesh: Any, dtype: np.dtype) -> tuple:
     """Arguments cast to ``dtype``; concrete ones put on ``mesh``'s devices (eager calls)."""
     out = []
     for x in xs:
-        if not _traced(x):
-            x = jax.device_put(x, NamedSharding(mesh, fit_spec(np.shape(x), mesh)))
+        if not _traced(x):  # (beside a traced argument the mesh is abstract: a constant)
+            x = (jax.device_put(x, NamedSharding(mesh, fit_spec(np.shape(x), mesh)))
+                 if isinstance(mesh, Mesh) else jnp.asarray(x))  # fmt: skip
         out.append(x.astype(dtype))
     return tuple(out)
 
@@ -204,25 +205,29 @@ def _trans_flag(trans: Any, where: str) -> bool:
     raise ConfigError(f"{where}: trans must be a bool, 0/1/2 or 'N'/'T'/'C', got {trans!r}.")
 
 
-def _solve_call(low: Any, b: Any, mesh: Any, block: Any, where: str, ref: Any, **kw: Any) -> Any:
+def _solve_call(low: Any, b: Any, mesh: Any, block: Any, where: str, ref: Any, *,
+                call: Any = None, cyclic: bool = False, what: str = "triangular matrix",
+                **kw: Any) -> Any:  # fmt: skip
+    """A solve with a square ``low`` (``call(low, b2d, geo)``, default the triangular
+    :func:`_solve` with ``kw``): checks, mesh, dtype, placement, a vector ``b``."""
     n = _square(low, "the factor", where)
     if np.ndim(b) not in (1, 2) or np.shape(b)[0] != n:
         raise ShapeMismatchError(
             f"{where}: b must be an (n,) vector or (n, k) matrix with n = {n} rows (as the "
-            f"triangular matrix), got shape {tuple(np.shape(b))}."
+            f"{what}), got shape {tuple(np.shape(b))}."
         )
     mesh = resolve_mesh((low, b), mesh, where)
     dtype = _result_dtype(ref, (low, b), where)
     ls, bs = _place((low, b), mesh, dtype)
     vector = bs.ndim == 1
-    geo = ops.Geometry(mesh, n, block or block_size(n, mesh), False)
-    x = sharded_solve(ls, bs[:, None] if vector else bs, geo, **kw)
+    geo = ops.Geometry(mesh, n, block or block_size(n, mesh), cyclic)
+    x = (call or functools.partial(sharded_solve, **kw))(ls, bs[:, None] if vector else bs, geo)
     x = x[:, 0] if vector else x
     if not _traced(low, b) and not bool(jnp.all(jnp.isfinite(x))):
         raise NonFiniteError(
-            f"{where}: the solution has NaN or Inf: the triangular matrix is singular (a zero "
-            "on its diagonal) or the inputs hold NaN/Inf. Inside jit the result carries "
-            "them instead, as jax.scipy.linalg's."
+            f"{where}: the solution has NaN or Inf: the {what} is singular (a zero on its "
+            "diagonal) or the inputs hold NaN/Inf. Inside jit the result carries them "
+            "instead, as jax.scipy.linalg's."
         )
     return x
 

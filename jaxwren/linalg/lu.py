@@ -1,0 +1,215 @@
+"""LU factorisation with partial pivoting of a stored or in-memory matrix, on the engine.
+
+In-core (the matrix and its factor fit the budget): one step. The matrix is read from the
+host (store or memory) straight into the 2-D block-cyclic layout (:class:`CyclicSource`:
+the permutation is a host memcpy), factored by the sharded GEPP kernel of
+:mod:`jaxwren.lax.lu_kernel` (compiled once: a ``fori_loop`` over panels; ``n x b``
+panels and ``2b`` interchanged rows move between devices, never the matrix), and put
+back in natural order on the host. The run reports the growth factor
+``max |U| / max |A|`` (``RunReport.details``). There is no out-of-core LU yet: above the
+budget the run refuses with a ``MemoryBudgetError`` naming the budget it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.dtypes import result_dtype
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
+from jaxwren.engine.run import run
+from jaxwren.errors import NonFiniteError, ShapeMismatchError, SingularMatrixError
+from jaxwren.lax.layout import lu_block_size, natural_index
+from jaxwren.linalg.base import Op
+from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_size, to_cyclic
+from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
+from jaxwren.storage.bigmatrix import BigMatrix
+
+__all__ = ["LUFactor", "check_square", "cyclic_read", "incore_bytes", "lu_factor", "prepare"]
+
+
+def check_square(a: Any, where: str) -> int:
+    if a.shape[0] != a.shape[1]:
+        raise ShapeMismatchError(
+            f"{where}: a must be square, got shape {tuple(a.shape)}; for a rectangular "
+            "system use jw.lstsq."
+        )
+    return a.shape[0]
+
+
+def incore_bytes(n: int, itemsize: int, mesh: Mesh, copies: int = 4) -> int:
+    """The in-core kernel's peak: the cyclic input (donated to the factor), its host
+    buffer, the natural result and a temporary (``copies`` matrices), and the panels."""
+    kb = lu_block_size(n, mesh)
+    n_pad = padded_size(n, kb, mesh)
+    return copies * n_pad * n_pad * itemsize + 8 * n_pad * kb * itemsize
+
+
+def cyclic_read(src: Any, n: int, dtype: np.dtype, mesh: Mesh) -> tuple[Read, Any, int]:
+    """The read of ``src`` into the padded block-cyclic layout: from the host by a memcpy
+    (:class:`CyclicSource`), or permuted on the devices for a device array."""
+    kb = lu_block_size(n, mesh)
+    n_pad = padded_size(n, kb, mesh)
+    sharding = NamedSharding(mesh, P(ROWS, COLS))
+    if isinstance(src, jax.Array):
+        return Read(src, (0, n, 0, n), (n_pad, n_pad), sharding, dtype), None, kb
+    cyc = CyclicSource(src, kb, mesh)
+    return Read(cyc, (0, n_pad, 0, n_pad), (n_pad, n_pad), sharding, dtype), cyc, kb
+
+
+def prepare(a: jax.Array, geo: Any, device_array: bool) -> tuple[jax.Array, jax.Array]:
+    """The kernel's input (in the caller's jit): cyclic, the padded diagonal one; and
+    ``max |A|`` (the padding left out)."""
+    if device_array:  # a device array's natural tile, permuted on the devices
+        a = to_cyclic(a, geo.block, geo.mesh)
+    rows, cols = geo.square
+    i, j = natural_index(rows)[:, None], natural_index(cols)[None, :]
+    a = jnp.where((i == j) & (i >= geo.n), jnp.ones((), a.dtype), a)
+    return a, jnp.max(jnp.where((i < geo.n) & (j < geo.n), jnp.abs(a), 0))
+
+
+@functools.cache
+def _factor_fn(n: int, kb: int, mesh: Mesh, device_array: bool) -> Any:
+    """``a -> (lu cyclic, piv, info, max|A|, max|U|)``, jitted once per geometry."""
+    from jaxwren.lax import lu_ops  # (jaxwren.lax imports jaxwren.linalg's kernels)
+    from jaxwren.lax.ops import Geometry
+
+    geo = Geometry(mesh, n, kb, True)
+    sh, rep = NamedSharding(mesh, P(ROWS, COLS)), NamedSharding(mesh, P())
+
+    def fn(a: jax.Array) -> tuple[jax.Array, ...]:
+        a, maxa = prepare(a, geo, device_array)
+        lu, piv, info = lu_ops._kernel(a, geo)
+        rows, cols = geo.square
+        i, j = natural_index(rows)[:, None], natural_index(cols)[None, :]
+        maxu = jnp.max(jnp.where((i <= j) & (j < n), jnp.abs(lu), 0))
+        return lu, piv[:n], info, maxa, maxu
+
+    return jax.jit(fn, in_shardings=sh, out_shardings=(sh, rep, rep, rep, rep),
+                   donate_argnums=0)  # fmt: skip
+
+
+def raise_failed(where: str, info: int, maxu: float) -> None:
+    """The typed error of a failed factorisation: NaN/Inf, or an exactly zero pivot."""
+    if not np.isfinite(maxu):
+        raise NonFiniteError(
+            f"{where}: the factor is not finite: the matrix holds NaN or Inf; clean it "
+            "(e.g. np.nan_to_num) first."
+        )
+    if info >= 0:
+        raise SingularMatrixError(
+            f"{where}: the matrix is singular: U[{info}, {info}] is exactly zero (column "
+            f"{info}; LAPACK's info = {info + 1}); nothing was stored. For a least-squares "
+            "solution use jw.lstsq.",
+            column=info,
+        )
+
+
+class LUFactor(Op):
+    """``(lu, piv)`` with ``A = P L U``, in-core on the sharded GEPP kernel."""
+
+    name = "lu_factor"
+    operand_names = ("a",)
+
+    def __init__(self, allow_singular: bool = False) -> None:
+        """``allow_singular``: an exactly zero pivot is no error (``slogdet``)."""
+        self.allow_singular = allow_singular
+        self.details: dict[str, Any] = {}
+
+    def check(self, operands: Any, mesh: Mesh) -> Problem:
+        (a,) = operands
+        n = check_square(a, self.name)
+        dtype = result_dtype(a.dtype, where=self.name, policy="factor")
+        block = a.block_shape if isinstance(a, BigMatrix) else None
+        outs = (Output("lu", (n, n), dtype, block), Output("piv", (n, 1), np.dtype(np.int32)))
+        return Problem((a,), outs, (), mesh)
+
+    def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
+        n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
+        need = incore_bytes(n, dtype.itemsize, problem.mesh)
+        return [Candidate("in-core (no out-of-core LU yet)", lambda _pf: need)]
+
+    def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
+             prefetch: int) -> Plan:  # fmt: skip
+        (src,), mesh = problem.sources, problem.mesh
+        n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
+        read, cyc, kb = cyclic_read(src, n, dtype, mesh)
+        stored = targets["lu"] is not None
+        fn = _factor_fn(n, kb, mesh, cyc is None)
+
+        def kernel(_carry: Any, a: jax.Array) -> tuple[None, tuple]:
+            lu, piv, info, maxa, maxu = fn(a)
+            buffer = None if cyc is None else cyc.take_buffer()
+            lu = natural_from_cyclic(lu, kb, mesh, n, buffer=buffer, host=stored)
+            return None, (lu, piv[:, None], jnp.stack([info.astype(maxa.dtype), maxa, maxu]))
+
+        def check(outs: tuple) -> None:
+            info, maxa, maxu = (float(v) for v in np.asarray(outs[2]))
+            raise_failed(self.name, -1 if self.allow_singular else int(info), maxu)
+            self.details = {"growth_factor": maxu / maxa if maxa else 1.0, "kernel_block": kb}
+
+        writes = (Write(targets["lu"], (0, 0), (n, n)), Write(targets["piv"], (0, 0), (n, 1)),
+                  Write(None))  # fmt: skip
+        step = Step((read,), kernel, writes, label="factor", check=check)
+        need = incore_bytes(n, dtype.itemsize, mesh)
+        return Plan(self.name, [step], None, need, need, f"in-core, kernel block {kb}")
+
+    def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
+        if targets["lu"] is not None:
+            return targets["lu"], targets["piv"]
+        n = problem.outputs[0].shape[0]
+        lu = returned[0]
+        if isinstance(lu, np.ndarray) or lu.sharding != default_sharding((n, n), problem.mesh):
+            lu = jax.device_put(lu, default_sharding((n, n), problem.mesh))
+        return lu, returned[1][:, 0]
+
+
+def lu_factor(
+    a: Any,
+    out: Any = None,
+    *,
+    mesh: Mesh | None = None,
+    memory_budget: int | str | None = None,
+    block_shape: tuple[int, int] | None = None,
+    storage: StorageConfig | None = None,
+    progress: bool | None = None,
+) -> tuple[Any, Any]:
+    """LU factorisation with partial pivoting, ``A = P L U`` (``scipy.linalg.lu_factor``).
+
+    Blocked GEPP on the devices' 2-D block-cyclic layout (backward stable as LAPACK's
+    ``getrf``: the same pivots); the growth factor ``max |U| / max |A|`` is in the run's
+    report (``jw.observe``: ``report.details["growth_factor"]``).
+
+    Args:
+      a: ``(n, n)`` BigMatrix, URL, jax.Array or numpy array; integers factor in jnp's
+        default float, 16-bit floats in float32.
+      out: None returns ``(lu, piv)`` as jax.Arrays (``lu`` sharded ``P('rows',
+        'cols')`` as far as the mesh divides ``n``, ``piv`` int32 ``(n,)``); a URL
+        prefix stores them at ``OUT/lu`` and ``OUT/piv`` (``(n, 1)`` int32) and returns
+        the two BigMatrix.
+      mesh, memory_budget, block_shape, storage, progress: as for :func:`jaxwren.cholesky`.
+
+    Returns:
+      ``(lu, piv)``: ``L`` (unit lower, diagonal implied) and ``U`` packed in ``lu``;
+      row ``i`` was interchanged with row ``piv[i]`` (0-based), as scipy's.
+
+    Raises:
+      ShapeMismatchError: ``a`` not square.
+      DTypeMismatchError: an unsupported dtype.
+      SingularMatrixError: an exactly zero pivot (``.column``: the first one, as
+        LAPACK's ``info``); nothing is stored.
+      NonFiniteError: NaN or Inf in ``a``.
+      MemoryBudgetError: the matrix does not fit the budget in-core (there is no
+        out-of-core LU yet).
+    """
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, block_shape=block_shape)  # fmt: skip
+    return run(LUFactor(), (a,), out, spec).value
