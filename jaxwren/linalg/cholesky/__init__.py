@@ -14,7 +14,8 @@ them and says why; the engine takes the first that fits the budget:
 
 The tile plans share one schedule (:mod:`.tiles`); their diagonal tiles run on one of
 the backends of :mod:`.diagonal` (host LAPACK, one device, replicated). The run's report
-names the algorithm (``RunReport.tiling``) and the selector's reason (``RunReport.tiles``).
+names the algorithm (``RunReport.tiling``) and the selector's reason (after the engine's,
+in ``RunReport.reason``).
 """
 
 from __future__ import annotations

@@ -109,10 +109,10 @@ def tiles_plan(s: Setup, tiling: tuple) -> Plan:
            f", L written by columns of stored blocks {block[1]}"))  # fmt: skip
     desc = (
         f"{NAME}: in-core tile plan, {nt}x{nt} lower tiles of {t} (stored blocks "
-        f"{block[0]}x{block[1]}), K panels of {kt * t}, {how}; {s.why}"
+        f"{block[0]}x{block[1]}), K panels of {kt * t}, {how}"
     )
     return Plan("cholesky", steps, lambda: (None, None), tiles=desc,
-                write_behind=t * t * s.dtype.itemsize)  # fmt: skip
+                write_behind=t * t * s.dtype.itemsize, reason=s.why)  # fmt: skip
 
 
 def _strips(jj: int, *, n: int, t: int, block: tuple[int, int]) -> list[tuple[int, ...]]:

@@ -99,5 +99,5 @@ def kernel_plan(s: Setup, tiling: tuple) -> Plan:
         check=functools.partial(check_factor, kb=kb, src=s.src, n=s.n),
         warm=warm,
     )
-    desc = f"kernel: in-core, block-cyclic kernel block {kb}; {s.why}"
-    return Plan("cholesky", [step], None, tiles=desc)
+    desc = f"kernel: in-core, block-cyclic kernel block {kb}"
+    return Plan("cholesky", [step], None, tiles=desc, reason=s.why)

@@ -51,7 +51,6 @@ def ooc_plan(s: Setup, tiling: tuple) -> Plan:
     _, t, kt = tiling
     nt = -(-s.n // t)
     steps = schedule(s, t, kt, None)
-    desc = f"{NAME}: tile plan over the store, {nt}x{nt} lower tiles of {t}, K panels of " \
-           f"{kt * t}; {s.why}"  # fmt: skip
+    desc = f"{NAME}: tile plan over the store, {nt}x{nt} lower tiles of {t}, K panels of {kt * t}"
     return Plan("cholesky", steps, lambda: (None, None), tiles=desc,
-                write_behind=t * t * s.dtype.itemsize)  # fmt: skip
+                write_behind=t * t * s.dtype.itemsize, reason=s.why)  # fmt: skip

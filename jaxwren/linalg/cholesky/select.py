@@ -4,7 +4,7 @@ prefers, and why.
 :func:`select` returns ``(algorithm, reason)``; :func:`candidates` ranks every
 algorithm's tilings by it (the preferred algorithm first, the other in-core one next,
 the out-of-core plan last) and the engine takes the first that fits the budget.
-:func:`reason` is what the run's report shows (``RunReport.tiles``). The rule:
+:func:`reason` is what the run's report shows (``RunReport.reason``). The rule:
 
 1. a returned factor (``out=None``): ``"kernel"``, the only algorithm that returns one;
 2. ``Cholesky(plan="kernel" | "tiles")``: that one (``"tiles"`` where finished tiles
