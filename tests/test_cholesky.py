@@ -284,12 +284,12 @@ def test_the_op_ranks_the_plan_it_is_asked_for():
         got = run(Cholesky(prefer), (a,), mem(f"prefer-{prefer}"), spec)
         assert ast.literal_eval(got.report.tiling)[0] == name
         assert got.report.tiles.startswith(f"{name}: ")
-        assert f"selected {name}: asked for" in got.report.tiles
+        assert f"selected {name}: asked for" in got.report.reason
         check_factor(got.value.numpy(), a)
     got = run(Cholesky("tiles"), (a,), None, RunSpec())
     check_factor(np.asarray(got.value), a)
     assert ast.literal_eval(got.report.tiling)[0] == "kernel"
-    assert "only the kernel returns one" in got.report.tiles
+    assert "only the kernel returns one" in got.report.reason
     with pytest.raises(jw.ConfigError, match="plan='fast' must be"):
         Cholesky("fast")
 
@@ -347,7 +347,8 @@ def test_work_tiles_independent_of_the_stored_blocks(block, dtype):
 
 def test_the_report_names_the_algorithm_and_the_selectors_reason():
     """jw.explain and jw.observe show the algorithm (first item of the tiling) and the
-    selector's reason (in the plan's description), also when the budget overrules it."""
+    selector's reason (after the engine's, in ``reason`` and ``str(report)``), also when
+    the budget overrules it."""
     from jaxwren.linalg.cholesky import select
 
     a = spd(64, seed=14)
@@ -355,17 +356,19 @@ def test_the_report_names_the_algorithm_and_the_selectors_reason():
     best, why = select.select(jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4),
                                                 ("rows", "cols")), True)  # fmt: skip
     planned = jw.explain(jw.cholesky, A, mem("why-l"))
-    assert (
-        ast.literal_eval(planned.tiling)[0] == best and f"selected {best}: {why}" in planned.tiles
-    )
+    assert ast.literal_eval(planned.tiling)[0] == best
+    assert planned.reason == f"{planned.reason.split('; selected ')[0]}; selected {best}: {why}"
+    assert planned.reason.startswith("cheapest within budget at prefetch=1")
+    assert f"selected {best}: {why}" in str(planned) and why not in planned.tiles
     with jw.observe() as runs:
         jw.cholesky(A, mem("why-l"))
         jw.cholesky(A)
         jw.cholesky(A, mem("why-ooc"), memory_budget=16_000)
     stored, returned, small = runs
-    assert (stored.tiling, stored.tiles) == (planned.tiling, planned.tiles)
+    assert (stored.tiling, stored.tiles, stored.reason) == (planned.tiling, planned.tiles,
+                                                            planned.reason)  # fmt: skip
     assert ast.literal_eval(returned.tiling)[0] == "kernel"
-    assert "selected kernel: a returned factor" in returned.tiles
+    assert "selected kernel: a returned factor" in returned.reason
     assert ast.literal_eval(small.tiling)[0] == "out-of-core"
     if best != "out-of-core":
-        assert f"selected {best} (" in small.tiles and "does not fit the budget" in small.tiles
+        assert f"selected {best} (" in small.reason and "does not fit the budget" in small.reason

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxwren.config import format_bytes
-from jaxwren.engine.memory import Footprint, projected
+from jaxwren.engine.memory import projected
 from jaxwren.engine.problem import Candidate
 from jaxwren.errors import MemoryBudgetError
 
@@ -20,9 +20,7 @@ __all__ = ["Choice", "choose", "need", "refusal", "resumed_tiling"]
 def need(c: Candidate, mesh: Any, prefetch: int, stored: bool) -> int:
     """The candidate's projected peak bytes at ``prefetch`` (``stored``: its outputs are
     written to the store)."""
-    if isinstance(c.footprint, Footprint):
-        return projected(c.footprint, mesh, prefetch, stored)
-    return c.footprint(prefetch)  # the older form: the operation's own projection
+    return projected(c.footprint, mesh, prefetch, stored)
 
 
 @dataclasses.dataclass(frozen=True)

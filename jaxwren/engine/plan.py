@@ -96,9 +96,9 @@ class Plan:
       name: the calling operation (``"matmul"``), for messages.
       steps: the steps, run in order.
       init: makes the initial carried state (None: no carry).
-      projected_bytes, min_budget: unused by the engine; still passed by
-        ``linalg/cholesky.py`` (positionally), removed once it declares footprints.
       tiles: a human description of the tiling, for messages and logs.
+      reason: the operation's own reason for this algorithm, where it chooses among
+        several (the report shows it after the engine's reason for the tiling).
       write_behind: bytes of finished output that the projection allows in flight to
         the store even without prefetch (one output queued, writes up to this many bytes
         in progress); 0: without prefetch each output is stored before the next step.
@@ -107,10 +107,9 @@ class Plan:
     name: str
     steps: Sequence[Step]
     init: Callable[[], Any] | None
-    projected_bytes: int = 0
-    min_budget: int = 0
     tiles: str = ""
     write_behind: int = 0
+    reason: str = ""
 
 
 def default_budget(devices: Sequence[jax.Device] | None = None) -> int:

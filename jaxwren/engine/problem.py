@@ -9,7 +9,7 @@ rest. These are plain frozen records: the engine never imports the algorithms.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,16 +65,14 @@ class Candidate:
     Attributes:
       tiling: the operation's own description (passed back to ``plan``).
       footprint: what the tiling holds (:class:`~jaxwren.engine.memory.Footprint`); the
-        engine projects its bytes. A callable of the prefetch depth giving the bytes
-        itself is the older form, still taken from ``linalg/cholesky.py`` until it
-        declares footprints.
+        engine projects its bytes.
       cost: a sort key, lower is better (e.g. modelled seconds or IO bytes).
       returns: whether this tiling can hand its outputs back as device arrays (an
         out-of-core tiling that only writes to the store cannot).
     """
 
     tiling: Any
-    footprint: Footprint | Callable[[int], int]
+    footprint: Footprint
     cost: Any = 0
     returns: bool = True
 

@@ -84,7 +84,9 @@ class RunReport:
       prefetch: the prefetch depth chosen (steps of reads in flight ahead).
       reason: why this tiling, e.g. ``"cheapest within budget at prefetch=1"``,
         ``"prefetch degraded from 1 to 0 to fit the budget"``, ``"the interrupted run's
-        tiling (resume)"``, ``"the stored result is this computation's (reused)"``.
+        tiling (resume)"``, ``"the stored result is this computation's (reused)"``;
+        then, where the operation gives one, its own reason for the algorithm (Cholesky:
+        ``"selected tiles: CPU devices of one process ..."``).
       returned: names of the outputs handed back as device arrays.
       stored: ``{output name: URL}`` of the outputs written to a store.
       state: ``"fresh"`` (computed from scratch), ``"partial"`` (an interrupted run's

@@ -27,7 +27,7 @@ from jaxwren.config import RunSpec
 from jaxwren.engine import outputs as outs_mod
 from jaxwren.engine.choice import Choice, choose, refusal, resumed_tiling
 from jaxwren.engine.outputs import Slot
-from jaxwren.engine.plan import resolve_budget
+from jaxwren.engine.plan import Plan, resolve_budget
 from jaxwren.engine.problem import NO_RESUME, Candidate, Problem, Resume
 from jaxwren.engine.provenance import (
     COMPLETE,
@@ -118,6 +118,13 @@ class _Draft:
             tiling=None if chosen is None else repr(chosen.tiling),
             projected_bytes=need,
         )
+
+    def plan(self, plan: Plan) -> None:
+        """The plan's tiles, and its operation's reason for its algorithm after the
+        engine's reason for the tiling."""
+        self.set(tiles=plan.tiles)
+        if plan.reason:
+            self.set(reason="; ".join(r for r in (self.fields.get("reason"), plan.reason) if r))
 
     def planned(self) -> None:
         self.plan_s = perf_counter() - self.t0
@@ -226,7 +233,7 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
         t2 = perf_counter()
         draft.write_s += t1 - t0
         draft.plan_s = (draft.plan_s or 0.0) + t2 - t1
-        draft.set(tiles=plan.tiles)
+        draft.plan(plan)
         draft.stats = stats
         returned_arrays, stats = execute(plan, budget=budget, prefetch=prefetch,
                                          progress=spec.progress, stats=stats)  # fmt: skip
@@ -258,7 +265,8 @@ def _explain(op: Any, problem: Problem, cand: Candidate, prefetch: int, slots: S
     if state != COMPLETE:
         plan = op.plan(problem, cand.tiling, _targets(slots), resume, prefetch)
         skipped = sum(1 for st in plan.steps if st.skip)
-        draft.set(tiles=plan.tiles, steps_run=len(plan.steps) - skipped, steps_skipped=skipped)
+        draft.plan(plan)
+        draft.set(steps_run=len(plan.steps) - skipped, steps_skipped=skipped)
     draft.planned()
     raise Explained(draft.report())
 

@@ -101,6 +101,16 @@ def _footprint(t: int, n_pad: int, k_pad: int, dtype: Any, mesh: Mesh) -> Footpr
                      extra=3 * row.on_devices)  # fmt: skip
 
 
+def _incore_footprint(n_pad: int, k_pad: int, dtype: Any, mesh: Mesh) -> Footprint:
+    """The in-core plan: ``l`` and ``b`` read whole, ``x`` emitted (sharded as the mesh
+    divides them). Extra: ``l`` and ``b`` in the kernel's block layout, and the
+    substitution's temporaries (``l``'s size once more, ``b``'s three times)."""
+    l_buf, b_buf = (Buffer(shape, dtype, NamedSharding(mesh, fit_spec(shape, mesh)))
+                    for shape in ((n_pad, n_pad), (n_pad, k_pad)))  # fmt: skip
+    return Footprint(reads=(l_buf, b_buf), writes=(b_buf,),
+                     extra=2 * l_buf.nbytes + 4 * b_buf.nbytes)  # fmt: skip
+
+
 def _plan(m: Any, b: Any, lower: bool, t: int, k_pad: int, mesh: Mesh, dtype: np.dtype,
           out: BigMatrix | None) -> Plan:  # fmt: skip
     n, k = m.shape[0], b.shape[1]
@@ -154,9 +164,8 @@ def _incore_plan(l: Any, b: Any, lower: bool, trans: bool, block: int, mesh: Mes
                   for x in (l, b))  # fmt: skip
     step = Step(reads, lambda _c, lm, bm: (None, (fn(lm, bm),)), (Write(out, (0, 0), (n, k)),),
                 label="solve", check=_check_finite)  # fmt: skip
-    proj = (3 * n * n + 6 * n * k) * np.dtype(dtype).itemsize
-    return Plan("solve_triangular", [step], None, proj, proj,
-                f"in-core, the lax substitution kernel (block {block})")  # fmt: skip
+    desc = f"in-core, the lax substitution kernel (block {block})"
+    return Plan("solve_triangular", [step], None, tiles=desc)
 
 
 def _start_update(c: tuple, bi: jax.Array, mk: jax.Array, *, fn: Any, off: Any) -> tuple:
@@ -226,8 +235,8 @@ class SolveTriangular(Op):
         granule = math.lcm(*l.block_shape) if isinstance(l, BigMatrix) else 256
         granule = min(granule, round_up(n, 8))
         n_pad = padded(n, block_size(n, mesh), mesh)
-        incore = (3 * n_pad * n_pad + 6 * n_pad * k_pad) * dtype.itemsize
-        cands = [Candidate(("in-core", block_size(n, mesh)), lambda _pf: incore, -(1 << 62))]
+        incore = _incore_footprint(n_pad, k_pad, dtype, mesh)
+        cands = [Candidate(("in-core", block_size(n, mesh)), incore, -(1 << 62))]
         for t in range(granule, round_up(n, granule) + granule, granule):
             cands.append(
                 Candidate((t, k_pad), _footprint(t, round_up(n, t), k_pad, dtype, mesh), -t)

@@ -14,7 +14,8 @@ them and says why; the engine takes the first that fits the budget:
 
 The tile plans share one schedule (:mod:`.tiles`); their diagonal tiles run on one of
 the backends of :mod:`.diagonal` (host LAPACK, one device, replicated). The run's report
-names the algorithm (``RunReport.tiling``) and the selector's reason (``RunReport.tiles``).
+names the algorithm (``RunReport.tiling``) and the selector's reason (after the engine's,
+in ``RunReport.reason``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
 from jaxwren.engine.plan import Plan
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
@@ -76,7 +77,7 @@ class Cholesky(Op):
         out_block = block or problem.outputs[0].block_shape or (min(n, 1024),)
         granule = math.lcm(a.block_shape[0] if isinstance(a, BigMatrix) else 1, out_block[0])
         self._block = block  # the stored factor's blocks, for plan (explain: no out yet)
-        return select.candidates(n, dtype.itemsize, mesh, granule, block, self.prefer)
+        return select.candidates(n, dtype, mesh, granule, block, self.prefer)
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -89,8 +90,8 @@ class Cholesky(Op):
         if algorithm == kernel.NAME:
             return kernel.kernel_plan(setup, tiling)
         if algorithm == incore.NAME:
-            return incore.tiles_plan(setup, tiling, prefetch)
-        return ooc.ooc_plan(setup, tiling, prefetch)
+            return incore.tiles_plan(setup, tiling)
+        return ooc.ooc_plan(setup, tiling)
 
 
 def cholesky(
@@ -102,7 +103,8 @@ def cholesky(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
+    spec: RunSpec | None = None,
 ) -> jax.Array | BigMatrix:
     """Lower Cholesky factor ``L`` of a symmetric positive-definite matrix (``A = L L^T``).
 
@@ -122,13 +124,19 @@ def cholesky(
         Below what the in-core factorisation needs, the out-of-core tile plan runs.
       block_shape: block shape of a newly created ``out`` (default: ``a``'s or 1024).
       storage: StorageConfig for an ``out`` URL.
-      progress: progress bar for out-of-core runs (None: when stderr is a terminal).
-      prefetch: steps of reads in flight ahead of the computing step.
+      progress: progress bar for multi-step runs (None: when the session is
+        interactive: stderr is a terminal, or a Jupyter/IPython kernel).
+      prefetch: steps of reads in flight ahead of the computing step (None: 1).
+      spec: a :class:`jaxwren.RunSpec` holding these settings, for a configuration
+        reused across calls. The keywords above are copies of its fields: a keyword
+        fills a field the spec leaves at its default; both set differently raise
+        ConfigError.
 
     Returns:
       ``L``: a sharded jax.Array, or the BigMatrix ``out``.
 
     Raises:
+      ConfigError: a bad run setting, or a keyword and ``spec`` that disagree.
       ShapeMismatchError: ``a`` is not square, or ``out`` has the wrong shape/dtype.
       OutputConflictError: ``out`` is, contains or lies inside an input or another matrix.
       DTypeMismatchError: unsupported dtype.
@@ -137,6 +145,7 @@ def cholesky(
         block column); an ``out`` created by the call is removed again.
       MemoryBudgetError: not even the smallest tile plan fits ``memory_budget``.
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, prefetch=prefetch, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("cholesky", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, prefetch=prefetch,
+                    block_shape=block_shape)  # fmt: skip
     return run(Cholesky(), (a,), out, spec).value

@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan
 from jaxwren.engine.problem import Candidate
 from jaxwren.linalg.cholesky.setup import Setup
-from jaxwren.linalg.cholesky.tiles import Resident, schedule, tile_bytes, update_steps
+from jaxwren.linalg.cholesky.tiles import Resident, schedule, tile_footprint, update_steps
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["NAME", "available", "candidates", "tiles_plan", "work_tiles"]
@@ -58,24 +60,24 @@ def work_tiles(n: int, mesh: Mesh) -> list[int]:
     return list(dict.fromkeys(fit))
 
 
-def resident_bytes(n: int, t: int, itemsize: int) -> int:
-    """The finished tiles kept: the lower triangle in tiles."""
+def _footprint(n: int, t: int, kt: int, dtype: np.dtype, mesh: Mesh,
+               block: tuple[int, int]) -> Footprint:  # fmt: skip
+    """The tile plan's footprint (:func:`.tiles.tile_footprint`; the K panels counted as
+    reads: a resumed run reads them back) with the finished tiles kept, the lower triangle
+    in tiles, one host copy. Tiles that cut the stored blocks write strips instead: one
+    step completes the stored block columns ending within its work column, at most ``t +
+    block[1]`` columns of at most ``n`` rows."""
     nt = -(-n // t)
-    return nt * (nt + 1) // 2 * t * t * itemsize
+    kept = Buffer((nt * (nt + 1) // 2 * t, t), dtype)
+    strip = None if _aligned(t, block) else Buffer((n, t + block[1]), dtype)
+    return tile_footprint(t, kt * t, dtype, mesh, (kept,), strip)
 
 
 def _aligned(t: int, block: tuple[int, int]) -> bool:
     return t % block[0] == 0 and t % block[1] == 0
 
 
-def _projected(n: int, t: int, kt: int, itemsize: int, mesh: Mesh, block: tuple[int, int],
-               prefetch: int) -> int:  # fmt: skip
-    strips = 0 if _aligned(t, block) else 2 * n * block[1] * itemsize  # in flight
-    return (tile_bytes(t, kt * t, itemsize, mesh, prefetch) + resident_bytes(n, t, itemsize)
-            + strips)  # fmt: skip
-
-
-def candidates(n: int, itemsize: int, mesh: Mesh, block: tuple[int, int],
+def candidates(n: int, dtype: np.dtype, mesh: Mesh, block: tuple[int, int],
                rank: int) -> list[Candidate]:  # fmt: skip
     """``("tiles", t, kt)`` for each work tile (:func:`work_tiles` order) and panel width;
     ``block``: the stored factor's blocks."""
@@ -84,13 +86,13 @@ def candidates(n: int, itemsize: int, mesh: Mesh, block: tuple[int, int],
         nt = -(-n // t)
         for kt in _PANEL_TILES:
             kt = min(kt, max(nt - 1, 1))
-            proj = functools.partial(_projected, n, t, kt, itemsize, mesh, block)
             steps = update_steps(nt, kt) + nt * (nt + 1) // 2
-            out.append(Candidate((NAME, t, kt), proj, (rank, order, steps), False))
+            out.append(Candidate((NAME, t, kt), _footprint(n, t, kt, dtype, mesh, block),
+                                 (rank, order, steps), False))  # fmt: skip
     return list({c.tiling: c for c in out}.values())
 
 
-def tiles_plan(s: Setup, tiling: tuple, prefetch: int) -> Plan:
+def tiles_plan(s: Setup, tiling: tuple) -> Plan:
     """The plan of ``("tiles", t, kt)``. A resumed run (finished tiles in the store, not in
     memory) reads its K panels back from the store."""
     _, t, kt = tiling
@@ -102,16 +104,15 @@ def tiles_plan(s: Setup, tiling: tuple, prefetch: int) -> Plan:
     strips = None if aligned else functools.partial(_strips, n=s.n, t=t, block=block)
     steps = schedule(s, t, kt, keep, strips)
     nt = -(-s.n // t)
-    proj = _projected(s.n, t, kt, s.dtype.itemsize, s.mesh, block, prefetch)
     how = ("finished tiles read back from the store (resumed)" if resumed else
            "finished tiles kept in memory" + ("" if aligned else
            f", L written by columns of stored blocks {block[1]}"))  # fmt: skip
     desc = (
         f"{NAME}: in-core tile plan, {nt}x{nt} lower tiles of {t} (stored blocks "
-        f"{block[0]}x{block[1]}), K panels of {kt * t}, {how}; {s.why}"
+        f"{block[0]}x{block[1]}), K panels of {kt * t}, {how}"
     )
-    return Plan("cholesky", steps, lambda: (None, None), proj, proj, desc,
-                write_behind=t * t * s.dtype.itemsize)  # fmt: skip
+    return Plan("cholesky", steps, lambda: (None, None), tiles=desc,
+                write_behind=t * t * s.dtype.itemsize, reason=s.why)  # fmt: skip
 
 
 def _strips(jj: int, *, n: int, t: int, block: tuple[int, int]) -> list[tuple[int, ...]]:

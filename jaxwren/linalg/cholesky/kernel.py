@@ -17,9 +17,11 @@ import functools
 import math
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.lax import cholesky_kernel as ck
 from jaxwren.linalg.cholesky.checks import check_factor
@@ -27,7 +29,7 @@ from jaxwren.linalg.cholesky.setup import Setup
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic
 from jaxwren.sharding.mesh import COLS, ROWS
 
-__all__ = ["NAME", "incore_block", "incore_bytes", "kernel_plan"]
+__all__ = ["NAME", "footprint", "incore_block", "kernel_plan"]
 
 NAME = "kernel"
 _KB = (256, 128, 64, 32, 16, 8, 4, 2, 1)
@@ -42,12 +44,16 @@ def incore_block(n: int, mesh: Mesh) -> int:
     return next(b for b in _KB if b <= top and b * unit * 2 <= max(n, 2 * unit))
 
 
-def incore_bytes(n: int, itemsize: int, mesh: Mesh) -> int:
-    """Peak bytes: the padded input, the factor and two matrix-sized temporaries, and
-    the kernel's panels."""
+def footprint(n: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
+    """The padded input read whole and the factor emitted, both ``P('rows', 'cols')``;
+    extra: two matrix-sized temporaries (the permutation to and from the block-cyclic
+    layout beside the kernel's in-place factor) and the kernel's panels of ``8 kb``
+    columns."""
     kb = incore_block(n, mesh)
     n_pad = ck.padded_size(n, kb, mesh)
-    return 4 * n_pad * n_pad * itemsize + 8 * n_pad * kb * itemsize
+    whole = Buffer((n_pad, n_pad), dtype, NamedSharding(mesh, P(ROWS, COLS)))
+    panels = 8 * n_pad * kb * np.dtype(dtype).itemsize
+    return Footprint(reads=(whole,), writes=(whole,), extra=2 * whole.nbytes + panels)
 
 
 def _factor(x: jax.Array, n: int, kb: int, mesh: Mesh, stored: bool = False
@@ -93,6 +99,5 @@ def kernel_plan(s: Setup, tiling: tuple) -> Plan:
         check=functools.partial(check_factor, kb=kb, src=s.src, n=s.n),
         warm=warm,
     )
-    proj = incore_bytes(s.n, s.dtype.itemsize, s.mesh)
-    desc = f"kernel: in-core, block-cyclic kernel block {kb}; {s.why}"
-    return Plan("cholesky", [step], None, proj, proj, desc)
+    desc = f"kernel: in-core, block-cyclic kernel block {kb}"
+    return Plan("cholesky", [step], None, tiles=desc, reason=s.why)

@@ -9,15 +9,15 @@ read back from the store, as wide as the budget allows. A rerun with the same in
 
 from __future__ import annotations
 
-import functools
 import math
 
+import numpy as np
 from jax.sharding import Mesh
 
 from jaxwren.engine.plan import Plan
 from jaxwren.engine.problem import Candidate
 from jaxwren.linalg.cholesky.setup import Setup
-from jaxwren.linalg.cholesky.tiles import schedule, tile_bytes, update_steps
+from jaxwren.linalg.cholesky.tiles import schedule, tile_footprint, update_steps
 from jaxwren.linalg.common import round_up
 
 __all__ = ["NAME", "candidates", "ooc_plan"]
@@ -27,7 +27,7 @@ _SMALL = 1024  # the largest tile of the plan ranked like an in-core algorithm w
 # selector asks for a tile plan that cannot keep its tiles (see candidates)
 
 
-def candidates(n: int, itemsize: int, mesh: Mesh, granule: int, rank: int,
+def candidates(n: int, dtype: np.dtype, mesh: Mesh, granule: int, rank: int,
                small_rank: int | None = None) -> list[Candidate]:  # fmt: skip
     """``("out-of-core", t, kt)``: tiles ``t`` of a multiple of ``granule`` (the stored
     blocks) and the device count, ``kt`` K tiles per GEMM step; fewest steps first, then
@@ -40,19 +40,17 @@ def candidates(n: int, itemsize: int, mesh: Mesh, granule: int, rank: int,
         nt = -(-n // t)
         for kt in range(1, max(nt - 1, 1) + 1):
             r = small_rank if t <= small and nt >= 2 and kt <= 2 else rank
-            proj = functools.partial(tile_bytes, t, kt * t, itemsize, mesh)
             steps = update_steps(nt, kt) + nt * (nt + 1) // 2
-            out.append(Candidate((NAME, t, kt), proj, (r, steps, -t), False))
+            out.append(Candidate((NAME, t, kt), tile_footprint(t, kt * t, dtype, mesh),
+                                 (r, steps, -t), False))  # fmt: skip
     return out
 
 
-def ooc_plan(s: Setup, tiling: tuple, prefetch: int) -> Plan:
+def ooc_plan(s: Setup, tiling: tuple) -> Plan:
     """The plan of ``("out-of-core", t, kt)``."""
     _, t, kt = tiling
     nt = -(-s.n // t)
     steps = schedule(s, t, kt, None)
-    proj = tile_bytes(t, kt * t, s.dtype.itemsize, s.mesh, prefetch)
-    desc = f"{NAME}: tile plan over the store, {nt}x{nt} lower tiles of {t}, K panels of " \
-           f"{kt * t}; {s.why}"  # fmt: skip
-    return Plan("cholesky", steps, lambda: (None, None), proj, proj, desc,
-                write_behind=t * t * s.dtype.itemsize)  # fmt: skip
+    desc = f"{NAME}: tile plan over the store, {nt}x{nt} lower tiles of {t}, K panels of {kt * t}"
+    return Plan("cholesky", steps, lambda: (None, None), tiles=desc,
+                write_behind=t * t * s.dtype.itemsize, reason=s.why)  # fmt: skip

@@ -4,7 +4,7 @@ prefers, and why.
 :func:`select` returns ``(algorithm, reason)``; :func:`candidates` ranks every
 algorithm's tilings by it (the preferred algorithm first, the other in-core one next,
 the out-of-core plan last) and the engine takes the first that fits the budget.
-:func:`reason` is what the run's report shows (``RunReport.tiles``). The rule:
+:func:`reason` is what the run's report shows (``RunReport.reason``). The rule:
 
 1. a returned factor (``out=None``): ``"kernel"``, the only algorithm that returns one;
 2. ``Cholesky(plan="kernel" | "tiles")``: that one (``"tiles"`` where finished tiles
@@ -16,6 +16,7 @@ the out-of-core plan last) and the engine takes the first that fits the budget.
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from jaxwren.engine.problem import Candidate
@@ -69,22 +70,22 @@ def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
     )
 
 
-def candidates(n: int, itemsize: int, mesh: Mesh, granule: int, block: tuple[int, int] | None,
+def candidates(n: int, dtype: np.dtype, mesh: Mesh, granule: int, block: tuple[int, int] | None,
                prefer: str = "auto") -> list[Candidate]:  # fmt: skip
     """Every algorithm's tilings, ranked by :func:`select`. ``granule``: the tile unit of
     the out-of-core plan (the stored blocks of ``A`` and ``L``); ``block``: the stored
     factor's blocks (None: returned)."""
     chosen, _ = select(mesh, block is not None, prefer)
     cands = [Candidate((kernel.NAME, kernel.incore_block(n, mesh)),
-                       lambda _pf: kernel.incore_bytes(n, itemsize, mesh),
+                       kernel.footprint(n, dtype, mesh),
                        (0 if chosen == kernel.NAME else 1,), True)]  # fmt: skip
     # the tile plans only store; offered for a returned factor too, so that a refusal
     # can name the budget a stored factor would need
     if block is not None and incore.available(mesh):
         rank = 0 if chosen == incore.NAME else 1
-        cands += incore.candidates(n, itemsize, mesh, block, rank)
+        cands += incore.candidates(n, dtype, mesh, block, rank)
     small = 0 if chosen == ooc.NAME else None
-    return cands + ooc.candidates(n, itemsize, mesh, granule, 2, small)
+    return cands + ooc.candidates(n, dtype, mesh, granule, 2, small)
 
 
 def reason(chosen: str, mesh: Mesh, stored: bool, prefer: str = "auto") -> str:

@@ -25,7 +25,8 @@ class Setup:
       mesh: the run's mesh.
       out: the stored factor, or None (returned).
       resume: the run's completion records.
-      why: the selector's reason for this algorithm (shown in the run's report).
+      why: the selector's reason for this algorithm (the plan's ``reason``: the run's
+        report shows it).
       block: the stored factor's block shape (None: returned).
     """
 

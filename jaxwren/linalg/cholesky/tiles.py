@@ -22,6 +22,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Read, Step, Write
 from jaxwren.linalg.cholesky.checks import check_factor
 from jaxwren.linalg.cholesky.diagonal import diagonal_kernel
@@ -30,23 +31,27 @@ from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import host_copy, replicate
 
-__all__ = ["Resident", "k_chunks", "schedule", "tile_bytes", "update_steps"]
+__all__ = ["Resident", "k_chunks", "schedule", "tile_footprint", "update_steps"]
 
 
-def tile_bytes(t: int, kw: int, itemsize: int, mesh: Mesh, prefetch: int) -> int:
-    """Peak bytes of a tile plan: the K panels of the steps in flight (``L[I, K]`` by
-    rows, ``L[J, K]`` replicated: one shared buffer on CPU, a copy per device and host
-    staging elsewhere) and, in tiles, the A tiles in flight, the accumulator (updated in
-    place) with the GEMM's product (or the diagonal step's gathered tile, factor, inverse
-    and its host copy, after the accumulator is freed), two finished tiles on their way to
-    the store (write-behind, also without prefetch) and the replicated inverse of the
-    column's diagonal tile."""
-    profile = platform_profile(mesh)
-    copies = 1 if profile.shares_host_memory else mesh.devices.size
-    panels = (prefetch + 1) * t * kw * (1 + copies)
-    staging = prefetch * 2 * t * kw if profile.host_staging else 0
-    tiles = (prefetch + 1 + 2 + 2 + copies) * t * t
-    return (panels + staging + tiles) * itemsize
+def tile_footprint(t: int, kw: int, dtype: np.dtype, mesh: Mesh, held: tuple[Buffer, ...] = (),
+                   strip: Buffer | None = None) -> Footprint:  # fmt: skip
+    """What a tile plan holds: reads, the first GEMM step of a tile (the A tile and the
+    K panels ``L[I, K]`` by rows and ``L[J, K]`` replicated, ``kw`` wide; the engine
+    counts them in flight, replicated and staged); writes, the factor tile (or, when the
+    plan writes strips of ``L`` instead, ``strip``: the most one step emits);
+    accumulators, the carry: the tile being updated (donated: updated in place) and the
+    column's ``L[J, J]^-1`` (replicated; one shared host buffer where device buffers are
+    host memory, as the diagonal backend adopts it); ``held``: finished tiles kept.
+    Extra: one tile, the GEMM's product (or, once the accumulator is freed, the diagonal
+    step's gathered tile for LAPACK)."""
+    srow = NamedSharding(mesh, P((ROWS, COLS), None))
+    rep = NamedSharding(mesh, P())
+    one = Buffer((t, t), dtype, srow)
+    inv = Buffer((t, t), dtype, None if platform_profile(mesh).shares_host_memory else rep)
+    return Footprint(reads=(one, Buffer((t, kw), dtype, srow), Buffer((t, kw), dtype, rep)),
+                     writes=(one if strip is None else strip,),
+                     accumulators=(one, inv), held=held, extra=one.nbytes)  # fmt: skip
 
 
 def k_chunks(jj: int, kt: int) -> list[int]:
