@@ -39,6 +39,11 @@ CALLS = {
     "std": lambda s: jw.std(X, spec=s),
     "norm": lambda s: jw.norm(X, ord=2, spec=s),
     "cholesky": lambda s: jw.cholesky(L @ L.T, spec=s),
+    "lu_factor": lambda s: jw.lu_factor(L, spec=s),
+    "lu_solve": lambda s: jw.lu_solve((L, np.arange(L.shape[0], dtype=np.int32)), B, spec=s),
+    "solve": lambda s: jw.solve(L, B, spec=s),
+    "inv": lambda s: jw.inv(L, spec=s),
+    "slogdet": lambda s: jw.slogdet(L, spec=s),
 }
 
 

@@ -21,8 +21,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.dtypes import result_dtype
+from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
@@ -33,7 +34,7 @@ from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_si
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
 
-__all__ = ["LUFactor", "check_square", "cyclic_read", "incore_bytes", "lu_factor", "prepare"]
+__all__ = ["LUFactor", "check_square", "cyclic_read", "footprint", "lu_factor", "prepare"]
 
 
 def check_square(a: Any, where: str) -> int:
@@ -45,12 +46,17 @@ def check_square(a: Any, where: str) -> int:
     return a.shape[0]
 
 
-def incore_bytes(n: int, itemsize: int, mesh: Mesh, copies: int = 4) -> int:
-    """The in-core kernel's peak: the cyclic input (donated to the factor), its host
-    buffer, the natural result and a temporary (``copies`` matrices), and the panels."""
+def footprint(n: int, dtype: np.dtype, mesh: Mesh, copies: int = 4, extra: int = 0
+              ) -> Footprint:  # fmt: skip
+    """The in-core kernel: the padded cyclic input read whole and the natural result
+    emitted, both ``P('rows', 'cols')``; extra: the other ``copies - 2`` matrices at the
+    peak (the input's host buffer, a temporary), the kernel's panels and ``extra``."""
     kb = lu_block_size(n, mesh)
     n_pad = padded_size(n, kb, mesh)
-    return copies * n_pad * n_pad * itemsize + 8 * n_pad * kb * itemsize
+    whole = Buffer((n_pad, n_pad), dtype, NamedSharding(mesh, P(ROWS, COLS)))
+    panels = 8 * n_pad * kb * np.dtype(dtype).itemsize
+    return Footprint(reads=(whole,), writes=(whole,),
+                     extra=(copies - 2) * whole.nbytes + panels + extra)  # fmt: skip
 
 
 def cyclic_read(src: Any, n: int, dtype: np.dtype, mesh: Mesh) -> tuple[Read, Any, int]:
@@ -134,8 +140,8 @@ class LUFactor(Op):
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
-        need = incore_bytes(n, dtype.itemsize, problem.mesh)
-        return [Candidate("in-core (no out-of-core LU yet)", lambda _pf: need)]
+        fp = footprint(n, dtype, problem.mesh)
+        return [Candidate("in-core (no out-of-core LU yet)", fp)]
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -159,8 +165,7 @@ class LUFactor(Op):
         writes = (Write(targets["lu"], (0, 0), (n, n)), Write(targets["piv"], (0, 0), (n, 1)),
                   Write(None))  # fmt: skip
         step = Step((read,), kernel, writes, label="factor", check=check)
-        need = incore_bytes(n, dtype.itemsize, mesh)
-        return Plan(self.name, [step], None, need, need, f"in-core, kernel block {kb}")
+        return Plan(self.name, [step], None, f"in-core, kernel block {kb}")
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         if targets["lu"] is not None:
@@ -181,6 +186,7 @@ def lu_factor(
     block_shape: tuple[int, int] | None = None,
     storage: StorageConfig | None = None,
     progress: bool | None = None,
+    spec: RunSpec | None = None,
 ) -> tuple[Any, Any]:
     """LU factorisation with partial pivoting, ``A = P L U`` (``scipy.linalg.lu_factor``).
 
@@ -195,7 +201,8 @@ def lu_factor(
         'cols')`` as far as the mesh divides ``n``, ``piv`` int32 ``(n,)``); a URL
         prefix stores them at ``OUT/lu`` and ``OUT/piv`` (``(n, 1)`` int32) and returns
         the two BigMatrix.
-      mesh, memory_budget, block_shape, storage, progress: as for :func:`jaxwren.cholesky`.
+      mesh, memory_budget, block_shape, storage, progress, spec: as for
+        :func:`jaxwren.matmul`.
 
     Returns:
       ``(lu, piv)``: ``L`` (unit lower, diagonal implied) and ``U`` packed in ``lu``;
@@ -210,6 +217,6 @@ def lu_factor(
       MemoryBudgetError: the matrix does not fit the budget in-core (there is no
         out-of-core LU yet).
     """
-    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   progress=progress, block_shape=block_shape)  # fmt: skip
+    spec = run_spec("lu_factor", spec, mesh=mesh, memory_budget=memory_budget,
+                    storage=storage, progress=progress, block_shape=block_shape)  # fmt: skip
     return run(LUFactor(), (a,), out, spec).value

@@ -32,7 +32,7 @@ from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.lax.layout import from_layout, natural_index, to_layout
 from jaxwren.linalg.base import Op
-from jaxwren.linalg.lu import check_square, cyclic_read, incore_bytes, prepare, raise_failed
+from jaxwren.linalg.lu import check_square, cyclic_read, footprint, prepare, raise_failed
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -189,8 +189,8 @@ class Solve(Op):
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         (n, k), dtype = problem.outputs[0].shape, problem.outputs[0].dtype
-        need = incore_bytes(n, dtype.itemsize, problem.mesh, 5) + 6 * n * k * dtype.itemsize
-        return [Candidate("in-core (no out-of-core solve yet)", lambda _pf: need)]
+        fp = footprint(n, dtype, problem.mesh, 5, extra=6 * n * k * dtype.itemsize)
+        return [Candidate("in-core (no out-of-core solve yet)", fp)]
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -221,8 +221,7 @@ class Solve(Op):
 
         step = Step(tuple(reads), kernel, (Write(targets["X"], (0, 0), (n, k)), Write(None)),
                     label=self.kind, check=self._check)  # fmt: skip
-        need = self.tilings(problem, targets)[0].projected(0)
-        return Plan(self.name, [step], None, need, need, f"in-core ({self.kind})")
+        return Plan(self.name, [step], None, f"in-core ({self.kind})")
 
     def _check(self, outs: tuple) -> None:
         info, it, e = (float(v) for v in np.asarray(outs[1]))

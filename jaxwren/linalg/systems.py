@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxwren.config import RunSpec, StorageConfig
+from jaxwren.config import RunSpec, StorageConfig, run_spec
 from jaxwren.engine.run import run
 from jaxwren.errors import ConfigError
 from jaxwren.linalg.lu import LUFactor
@@ -21,9 +21,8 @@ from jaxwren.storage.bigmatrix import BigMatrix
 __all__ = ["det", "inv", "lu_solve", "slogdet", "solve"]
 
 
-def _spec(mesh: Any, memory_budget: Any, storage: Any, block_shape: Any = None) -> RunSpec:
-    return RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                   block_shape=block_shape)  # fmt: skip
+def _spec(where: str, spec: Any, mesh: Any, memory_budget: Any, storage: Any) -> RunSpec:
+    return run_spec(where, spec, mesh=mesh, memory_budget=memory_budget, storage=storage)
 
 
 def _as_matrix(b: Any) -> tuple[Any, bool]:
@@ -41,6 +40,7 @@ def solve(
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
     storage: StorageConfig | None = None,
+    spec: RunSpec | None = None,
 ) -> Any:
     """Solves ``a x = b`` (``scipy.linalg.solve`` / ``numpy.linalg.solve``).
 
@@ -61,7 +61,7 @@ def solve(
         BigMatrix stores the ``(n, k)`` solution.
       assume_a: "gen" or "pos".
       refine: mixed precision, as above.
-      mesh, memory_budget, storage: as for :func:`jaxwren.matmul`.
+      mesh, memory_budget, storage, spec: as for :func:`jaxwren.matmul`.
 
     Raises:
       ShapeMismatchError: ``a`` not square, ``b``'s rows differ.
@@ -78,10 +78,10 @@ def solve(
     import jaxwren as jw  # the public Cholesky (its own package)
 
     bm, vector = _as_matrix(b)
-    spec = _spec(mesh, memory_budget, storage)
+    spec = _spec("solve", spec, mesh, memory_budget, storage)
     if assume_a == "pos" and not refine:
-        low = jw.cholesky(a, mesh=mesh, memory_budget=memory_budget, storage=storage)
-        x = jw.cho_solve(low, bm, out, mesh=mesh, memory_budget=memory_budget, storage=storage)
+        low = jw.cholesky(a, spec=spec)
+        x = jw.cho_solve(low, bm, out, spec=spec)
     else:
         x = None
         if refine:
@@ -90,8 +90,8 @@ def solve(
             if not op.details["refine_converged"]:
                 x = None  # stalled: the float64 solve below
         if x is None and assume_a == "pos":
-            low = jw.cholesky(a, mesh=mesh, memory_budget=memory_budget, storage=storage)
-            x = jw.cho_solve(low, bm, out, mesh=mesh, memory_budget=memory_budget, storage=storage)
+            low = jw.cholesky(a, spec=spec)
+            x = jw.cho_solve(low, bm, out, spec=spec)
         elif x is None:
             x = run(Solve("gen"), (a, bm), out, spec).value
     return x[:, 0] if vector and out is None else x
@@ -99,7 +99,8 @@ def solve(
 
 def lu_solve(lu_and_piv: Any, b: Any, out: Any = None, *, trans: Any = 0,
              mesh: Mesh | None = None, memory_budget: int | str | None = None,
-             storage: StorageConfig | None = None) -> Any:  # fmt: skip
+             storage: StorageConfig | None = None,
+             spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Solves ``A x = b`` (``trans``: ``A^T x = b``) from :func:`jaxwren.lu_factor`'s
     ``(lu, piv)`` (``scipy.linalg.lu_solve``); ``lu`` and ``piv`` may be stored
     (BigMatrix), device or host arrays, ``piv`` ``(n,)`` or ``(n, 1)``.
@@ -118,13 +119,13 @@ def lu_solve(lu_and_piv: Any, b: Any, out: Any = None, *, trans: Any = 0,
         piv = piv[:, None]
     bm, vector = _as_matrix(b)
     op = Solve("lu", trans in (1, 2, "T", "C", True), name="lu_solve")
-    x = run(op, (lu, piv, bm), out, _spec(mesh, memory_budget, storage)).value
+    x = run(op, (lu, piv, bm), out, _spec("lu_solve", spec, mesh, memory_budget, storage)).value
     return x[:, 0] if vector and out is None else x
 
 
 def inv(a: Any, out: Any = None, *, mesh: Mesh | None = None,
         memory_budget: int | str | None = None,
-        storage: StorageConfig | None = None) -> Any:  # fmt: skip
+        storage: StorageConfig | None = None, spec: RunSpec | None = None) -> Any:  # fmt: skip
     """The inverse of a square matrix (``numpy.linalg.inv``): LU with partial pivoting and
     a solve with the identity's columns (made on the devices, never read).
 
@@ -132,7 +133,8 @@ def inv(a: Any, out: Any = None, *, mesh: Mesh | None = None,
       ShapeMismatchError: ``a`` not square. SingularMatrixError: an exactly zero pivot.
       NonFiniteError: NaN or Inf. MemoryBudgetError: ``a`` does not fit in-core.
     """
-    return run(Solve("inv", name="inv"), (a,), out, _spec(mesh, memory_budget, storage)).value
+    spec = _spec("inv", spec, mesh, memory_budget, storage)
+    return run(Solve("inv", name="inv"), (a,), out, spec).value
 
 
 @jax.jit
@@ -143,7 +145,8 @@ def _diagonal(lu: jax.Array) -> jax.Array:
 
 
 def slogdet(a: Any, *, mesh: Mesh | None = None, memory_budget: int | str | None = None,
-            storage: StorageConfig | None = None) -> tuple[Any, Any]:  # fmt: skip
+            storage: StorageConfig | None = None,
+            spec: RunSpec | None = None) -> tuple[Any, Any]:  # fmt: skip
     """``(sign, logabsdet)`` of a square matrix (``numpy.linalg.slogdet``), from its LU
     factor: ``sign`` is ``(-1)^(row interchanges)`` times the signs of ``U``'s diagonal,
     ``logabsdet = sum(log |U_ii|)``; a singular matrix gives ``(0.0, -inf)`` as numpy's.
@@ -155,7 +158,7 @@ def slogdet(a: Any, *, mesh: Mesh | None = None, memory_budget: int | str | None
       ShapeMismatchError: ``a`` not square. NonFiniteError: NaN or Inf.
       MemoryBudgetError: ``a`` does not fit in-core.
     """
-    spec = _spec(mesh, memory_budget, storage)
+    spec = _spec("slogdet", spec, mesh, memory_budget, storage)
     lu, piv = run(LUFactor(allow_singular=True), (a,), None, spec).value
     d = np.asarray(_diagonal(lu))
     swaps = int(np.count_nonzero(np.asarray(piv) != np.arange(d.shape[0])))
