@@ -12,6 +12,9 @@ one ``n x b`` panel at a time.
 * :func:`solve_triangular`, :func:`cho_solve`: blocked substitution with many right-hand
   sides.
 * :func:`cho_logdet`: ``log det A`` from the factor.
+* :func:`polar`: ``A = U H`` by QDWH (sharded products and Cholesky solves).
+* :func:`eigh`: symmetric eigendecomposition by QDWH-eig spectral divide and conquer
+  (eager: each split reads its rank back to the host).
 
 Bad input: inside ``jit`` a matrix that is not positive definite gives a NaN factor (as
 ``jnp``'s); an eager call raises :class:`~jaxwren.errors.NotPositiveDefiniteError`.
@@ -20,5 +23,6 @@ On CPU devices in one process, run under
 """
 
 from jaxwren.lax.api import cho_logdet, cho_solve, cholesky, solve_triangular
+from jaxwren.lax.spectral import eigh, polar
 
-__all__ = ["cho_logdet", "cho_solve", "cholesky", "solve_triangular"]
+__all__ = ["cho_logdet", "cho_solve", "cholesky", "eigh", "polar", "solve_triangular"]
