@@ -29,7 +29,9 @@ Compute: linear algebra, streamed out of core
   solve_triangular          op(l) x = b for triangular l
   cho_solve, cho_logdet     solve and log-determinant from a Cholesky factor
   lstsq                     least squares
-  qr, svd                   tall-skinny QR and thin SVD
+  qr, svd                   tall-skinny QR; thin SVD of any shape
+  eigh                      symmetric eigendecomposition (QDWH-eig, sharded)
+  polar                     polar decomposition a = U H (QDWH, sharded)
   randomized_svd            rank-k truncated SVD
   pairwise_sq_distances     squared Euclidean distances between rows
   argmin                    argmin-reduce along an axis (indices and values)
@@ -43,7 +45,8 @@ Compute: linear algebra, streamed out of core
   observe                   collect the RunReport of every run in a with-block
   RunReport                 what a run did: tiling, bytes, steps, seconds
   lax                       inside your jax.jit / jax.grad: sharded, differentiable
-                            cholesky, solve_triangular, cho_solve, cho_logdet
+                            cholesky, solve_triangular, cho_solve, cho_logdet,
+                            polar; eigh (eager)
 
 Tables: CSV and Parquet part files in
   from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix
@@ -113,6 +116,7 @@ from jaxwren.linalg import (
     cho_logdet,
     cho_solve,
     cholesky,
+    eigh,
     lstsq,
     map_blocks,
     matmul,
@@ -122,6 +126,7 @@ from jaxwren.linalg import (
     nearest_neighbors,
     norm,
     pairwise_sq_distances,
+    polar,
     qr,
     randomized_svd,
     solve_triangular,
@@ -165,6 +170,7 @@ __all__ = [
     "cho_logdet",
     "cho_solve",
     "cholesky",
+    "eigh",
     "enable_compilation_cache",
     "explain",
     "default_mesh",
@@ -186,6 +192,7 @@ __all__ = [
     "norm",
     "observe",
     "pairwise_sq_distances",
+    "polar",
     "qr",
     "randomized_svd",
     "save",

@@ -64,8 +64,9 @@ def _measure(h: jax.Array) -> tuple:
     return off, jnp.linalg.norm(h), jnp.all(jnp.isfinite(h))
 
 
-def _prepare(x: jax.Array, size: int, mesh: Any, symmetrize: bool) -> jax.Array:
+def _prepare(x: jax.Array, n: int, size: int, mesh: Any, symmetrize: bool) -> jax.Array:
     def prep(x: jax.Array) -> jax.Array:
+        x = x[:n, :n]
         if symmetrize:
             x = (x + x.T) / 2
         else:  # numpy's convention: only the lower triangle is read
@@ -79,16 +80,17 @@ def _prepare(x: jax.Array, size: int, mesh: Any, symmetrize: bool) -> jax.Array:
 
 
 def eigh_sharded(x: jax.Array, mesh: Any, *, symmetrize: bool, termination: int,
-                 max_iterations: int, seed: int = 0) -> tuple:  # fmt: skip
-    """``(w, V)`` of the concrete sharded symmetric ``x`` (see :func:`jaxwren.lax.eigh`),
-    and the number of splits."""
-    n = x.shape[0]
+                 max_iterations: int, seed: int = 0, n: int | None = None,
+                 where: str = "jaxwren.lax.eigh") -> tuple:  # fmt: skip
+    """``(w, V)`` of the concrete sharded symmetric ``x`` (its top-left ``n x n``; see
+    :func:`jaxwren.lax.eigh`), and the number of splits."""
+    n = x.shape[0] if n is None else n
     rungs = ladder(n, mesh, termination)
     top = rungs[0]
-    h = _prepare(x, top, mesh, symmetrize)
+    h = _prepare(x, n, top, mesh, symmetrize)
     off0, norm0, finite = (float(t) if t.dtype != bool else bool(t) for t in _measure(h))
     if not finite:
-        raise NonFiniteError("jaxwren.lax.eigh: the input holds NaN or Inf; clean it first.")
+        raise NonFiniteError(f"{where}: the input holds NaN or Inf; clean it first.")
     eps = float(jnp.finfo(h.dtype).eps)
     sh = NamedSharding(mesh, fit_spec((top, top), mesh))
     w_out = jnp.zeros((top,), h.dtype)

@@ -36,11 +36,14 @@ def _iterations(max_iterations: Any, where: str) -> int:
     return int(max_iterations)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "block", "max_iterations"))
-def _polar(x: jax.Array, mesh: Any, block: int, max_iterations: int) -> tuple:
-    """QDWH of ``x`` padded with zeros to whole shards (zero rows and columns stay zero:
-    ``polar([x 0; 0 0]) = ([U 0; 0 0], [H 0; 0 0])``); a wide ``x`` through ``x^T``."""
-    m, n = x.shape
+@functools.partial(jax.jit, static_argnames=("mesh", "block", "max_iterations", "shape"))
+def _polar(x: jax.Array, mesh: Any, block: int, max_iterations: int,
+           shape: tuple[int, int] | None = None) -> tuple:  # fmt: skip
+    """QDWH of ``x`` (its top-left ``shape``) padded with zeros to whole shards (zero rows
+    and columns stay exactly zero: ``polar([x 0; 0 0]) = ([U 0; 0 0], [H 0; 0 0])``); a
+    wide ``x`` through ``x^T`` (padding it in its own orientation would not be exact)."""
+    m, n = shape or x.shape
+    x = x[:m, :n]
     wide = m < n
     unit = mesh.shape[ROWS] * mesh.shape[COLS]
     t = x.T if wide else x
