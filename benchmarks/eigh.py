@@ -49,7 +49,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float64", ["float32", "float64"], "dtype")
 _MODES = flags.DEFINE_list("modes", list(MODES), f"Modes: {','.join(MODES)}")
 _SKIP = flags.DEFINE_list("skip", [], "Peers not to run (e.g. jnp_sharded at large n).")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed repeats after the first call.")
-_TERMINATION = flags.DEFINE_integer("termination", 512, "jaxwren.lax.eigh leaf size.")
+_TERMINATION = flags.DEFINE_integer("termination", 768, "jaxwren.lax.eigh leaf size.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 
 
@@ -60,7 +60,7 @@ class Config:
     modes: tuple[str, ...] = MODES
     skip: tuple[str, ...] = ()
     repeats: int = 1
-    termination: int = 512
+    termination: int = 768
 
 
 def _timed(name: str, fn: Any, cfg: Config, ours: bool) -> dict[str, Any]:

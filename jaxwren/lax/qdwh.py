@@ -31,42 +31,43 @@ from jax.sharding import NamedSharding
 
 from jaxwren.sharding.mesh import fit_spec
 
-__all__ = ["halley_schedule", "polar_factor", "polar_kernel"]
+__all__ = ["polar_factor", "polar_kernel", "weights"]
 
 _HIGHEST = lax.Precision.HIGHEST
 _CAP = 100.0  # largest weight c of a Cholesky step (JAX's QR/Cholesky cutoff)
 
 
-def _weights(lo: float) -> tuple[float, float, float]:
-    """The optimal DWH weights ``(a, b, c)`` for the lower bound ``l`` (NBG 2010, (3.8))."""
+def weights(lo: Any) -> tuple[Any, Any, Any]:
+    """The DWH weights ``(a, b, c)`` for the lower bound ``l`` (NBG 2010, (3.8)), capped at
+    ``c = _CAP``: those of the larger bound whose ``c`` is the cap (``b = (a - 1)^2 / 4``
+    and ``c = a + b - 1`` make ``a = 2 sqrt(1 + c) - 1`` there). Traceable."""
     l2 = lo * lo
-    dd = (4 * (1 / l2 - 1) / l2) ** (1 / 3)
-    sqd = math.sqrt(1 + dd)
-    a = sqd + math.sqrt(max(2 - dd + 2 * (2 - l2) / (l2 * sqd), 0.0))
+    dd = jnp.cbrt(4 * (1 / l2 - 1) / l2)
+    sqd = jnp.sqrt(1 + dd)
+    a = sqd + jnp.sqrt(jnp.maximum(2 - dd + 2 * (2 - l2) / (l2 * sqd), 0))
+    a = jnp.minimum(a, 2 * math.sqrt(1 + _CAP) - 1)
     b = (a - 1) ** 2 / 4
     return a, b, a + b - 1
 
 
-def _capped(lo: float) -> float:
-    """The smallest ``l' >= l`` whose weight ``c`` is at most ``_CAP`` (bisection)."""
-    if _weights(lo)[2] <= _CAP:
-        return lo
-    bottom, top = lo, 0.5
-    for _ in range(200):
-        mid = math.sqrt(bottom * top)
-        bottom, top = (mid, top) if _weights(mid)[2] > _CAP else (bottom, mid)
-    return top
+def _lower_bound(u: jax.Array, mesh: Any, block: int, eps: float) -> jax.Array:
+    """A lower bound on ``sigma_min(u)`` (``||u||_2 <= 1``): ``sqrt(lambda_min(u^T u))`` by
+    6 steps of inverse iteration on the Cholesky factor of ``u^T u`` (which overestimate
+    ``lambda_min`` by a small factor: halved), or ``eps`` when that is below ``1e3 eps``
+    or the factor fails (a nearly singular ``u``): then the iteration starts from the
+    worst case, as JAX's QDWH always does."""
+    from jaxwren.lax.api import cho_solve, cholesky
 
-
-@functools.lru_cache(maxsize=8)
-def halley_schedule(eps: float) -> tuple[tuple[float, float, float], ...]:
-    """Per step ``(a - b/c, c, b/c)`` from ``l = eps`` until ``l`` reaches 1 (to 5 eps)."""
-    out, lo = [], eps
-    while lo + 5 * eps < 1 and len(out) < 60:
-        a, b, c = _weights(_capped(lo))
-        out.append((a - b / c, c, b / c))
-        lo = min(1.0, lo * (a + b * lo * lo) / (1 + c * lo * lo))
-    return tuple(out)
+    n = u.shape[1]
+    low = cholesky(_mm(u.T, u, mesh), symmetrize_input=False, mesh=mesh, block=block)
+    v = jax.random.normal(jax.random.key(7), (n,), u.dtype)
+    mu = jnp.ones((), u.dtype)
+    for _ in range(6):
+        v = cho_solve(low, v / jnp.linalg.norm(v), mesh=mesh, block=block)
+        mu = jnp.linalg.norm(v)  # -> 1 / lambda_min
+    lam = 1 / mu
+    ok = jnp.isfinite(lam) & (lam > 1e3 * eps)
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, lam, 1) / 4), eps).astype(u.dtype)
 
 
 def _constrain(x: jax.Array, mesh: Any) -> jax.Array:
@@ -89,30 +90,33 @@ def _step(u: jax.Array, w: jax.Array, mesh: Any, block: int) -> jax.Array:
     return _constrain(e * u + a_e * _constrain(y.T, mesh), mesh)
 
 
-def polar_factor(x: jax.Array, mesh: Any, block: int, max_iterations: int) -> tuple:
-    """``(U, iterations, converged)`` of a tall (``m >= n``) traced matrix ``x``."""
+def polar_factor(x: jax.Array, mesh: Any, block: int, max_iterations: int,
+                 estimate: bool = True) -> tuple:  # fmt: skip
+    """``(U, iterations, converged)`` of a tall (``m >= n``) traced matrix ``x``; the
+    weights follow the lower bound ``l`` on the singular values (``estimate``: from
+    :func:`_lower_bound`, else ``eps``) until it reaches 1, then Halley steps until the
+    iterates settle."""
     eps = float(jnp.finfo(x.dtype).eps)
-    sched = halley_schedule(eps)
     norm1 = jnp.max(jnp.sum(jnp.abs(x), axis=0))
     norminf = jnp.max(jnp.sum(jnp.abs(x), axis=1))
     alpha = jnp.sqrt(norm1 * norminf)  # >= ||x||_2
     u = _constrain(x / jnp.where(alpha == 0, 1, alpha).astype(x.dtype), mesh)
-    halley = (8.0 / 3.0, 3.0, 1.0 / 3.0)  # a, b, c = 3, 1, 3: Halley's iteration
-    coefs = jnp.asarray(sched[:max_iterations] + (halley,), x.dtype)
-    last = len(coefs) - 1
+    lo = _lower_bound(u, mesh, block, eps) if estimate else jnp.asarray(eps, x.dtype)
     tol = (5 * eps) ** (1 / 3)
 
-    def more(state: tuple) -> Any:  # the schedule, then Halley steps until converged
-        k, _, delta = state
-        return ((k < last) | (delta > tol)) & (k < max_iterations)
+    def more(state: tuple) -> Any:
+        k, _, lo, delta = state
+        return ((lo < 1 - 5 * eps) | (delta > tol)) & (k < max_iterations)
 
     def body(state: tuple) -> tuple:  # one copy of the step in the program
-        k, u, _ = state
-        new = _step(u, coefs[jnp.minimum(k, last)], mesh, block)
-        return k + 1, new, jnp.linalg.norm(new - u)
+        k, u, lo, _ = state
+        a, b, c = weights(lo)
+        new = _step(u, jnp.stack([a - b / c, c, b / c]), mesh, block)
+        lo = jnp.minimum(1, lo * (a + b * lo * lo) / (1 + c * lo * lo))
+        return k + 1, new, lo, jnp.linalg.norm(new - u)
 
-    start = (jnp.asarray(0, jnp.int32), u, jnp.asarray(np.inf, x.dtype))
-    k, u, delta = lax.while_loop(more, body, start)
+    start = (jnp.asarray(0, jnp.int32), u, lo, jnp.asarray(np.inf, x.dtype))
+    k, u, _, delta = lax.while_loop(more, body, start)
     u = _constrain(1.5 * u - 0.5 * _mm(u, _mm(u.T, u, mesh), mesh), mesh)  # Newton-Schulz
     return u, k, delta <= tol
 

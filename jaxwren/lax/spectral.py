@@ -98,7 +98,7 @@ def polar(x: Any, *, mesh: Any = None, max_iterations: int | None = None,
 
 
 def eigh(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
-         termination_size: int = 512, max_iterations: int | None = None,
+         termination_size: int = 768, max_iterations: int | None = None,
          seed: int = 0) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Eigenvalues (ascending) and eigenvectors (columns) of a symmetric sharded matrix
     (``jnp.linalg.eigh`` / ``numpy.linalg.eigh``) by QDWH-eig spectral divide and conquer,

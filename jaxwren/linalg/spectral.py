@@ -50,8 +50,8 @@ def _iterations(value: Any, where: str) -> int:
 
 def _finite(where: str, outs: tuple) -> None:
     if not all(bool(jnp.all(jnp.isfinite(o))) for o in outs):
-        raise NonFiniteError(f"{where}: a holds NaN or Inf (the factors are not finite); "
-                             "clean it first.")  # fmt: skip
+        raise NonFiniteError(f"{where}: a holds NaN or Inf (checked before and after the "
+                             "factorisation); clean it first.")  # fmt: skip
 
 
 class _Whole(Op):
@@ -98,7 +98,12 @@ class _Whole(Op):
         keys = [resume.key(f"whole-{o.name}") for o in problem.outputs]
         writes = tuple(Write(targets[o.name], (0, 0), o.shape, record=k)
                        for o, k in zip(problem.outputs, keys, strict=True))  # fmt: skip
-        step = Step((read,), lambda _c, x: (None, self.kernel(x, (m, n), mesh)), writes,
+
+        def kernel(_carry: Any, x: jax.Array) -> tuple:
+            _finite(self.name, (x,))  # before anything compiles or runs
+            return None, self.kernel(x, (m, n), mesh)
+
+        step = Step((read,), kernel, writes,
                     label=self.name, check=functools.partial(_finite, self.name),
                     skip=all(resume.done(k) for k in keys))  # fmt: skip
         proj = self.tilings(problem, targets)[0].projected(0)
@@ -222,7 +227,7 @@ def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | Non
 
 
 def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
-         termination_size: int = 512, max_iterations: int = 60, mesh: Mesh | None = None,
+         termination_size: int = 768, max_iterations: int = 60, mesh: Mesh | None = None,
          memory_budget: int | str | None = None, block_shape: tuple[int, int] | None = None,
          storage: StorageConfig | None = None, progress: bool | None = None) -> Any:  # fmt: skip
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix
@@ -262,5 +267,5 @@ def _termination(value: Any) -> int:
 
 def svd_general(a: Any, out: Any, spec: RunSpec, compute_uv: bool) -> Any:
     """:func:`jaxwren.svd` for shapes TSQR does not take: polar, then eigh of ``H``."""
-    op = SpectralSVD(compute_uv=bool(compute_uv), symmetrize=True, termination=512)
+    op = SpectralSVD(compute_uv=bool(compute_uv), symmetrize=True, termination=768)
     return run(op, (a,), out, spec).value
