@@ -46,7 +46,7 @@ Compute: linear algebra, streamed out of core
   RunReport                 what a run did: tiling, bytes, steps, seconds
   lax                       inside your jax.jit / jax.grad: sharded, differentiable
                             cholesky, solve_triangular, cho_solve, cho_logdet,
-                            polar; eigh (eager)
+                            polar, eigh
 
 Tables: CSV and Parquet part files in
   from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix

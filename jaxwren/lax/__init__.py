@@ -14,7 +14,7 @@ one ``n x b`` panel at a time.
 * :func:`cho_logdet`: ``log det A`` from the factor.
 * :func:`polar`: ``A = U H`` by QDWH (sharded products and Cholesky solves).
 * :func:`eigh`: symmetric eigendecomposition by QDWH-eig spectral divide and conquer
-  (eager: each split reads its rank back to the host).
+  (eagerly a host loop over bucketed splits; inside ``jit`` one program).
 
 Bad input: inside ``jit`` a matrix that is not positive definite gives a NaN factor (as
 ``jnp``'s); an eager call raises :class:`~jaxwren.errors.NotPositiveDefiniteError`.

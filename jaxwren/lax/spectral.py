@@ -14,7 +14,8 @@ from jaxwren.engine.lapack_threads import single_threaded_blas
 from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from jaxwren.lax import qdwh
 from jaxwren.lax.api import _place, _result_dtype, _traced, resolve_mesh
-from jaxwren.lax.divide_conquer import check_square, eigh_sharded
+from jaxwren.lax.divide_conquer import _prepare, check_square, eigh_sharded, ladder
+from jaxwren.lax.eigh_traced import eigh_traced
 from jaxwren.lax.layout import block_size
 from jaxwren.sharding.mesh import COLS, ROWS
 
@@ -107,8 +108,9 @@ def eigh(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     Each split is a polar decomposition of ``H - sigma I`` (``sigma`` the median of the
     diagonal) on the mesh and a randomised rank-revealing step; blocks of at most
     ``termination_size`` are solved on one device (:mod:`jaxwren.lax.divide_conquer`).
-    The kernels compile once per size on a ladder ``n, ~n/2, ~n/4, ...``. Eager only: each
-    split reads its rank back to the host.
+    Eagerly, a host loop over jitted splits (each reads its rank back), compiled once per
+    size on a ladder ``n, ~n/2, ~n/4, ...``; inside ``jit``, one program
+    (:mod:`jaxwren.lax.eigh_traced`). Not differentiable.
 
     Args:
       x: ``(n, n)`` symmetric array (jax.Array, possibly sharded; numpy accepted).
@@ -125,17 +127,12 @@ def eigh(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     Raises:
       ShapeMismatchError: not one square matrix.
       DTypeMismatchError: 16-bit or complex dtypes.
-      ConfigError: inside ``jit`` (traced input); a bad mesh or ``termination_size``.
-      NonFiniteError: the input holds NaN or Inf.
+      ConfigError: a bad mesh or ``termination_size``.
+      NonFiniteError: eager calls only, when the input holds NaN or Inf (traced: NaN
+        results, as ``jnp.linalg.eigh``'s).
     """
     where = "jaxwren.lax.eigh"
     check_square(x, where)
-    if _traced(x):
-        raise ConfigError(
-            f"{where}: runs eagerly (each split reads its rank back to the host), but got a "
-            "traced input; call it outside jax.jit on the sharded array (jnp.linalg.eigh "
-            "works inside jit but gathers the matrix)."
-        )
     if not isinstance(termination_size, int | np.integer) or termination_size < 2:
         raise ConfigError(f"{where}: termination_size must be an int >= 2, got "
                           f"{termination_size!r}.")  # fmt: skip
@@ -143,6 +140,13 @@ def eigh(x: Any, *, symmetrize_input: bool = True, mesh: Any = None,
     mesh = resolve_mesh((x,), mesh, where)
     dtype = _result_dtype(jnp.linalg.cholesky, (x,), where)
     (xs,) = _place((x,), mesh, dtype)
+    if _traced(x):  # one program: the agenda in a while_loop (jaxwren.lax.eigh_traced)
+        n = xs.shape[0]
+        rungs = ladder(n, mesh, int(termination_size))
+        h = _prepare(xs, n, rungs[0], mesh, bool(symmetrize_input))
+        w, v, _ = eigh_traced(h, jax.random.key(int(seed)), mesh, rungs,
+                              int(termination_size), iters, n)  # fmt: skip
+        return w, v
     with single_threaded_blas():  # the leaves' LAPACK on emulated CPU devices
         w, v, _ = eigh_sharded(xs, mesh, symmetrize=bool(symmetrize_input),
                                termination=int(termination_size), max_iterations=iters,
