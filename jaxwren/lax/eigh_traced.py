@@ -60,9 +60,11 @@ def _leaf(state: tuple, h: jax.Array, sel: jax.Array, off: Any, b: Any, mesh: An
     return ws, v, w, agenda, key, ok
 
 
-def _branch(rung: int, n_top: int, termination: int, norm0: Any, mesh: Any, iters: int,
-            state: tuple, off: Any, b: Any) -> tuple:  # fmt: skip
-    """One sub-problem held in a ``rung x rung`` block: a leaf or a split."""
+def _branch(rung: int, leaves: bool, n_top: int, termination: int, norm0: Any, mesh: Any,
+            iters: int, state: tuple, off: Any, b: Any) -> tuple:  # fmt: skip
+    """One sub-problem held in a ``rung x rung`` block: a leaf or a split. ``leaves``:
+    whether a block of at most the termination size can land on this rung (else its
+    one-device leaf, a gather of the rung, is left out of the program)."""
     ws, v, w, (offs, sizes, top), key, ok = state
     dt = ws.dtype
     i = lax.broadcasted_iota(jnp.int32, (n_top, rung), 0)
@@ -95,6 +97,8 @@ def _branch(rung: int, n_top: int, termination: int, norm0: Any, mesh: Any, iter
     def sorted_diagonal(state: tuple) -> tuple:
         return _leaf(state, h, sel, off, b, mesh)
 
+    if not leaves:
+        return lax.cond(diagonal, sorted_diagonal, split, state)
     which = jnp.where(diagonal, 0, jnp.where(b <= termination, 1, 2))
     return lax.switch(which, [sorted_diagonal, small, split], state)
 
@@ -111,9 +115,11 @@ def eigh_traced(h: jax.Array, key: jax.Array, mesh: Any, rungs: tuple, terminati
     v = _constrain(jnp.eye(top_n, dtype=dt), mesh)
     state = (h, v, jnp.zeros((top_n,), dt), (offs, sizes, jnp.asarray(1, jnp.int32)), key,
              jnp.asarray(True))  # fmt: skip
-    ladder = jnp.asarray(sorted(rungs), jnp.int32)
-    branches = [functools.partial(_branch, r, top_n, termination, norm0, mesh, iters)
-                for r in sorted(rungs)]  # fmt: skip
+    up = sorted(rungs)
+    ladder = jnp.asarray(up, jnp.int32)
+    branches = [functools.partial(_branch, r, i == 0 or up[i - 1] < termination, top_n,
+                                  termination, norm0, mesh, iters)
+                for i, r in enumerate(up)]  # fmt: skip
 
     def more(state: tuple) -> Any:
         return (state[3][2] > 0) & (state[3][2] < _DEPTH - 2)
