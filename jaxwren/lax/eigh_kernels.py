@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.lax.qdwh import _constrain, _mm, polar_factor
 
-__all__ = ["child", "divide", "leaf", "split_quality"]
+__all__ = ["child", "divide", "leaf"]
 
 
 def _iota(shape: tuple, dim: int) -> jax.Array:
@@ -96,14 +96,6 @@ def divide(h: jax.Array, b: Any, key: jax.Array, mesh: Any, block: int,
     q = lax.fori_loop(0, 2, lambda _, q: _orth(sketch(q), mesh, block), g)
     hq = _mm(q.T, _mm(h, q, mesh), mesh)
     return q, _constrain((hq + _constrain(hq.T, mesh)) / 2, mesh), r, sigma
-
-
-@jax.jit
-def split_quality(hq: jax.Array, r: Any, b: Any) -> tuple:
-    """``(||off-diagonal block||_F, ||H||_F)`` of a split: its backward error."""
-    i, j = _iota(hq.shape, 0), _iota(hq.shape, 1)
-    off = ((i < r) & (j >= r) & (j < b)) | ((j < r) & (i >= r) & (i < b))
-    return jnp.linalg.norm(jnp.where(off, hq, 0)), jnp.linalg.norm(hq)
 
 
 def _select(rows: int, cols: int, off: Any, size: Any, dt: Any) -> jax.Array:

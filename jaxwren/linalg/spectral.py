@@ -193,10 +193,6 @@ class SpectralSVD(_Whole):
         return (u, s, vt) if self.params.get("compute_uv", True) else (s,)
 
 
-def _spec(kw: dict) -> RunSpec:
-    return RunSpec(**kw)
-
-
 def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | None = None,
           memory_budget: int | str | None = None, block_shape: tuple[int, int] | None = None,
           storage: StorageConfig | None = None, progress: bool | None = None) -> Any:  # fmt: skip
@@ -221,8 +217,8 @@ def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | Non
       MemoryBudgetError: the matrix and its work arrays (about 12 ``max(m, n)^2``
         elements) exceed ``memory_budget`` (there is no out-of-core plan).
     """
-    spec = _spec(dict(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                      progress=progress, block_shape=block_shape))  # fmt: skip
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, block_shape=block_shape)  # fmt: skip
     return run(Polar(max_iterations), (a,), out, spec).value
 
 
@@ -254,8 +250,8 @@ def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
     """
     op = Eigh(max_iterations, symmetrize=bool(symmetrize_input),
               termination=_termination(termination_size))  # fmt: skip
-    spec = _spec(dict(mesh=mesh, memory_budget=memory_budget, storage=storage,
-                      progress=progress, block_shape=block_shape))  # fmt: skip
+    spec = RunSpec(mesh=mesh, memory_budget=memory_budget, storage=storage,
+                   progress=progress, block_shape=block_shape)  # fmt: skip
     return run(op, (a,), out, spec).value
 
 
