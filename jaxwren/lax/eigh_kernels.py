@@ -33,6 +33,8 @@ from jaxwren.lax.qdwh import _constrain, _mm, polar_factor
 
 __all__ = ["child", "divide", "leaf"]
 
+PASSES = 2  # sketch passes of a split: the second is one subspace iteration
+
 
 def _iota(shape: tuple, dim: int) -> jax.Array:
     return lax.broadcasted_iota(jnp.int32, shape, dim)
@@ -93,7 +95,7 @@ def divide(h: jax.Array, b: Any, key: jax.Array, mesh: Any, block: int,
 
     g = _constrain(jax.random.normal(key, shape, dt), mesh)
     # two passes: the second is a subspace iteration, range(P q) = range(q), refining it
-    q = lax.fori_loop(0, 2, lambda _, q: _orth(sketch(q), mesh, block), g)
+    q = lax.fori_loop(0, PASSES, lambda _, q: _orth(sketch(q), mesh, block), g)
     hq = _mm(q.T, _mm(h, q, mesh), mesh)
     return q, _constrain((hq + _constrain(hq.T, mesh)) / 2, mesh), r, sigma
 
