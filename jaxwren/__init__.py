@@ -34,7 +34,9 @@ Compute: linear algebra, streamed out of core
                             float32 factor, float64 refinement)
   inv, slogdet, det         inverse, sign and log |det|, determinant
   lstsq                     least squares
-  qr, svd                   tall-skinny QR and thin SVD
+  qr, svd                   tall-skinny QR; thin SVD of any shape
+  eigh                      symmetric eigendecomposition (QDWH-eig, sharded)
+  polar                     polar decomposition a = U H (QDWH, sharded)
   randomized_svd            rank-k truncated SVD
   pairwise_sq_distances     squared Euclidean distances between rows
   argmin                    argmin-reduce along an axis (indices and values)
@@ -49,7 +51,7 @@ Compute: linear algebra, streamed out of core
   RunReport                 what a run did: tiling, bytes, steps, seconds
   lax                       inside your jax.jit / jax.grad: sharded, differentiable
                             cholesky, solve_triangular, cho_solve, cho_logdet,
-                            lu_factor, lu_solve, solve
+                            lu_factor, lu_solve, solve, polar, eigh
 
 Tables: CSV and Parquet part files in
   from_csv                  CSV parts (globs, **, lists, .gz/.bz2/.zst) -> one BigMatrix
@@ -124,6 +126,7 @@ from jaxwren.linalg import (
     cho_solve,
     cholesky,
     det,
+    eigh,
     inv,
     lstsq,
     lu_factor,
@@ -136,6 +139,7 @@ from jaxwren.linalg import (
     nearest_neighbors,
     norm,
     pairwise_sq_distances,
+    polar,
     qr,
     randomized_svd,
     slogdet,
@@ -184,6 +188,7 @@ __all__ = [
     "cho_solve",
     "cholesky",
     "det",
+    "eigh",
     "enable_compilation_cache",
     "explain",
     "default_mesh",
@@ -208,6 +213,7 @@ __all__ = [
     "norm",
     "observe",
     "pairwise_sq_distances",
+    "polar",
     "qr",
     "randomized_svd",
     "save",

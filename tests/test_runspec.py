@@ -44,6 +44,8 @@ CALLS = {
     "solve": lambda s: jw.solve(L, B, spec=s),
     "inv": lambda s: jw.inv(L, spec=s),
     "slogdet": lambda s: jw.slogdet(L, spec=s),
+    "polar": lambda s: jw.polar(X, spec=s),
+    "eigh": lambda s: jw.eigh(L + L.T, spec=s),
 }
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 
 from jaxwren.compile_cache import CompileCounter
-from jaxwren.engine.lapack_threads import single_threaded_blas
 from jaxwren.engine.plan import Plan
 from jaxwren.engine.stats import RunStats
 from jaxwren.engine.writer import Writer, overlaps
 from jaxwren.sharding import multihost
+from jaxwren.sharding.lapack_threads import single_threaded_blas
 from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import PendingTile, start_tile
 

@@ -15,6 +15,9 @@ one ``n x b`` panel at a time.
 * :func:`lu_factor`, :func:`lu_solve`, :func:`solve`: LU with partial pivoting (the
   block-cyclic GEPP kernel: ``n x b`` panels and ``2b`` interchanged rows move, never the
   matrix) and general solves (``assume_a="pos"``: Cholesky).
+* :func:`polar`: ``A = U H`` by QDWH (sharded products and Cholesky solves).
+* :func:`eigh`: symmetric eigendecomposition by QDWH-eig spectral divide and conquer
+  (eagerly a host loop over bucketed splits; inside ``jit`` one program).
 
 Bad input: inside ``jit`` a matrix that is not positive definite gives a NaN factor (as
 ``jnp``'s); an eager call raises :class:`~jaxwren.errors.NotPositiveDefiniteError`.
@@ -24,6 +27,7 @@ On CPU devices in one process, run under
 
 from jaxwren.lax.api import cho_logdet, cho_solve, cholesky, solve_triangular
 from jaxwren.lax.lu import lu_factor, lu_solve, solve
+from jaxwren.lax.spectral import eigh, polar
 
-__all__ = ["cho_logdet", "cho_solve", "cholesky", "lu_factor", "lu_solve", "solve",
-           "solve_triangular"]  # fmt: skip
+__all__ = ["cho_logdet", "cho_solve", "cholesky", "eigh", "lu_factor", "lu_solve", "polar",
+           "solve", "solve_triangular"]  # fmt: skip

@@ -9,6 +9,7 @@ from jaxwren.linalg.neighbors import nearest_neighbors
 from jaxwren.linalg.qr import lstsq, qr
 from jaxwren.linalg.reduce import argmin
 from jaxwren.linalg.reductions import max, mean, min, norm, std, sum, var
+from jaxwren.linalg.spectral import eigh, polar
 from jaxwren.linalg.svd import randomized_svd, svd
 from jaxwren.linalg.systems import det, inv, lu_solve, slogdet, solve
 from jaxwren.linalg.triangular import cho_logdet, cho_solve, solve_triangular
@@ -24,6 +25,7 @@ __all__ = [
     "cho_logdet",
     "cho_solve",
     "cholesky",
+    "eigh",
     "lstsq",
     "map_blocks",
     "matmul",
@@ -33,6 +35,7 @@ __all__ = [
     "nearest_neighbors",
     "norm",
     "pairwise_sq_distances",
+    "polar",
     "qr",
     "randomized_svd",
     "solve_triangular",

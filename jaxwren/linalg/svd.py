@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+import os
 from typing import Any
 
 import jax
@@ -39,7 +40,7 @@ from jaxwren.errors import ConfigError, NonFiniteError
 from jaxwren.linalg import tsqr_kernel as tk
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, tile_candidates
-from jaxwren.linalg.qr import TSQR
+from jaxwren.linalg.qr import MAX_COLS, TSQR
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
 from jaxwren.sharding.tiles import on_one_device
@@ -291,14 +292,17 @@ def svd(
     prefetch: int | None = None,
     spec: RunSpec | None = None,
 ) -> Any:
-    """Thin SVD of a tall-skinny matrix: ``a = U diag(S) Vt`` (``numpy.linalg.svd(a,
+    """Thin SVD of a matrix of any shape: ``a = U diag(S) Vt`` (``numpy.linalg.svd(a,
     full_matrices=False)`` up to the signs of singular vector pairs).
 
-    TSQR of ``a`` (see :func:`jaxwren.qr`), then the SVD of the small ``R = U_r S Vt``, and
-    ``U = Q U_r`` formed as Q is (the leaves multiplied down the tree, never Q then U).
+    Tall-skinny (``m >= 2 n``, ``n <= 4096``): TSQR of ``a`` (see :func:`jaxwren.qr`), then
+    the SVD of the small ``R = U_r S Vt``, and ``U = Q U_r`` formed as Q is (the leaves
+    multiplied down the tree, never Q then U). Any other shape: the polar decomposition
+    ``a = U_p H`` and the eigendecomposition of ``H`` on the mesh (QDWH and QDWH-eig, see
+    :func:`jaxwren.polar`, :func:`jaxwren.eigh`; wide ``a`` through ``a^T``), in core.
 
     Args:
-      a: ``(m, n)`` with ``m >= n`` and ``n <= 4096`` (BigMatrix, jax.Array or numpy).
+      a: ``(m, n)`` BigMatrix, jax.Array or numpy array.
       out: None to return U as a jax.Array; a URL prefix to store ``OUT/U`` (and ``OUT/S``
         as ``(1, n)``, ``OUT/Vt``). With ``compute_uv=False``, a URL stores S.
       compute_uv: False: only the singular values (one pass, nothing but R held).
@@ -308,13 +312,21 @@ def svd(
       ``(U, S, Vt)`` (S 1-D, descending) or ``S``.
 
     Raises:
-      ShapeMismatchError: wide ``a`` or more than 4096 columns (use randomized_svd, or
-        the SVD of ``a.T`` with U and V swapped).
+      ShapeMismatchError: ``a`` is empty or not 2-D.
       NonFiniteError: NaN or Inf in ``a``.
+      MemoryBudgetError: a shape that is not tall-skinny and does not fit the budget in
+        core (about 20 ``max(m, n)^2`` elements; use randomized_svd for a low-rank one).
     """
     spec = run_spec("svd", spec, mesh=mesh, memory_budget=memory_budget,
                     storage=storage, progress=progress, prefetch=prefetch,
                     block_shape=block_shape)  # fmt: skip
+    if isinstance(a, str | os.PathLike):  # a URL: its shape picks the algorithm
+        a = BigMatrix.open(a, storage=spec.storage)
+    shape = tuple(getattr(a, "shape", ()))
+    if len(shape) == 2 and 0 not in shape and (shape[0] < 2 * shape[1] or shape[1] > MAX_COLS):
+        from jaxwren.linalg.spectral import svd_general  # polar + eigh (imports jaxwren.lax)
+
+        return svd_general(a, out, spec, compute_uv)
     return run(TSQR("svd" if compute_uv else "sv"), (a,), out, spec).value
 
 
