@@ -4,8 +4,6 @@ the compiled collectives, bounded compilation, bad input."""
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ import jaxwren as jw
 import jaxwren.lax as wl
 from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from jaxwren.lax import divide_conquer, eigh_kernels
+from tests.test_lax import _collectives
 
 RNG = np.random.default_rng(0)
 
@@ -115,17 +114,6 @@ def test_eigh_in_jit_diagonal_and_lower_triangle():
     skew = a + np.triu(RNG.standard_normal((50, 50)), 1)  # junk above the diagonal
     w, v = wl.eigh(skew, symmetrize_input=False)  # numpy's UPLO='L': reads the lower
     check_eigh(a, w, v, 1e-12)
-
-
-def _collectives(hlo: str) -> list[tuple[str, int]]:
-    out = []
-    for line in hlo.splitlines():
-        m = re.search(r"=\s*(.*?)\s(all-gather|all-reduce)(-start)?\(", line)
-        if m:
-            dims = re.findall(r"\[([\d,]*)\]", m.group(1))
-            out.append((m.group(2), max(int(np.prod([int(d) for d in s.split(",") if d]))
-                                        for s in dims)))  # fmt: skip
-    return out
 
 
 def test_compiled_polar_gathers_no_matrix():
