@@ -372,3 +372,12 @@ def test_the_report_names_the_algorithm_and_the_selectors_reason():
     assert ast.literal_eval(small.tiling)[0] == "out-of-core"
     if best != "out-of-core":
         assert f"selected {best} (" in small.reason and "does not fit the budget" in small.reason
+
+
+def test_update_steps_counts_the_k_chunks():
+    """The closed-form count the selector costs every work tile by (down to tiles of 8)."""
+    from jaxwren.linalg.cholesky.tiles import k_chunks, update_steps
+
+    for kt in (1, 2, 3, 4, 7):
+        for nt in (1, 2, 5, 33):
+            assert update_steps(nt, kt) == sum((nt - j) * len(k_chunks(j, kt)) for j in range(nt))
