@@ -70,6 +70,7 @@ Errors: every one a JaxwrenError, with a message that names the fix
   MemoryBudgetError         a plan over the memory budget
   OutputConflictError       an out that is, holds or lies inside an input
   BlockIndexError           a block index outside the grid
+  ForkError                 storage used in a forked child (use spawn or forkserver)
   StorageError              the store failed; its subclasses:
   BucketNotFoundError       the bucket does not exist
   CredentialsError          the store refused the credentials
@@ -103,6 +104,7 @@ from jaxwren.errors import (
     ConfigError,
     CredentialsError,
     DTypeMismatchError,
+    ForkError,
     IncompleteMatrixError,
     JaxwrenError,
     MatrixChangedError,
@@ -166,6 +168,7 @@ __all__ = [
     "DTypeMismatchError",
     "IncompleteMatrixError",
     "JaxwrenError",
+    "ForkError",
     "MatrixChangedError",
     "MatrixExistsError",
     "MatrixNotFoundError",
