@@ -79,21 +79,16 @@ def solve(
 
     bm, vector = _as_matrix(b)
     spec = _spec("solve", spec, mesh, memory_budget, storage)
-    if assume_a == "pos" and not refine:
-        low = jw.cholesky(a, spec=spec)
-        x = jw.cho_solve(low, bm, out, spec=spec)
-    else:
-        x = None
-        if refine:
-            op = Solve("pos32" if assume_a == "pos" else "gen32")
-            x = run(op, (a, bm), out, spec).value
-            if not op.details["refine_converged"]:
-                x = None  # stalled: the float64 solve below
-        if x is None and assume_a == "pos":
-            low = jw.cholesky(a, spec=spec)
-            x = jw.cho_solve(low, bm, out, spec=spec)
-        elif x is None:
-            x = run(Solve("gen"), (a, bm), out, spec).value
+    x = None
+    if refine:
+        op = Solve("pos32" if assume_a == "pos" else "gen32")
+        x = run(op, (a, bm), out, spec).value
+        if not op.details["refine_converged"]:
+            x = None  # stalled: the float64 solve below
+    if x is None and assume_a == "pos":
+        x = jw.cho_solve(jw.cholesky(a, spec=spec), bm, out, spec=spec)
+    elif x is None:
+        x = run(Solve("gen"), (a, bm), out, spec).value
     return x[:, 0] if vector and out is None else x
 
 
