@@ -28,6 +28,7 @@ from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
+from jaxwren.linalg import spectral_ooc
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, trim
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
@@ -222,7 +223,10 @@ def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | Non
     """
     spec = run_spec("polar", spec, mesh=mesh, memory_budget=memory_budget, storage=storage,
                     progress=progress, block_shape=block_shape)  # fmt: skip
-    return run(Polar(max_iterations), (a,), out, spec).value
+    op = Polar(max_iterations)
+    if spectral_ooc.route(op, a, out, spec):  # over the budget, stored: out of core
+        return spectral_ooc.polar(a, out, spec, op.max_iterations)
+    return run(op, (a,), out, spec).value
 
 
 def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
@@ -257,6 +261,10 @@ def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
               termination=_termination(termination_size))  # fmt: skip
     spec = run_spec("eigh", spec, mesh=mesh, memory_budget=memory_budget, storage=storage,
                     progress=progress, block_shape=block_shape)  # fmt: skip
+    if spectral_ooc.route(op, a, out, spec):  # over the budget, stored: out of core
+        return spectral_ooc.eigh(a, out, spec, symmetrize=op.params["symmetrize"],
+                                 termination=op.params["termination"],
+                                 max_iterations=op.max_iterations)  # fmt: skip
     return run(op, (a,), out, spec).value
 
 
