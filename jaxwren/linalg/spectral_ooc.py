@@ -132,7 +132,17 @@ def _prefix(out: Any) -> str:
 
 
 def _work_spec(a: BigMatrix, spec: RunSpec) -> RunSpec:
-    return dataclasses.replace(spec, block_shape=spec.block_shape or tuple(a.block_shape))
+    """The spec of the pieces: their block shape is the user's ``block_shape``, else
+    ``a``'s, halved until a blockwise map of two inputs (a block per device, read and
+    written) takes at most half the budget."""
+    if spec.block_shape is not None:
+        return spec
+    mesh = check_mesh(spec.mesh, where="spectral")
+    budget = resolve_budget(spec.memory_budget, list(mesh.devices.flat))
+    b0, b1 = a.block_shape
+    while mesh.size * 4 * b0 * b1 * a.dtype.itemsize > budget // 2 and max(b0, b1) > 8:
+        b0, b1 = max(8, -(-b0 // 2)), max(8, -(-b1 // 2))
+    return dataclasses.replace(spec, block_shape=(b0, b1))
 
 
 def _diag(x: BigMatrix) -> np.ndarray:
@@ -160,7 +170,7 @@ def _panel(w: BigMatrix, x: BigMatrix, out: str, spec: RunSpec) -> int:
 
 def _solve_rows(w: BigMatrix, x: BigMatrix, trans_twice: bool, out: str, spec: RunSpec) -> Any:
     """``W^-1 X^T`` (``trans_twice``: ``W^-T W^-1 X^T``), ``(n, m)``, by row panels of x."""
-    rows, m = _panel(w, x, f"{out}-p0", spec), x.shape[0]
+    rows, m = _panel(w, x, f"{out}-probe", spec), x.shape[0]  # never created
     pieces = []
     for r0 in range(0, m, rows):
         r1 = min(r0 + rows, m)
@@ -275,7 +285,8 @@ def _split(h: Any, work: str, spec: RunSpec, iters: int, seed: int, ledger: _Led
     for p in range(2):  # the second pass: one subspace iteration, range(P q) = range(q)
         ug = matmul(u, q, f"{work}/ug{p}", spec=spec)
         x = blockwise("signs", [q, ug], [float(r)], f"{work}/sketch{p}", spec)
-        for i in range(3 if p == 0 else 2):  # shifted CholeskyQR3, then CholeskyQR2
+        for i in range(3 if p == 0 else 1):  # shifted CholeskyQR3; P q is orthonormal
+            # to rounding already, so one round of CholeskyQR refines it to eps
             x = _orth(x, p == 0 and i == 0, f"{work}/qt{p}{i}", spec).T
         q = x
     hq = matmul(q.T, matmul(h, q, f"{work}/hq-r", spec=spec), f"{work}/hq-l", spec=spec)
