@@ -153,19 +153,34 @@ def _diag(x: BigMatrix) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- QDWH
+_PANELS: dict = {}
+
+
 def _panel(w: BigMatrix, x: BigMatrix, out: str, spec: RunSpec) -> int:
-    """Rows of ``x`` per triangular solve: the most whose solution fits the budget."""
+    """Rows of ``x`` per triangular solve: the most whose solution fits the budget (the
+    solve's own projection, by bisection; kept per geometry)."""
     from jaxwren.engine.report import explain
 
-    rows = x.shape[0]
-    while True:
+    key = (w.shape, w.block_shape, x.shape, str(x.dtype), spec)
+    if key in _PANELS:
+        return _PANELS[key]
+
+    def fits(rows: int) -> bool:
         try:
             explain(solve_triangular, w, x[:rows].T, out, spec=spec)
-            return rows
+            return True
         except MemoryBudgetError:
-            if rows == 1:
-                raise
-            rows = max(1, rows // 2)
+            return False
+
+    lo, hi = 0, x.shape[0]  # fits(lo) (or lo = 0), not fits(hi + 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    if lo == 0:
+        raise MemoryBudgetError(f"{out}: not even one row of the solve fits memory_budget; "
+                                "raise memory_budget.")  # fmt: skip
+    _PANELS[key] = lo
+    return lo
 
 
 def _solve_rows(w: BigMatrix, x: BigMatrix, trans_twice: bool, out: str, spec: RunSpec) -> Any:
