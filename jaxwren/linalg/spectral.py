@@ -5,9 +5,12 @@ Each is one pipeline step: the whole matrix is read once onto the mesh (``P('row
 on it (QDWH for :func:`polar`, QDWH-eig for :func:`eigh`; :func:`svd_general` is ``A = U_p
 H`` and ``H = V diag(w) V^T``, so ``A = (U_p V) diag(w) V^T``); the factors are written
 to the store or returned. Every step is a product or a Cholesky solve on the devices, but
-the plan holds the matrix and its work arrays at once: a matrix larger than the budget is
-refused with :class:`~jaxwren.errors.MemoryBudgetError` before anything runs (there is no
-out-of-core plan yet).
+the plan holds the matrix and its work arrays at once. A stored matrix whose plan exceeds
+the budget, with ``out`` a URL prefix, takes the out-of-core route of
+:mod:`jaxwren.linalg.spectral_ooc` instead (:func:`polar` and :func:`eigh`: QDWH and
+QDWH-eig as stored products, Cholesky factors and triangular solves under ``OUT/work``,
+resumable; the run report names it); with ``out=None`` or an unstored matrix it is refused
+with :class:`~jaxwren.errors.MemoryBudgetError` naming that fix before anything runs.
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | Non
       ShapeMismatchError: ``a`` is empty or not 2-D.
       NonFiniteError: ``a`` holds NaN or Inf.
       MemoryBudgetError: the matrix and its work arrays (about 12 ``max(m, n)^2``
-        elements) exceed ``memory_budget`` (there is no out-of-core plan).
+        elements) exceed ``memory_budget`` and ``out`` is None or ``a`` is not stored
+        (stored with ``out=URL``: out of core, :mod:`jaxwren.linalg.spectral_ooc`).
     """
     spec = run_spec("polar", spec, mesh=mesh, memory_budget=memory_budget, storage=storage,
                     progress=progress, block_shape=block_shape)  # fmt: skip
@@ -255,7 +259,8 @@ def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
       NonFiniteError: ``a`` holds NaN or Inf.
       ConfigError: a bad ``termination_size`` or ``max_iterations``.
       MemoryBudgetError: the matrix and its work arrays (about 16 ``n^2`` elements)
-        exceed ``memory_budget`` (there is no out-of-core plan).
+        exceed ``memory_budget`` and ``out`` is None or ``a`` is not stored (stored
+        with ``out=URL``: out of core, :mod:`jaxwren.linalg.spectral_ooc`).
     """
     op = Eigh(max_iterations, symmetrize=bool(symmetrize_input),
               termination=_termination(termination_size))  # fmt: skip
