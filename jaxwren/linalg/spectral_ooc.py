@@ -72,8 +72,8 @@ def route(op: Any, a: Any, out: Any, spec: RunSpec) -> bool:
     """Whether ``jw.polar`` / ``jw.eigh`` take the out-of-core route: the in-core plan does
     not fit the budget, ``a`` is stored and ``out`` a URL prefix. A matrix that does not
     fit with ``out=None`` or an unstored ``a`` is refused here, naming the fix."""
-    fits, budget = incore_fits(op, a, spec)
-    if fits:
+    refused = incore_fits(op, a, spec)
+    if refused is None:
         return False
     stored = isinstance(a, BigMatrix | str | os.PathLike)
     if out is not None and stored and isinstance(out, str | os.PathLike):
@@ -82,9 +82,8 @@ def route(op: Any, a: Any, out: Any, spec: RunSpec) -> bool:
            if stored else "store a first (jw.from_numpy / jw.save) and pass out=URL (a "
            "prefix) to run out of core")  # fmt: skip
     raise MemoryBudgetError(
-        f"{op.name}: the matrix and its work arrays do not fit memory_budget ({budget} "
-        f"bytes) in core, and the result of out=None must fit in memory; {fix}, or raise "
-        "memory_budget."
+        f"{str(refused).rstrip('.')} (in core: the matrix and its work arrays). Out of core "
+        f"the result of out=None must still fit in memory: {fix}."
     )
 
 
@@ -325,7 +324,7 @@ def _node(h: Any, basis: Any, work: str, spec: RunSpec, params: dict, leaves: li
         leaves.append((_diag(h), v))
         return
     op = Eigh(params["max_iterations"], symmetrize=True, termination=params["termination"])
-    if incore_fits(op, h, spec)[0]:
+    if incore_fits(op, h, spec) is None:
         w, e = eigh_incore(h, f"{work}/leaf", termination_size=params["termination"],
                            max_iterations=params["max_iterations"], spec=spec)  # fmt: skip
         v = e if basis is None else matmul(basis, e, f"{work}/leaf-v", spec=spec)

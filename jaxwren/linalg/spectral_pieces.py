@@ -29,12 +29,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.config import RunSpec
-from jaxwren.engine.choice import choose
+from jaxwren.engine.choice import choose, refusal
 from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write, resolve_budget
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import operand, run
-from jaxwren.errors import ShapeMismatchError
+from jaxwren.errors import MemoryBudgetError, ShapeMismatchError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.map_blocks import MapBlocks
 from jaxwren.sharding.mesh import check_mesh
@@ -212,11 +212,14 @@ def columns(pieces: Sequence[tuple[Any, int, int]], out: str, spec: RunSpec) -> 
 
 
 # ------------------------------------------------------------------------------ budget
-def incore_fits(op: Op, a: Any, spec: RunSpec) -> tuple[bool, int]:
-    """Whether ``op``'s in-core plan for ``a`` (stored output) fits the budget; the budget."""
+def incore_fits(op: Op, a: Any, spec: RunSpec) -> MemoryBudgetError | None:
+    """None when ``op``'s in-core plan for ``a`` (outputs stored) fits the budget, else
+    the engine's refusal (naming the smallest workable budget)."""
     mesh = check_mesh(spec.mesh, where=op.name)
     src = operand(a, name="a", where=op.name, storage=spec.storage)
     problem = op.check([src], mesh)
     budget = resolve_budget(spec.memory_budget, list(mesh.devices.flat))
     cands = op.tilings(problem, {o.name: None for o in problem.outputs})
-    return choose(cands, budget, spec.prefetch, False, mesh).cand is not None, budget
+    choice = choose(cands, budget, spec.prefetch, False, mesh)
+    return None if choice.cand is not None else refusal(op.name, cands, choice, budget,
+                                                        False, mesh)  # fmt: skip
