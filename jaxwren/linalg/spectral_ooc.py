@@ -27,8 +27,10 @@ finished piece (the host scalars are recomputed from them) and resumes the inter
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
@@ -96,7 +98,8 @@ class _Ledger:
     runs: list = dataclasses.field(default_factory=list)
     details: dict = dataclasses.field(default_factory=dict)
 
-    def report(self, stored: dict[str, str], t0: float, explained: bool = False) -> RunReport:
+    def report(self, stored: dict[str, str], t0: float, explained: bool = False,
+               error: str | None = None) -> RunReport:  # fmt: skip
         mesh = check_mesh(self.spec.mesh, where=self.name)
         done = [r for r in self.runs if r.state == "complete"]
         details = {"route": ROUTE, "runs": len(self.runs), "runs_reused": len(done),
@@ -118,7 +121,22 @@ class _Ledger:
             bytes_written=None if explained else sum(r.bytes_written or 0 for r in self.runs),
             compiles=None if explained else sum(r.compiles or 0 for r in self.runs),
             seconds=PhaseSeconds(total=total), explained=explained, details=details,
+            error=error,
         )  # fmt: skip
+
+    @contextlib.contextmanager
+    def running(self, stored: dict[str, str]) -> Iterator[None]:
+        """Collects the pieces' reports; records the route's own report at the end (a
+        failed route's too, with ``error`` set)."""
+        t0 = perf_counter()
+        with observe() as runs:
+            self.runs = runs
+            try:
+                yield
+            except BaseException as exc:
+                record(self.report(stored, t0, error=type(exc).__name__))
+                raise
+        record(self.report(stored, t0))
 
 
 def _explained(name: str, spec: RunSpec, stored: dict[str, str]) -> None:
@@ -214,9 +232,10 @@ def _lower_bound(x: BigMatrix, g: BigMatrix, work: str, spec: RunSpec) -> float:
     return float(np.sqrt(lam / 4)) if ok else eps
 
 
-def qdwh(a: Any, work: str, spec: RunSpec, max_iterations: int, ledger: _Ledger) -> tuple:
+def qdwh(a: Any, work: str, spec: RunSpec, max_iterations: int, ledger: _Ledger,
+         u_out: str | None = None) -> tuple:  # fmt: skip
     """``(U, iterations, converged)`` of a tall stored ``a`` (or view); ``U`` stored at
-    ``work/u``."""
+    ``u_out`` (default ``work/u``)."""
     dt = np.dtype(a.dtype)
     eps = float(jnp.finfo(dt).eps)
     tol = (5 * eps) ** (1 / 3)
@@ -244,7 +263,7 @@ def qdwh(a: Any, work: str, spec: RunSpec, max_iterations: int, ledger: _Ledger)
         x, k = new, k + 1
     g = matmul(x.T, x, f"{work}/ns-g", spec=spec)  # Newton-Schulz: 1.5 X - 0.5 X (X^T X)
     t = matmul(x, g, f"{work}/ns-t", spec=spec)
-    u = blockwise("axpby", [x, t], [1.5, -0.5], f"{work}/u", spec)
+    u = blockwise("axpby", [x, t], [1.5, -0.5], u_out or f"{work}/u", spec)
     return u, k, delta <= tol
 
 
@@ -252,21 +271,17 @@ def polar(a: Any, out: Any, spec: RunSpec, max_iterations: int) -> tuple:
     """``(U, H)`` of a stored ``a`` out of core, stored at ``OUT/U`` and ``OUT/H``."""
     prefix = _prefix(out)
     _explained("polar", spec, {"U": f"{prefix}/U", "H": f"{prefix}/H"})
-    t0 = perf_counter()
     a = a if isinstance(a, BigMatrix) else BigMatrix.open(a, storage=spec.storage)
     spec = _work_spec(a, spec)
     ledger = _Ledger("polar", spec)
-    m, n = a.shape
-    wide = m < n
-    with observe() as runs:
-        ledger.runs = runs
+    wide = a.shape[0] < a.shape[1]  # through a^T: U^T = polar factor of a^T
+    with ledger.running({"U": f"{prefix}/U", "H": f"{prefix}/H"}):
         ut, k, ok = qdwh(a.T if wide else a, f"{prefix}/work/polar", spec, max_iterations,
-                         ledger)  # fmt: skip
-        u = blockwise("scale", [ut.T if wide else ut], [1.0], f"{prefix}/U", spec)
+                         ledger, None if wide else f"{prefix}/U")  # fmt: skip
+        ledger.details.update(iterations=k, converged=bool(ok))
+        u = blockwise("scale", [ut.T], [1.0], f"{prefix}/U", spec) if wide else ut
         mh = matmul(u.T, a, f"{prefix}/work/uta", spec=spec)
         h = blockwise("axpby", [mh, mh.T], [0.5, 0.5], f"{prefix}/H", spec)
-    ledger.details.update(iterations=k, converged=bool(ok))
-    record(ledger.report({"U": u.url, "H": h.url}, t0))
     return u, h
 
 
@@ -342,15 +357,13 @@ def eigh(a: Any, out: Any, spec: RunSpec, *, symmetrize: bool, termination: int,
     """``(w, V)`` of a stored symmetric ``a`` out of core: ``OUT/w`` ``(1, n)``, ``OUT/V``."""
     prefix = _prefix(out)
     _explained("eigh", spec, {"w": f"{prefix}/w", "V": f"{prefix}/V"})
-    t0 = perf_counter()
     a = a if isinstance(a, BigMatrix) else BigMatrix.open(a, storage=spec.storage)
     spec = _work_spec(a, spec)
     ledger = _Ledger("eigh", spec)
     work = f"{prefix}/work/eigh"
     params = {"termination": termination, "max_iterations": max_iterations}
     leaves: list = []
-    with observe() as runs:
-        ledger.runs = runs
+    with ledger.running({"w": f"{prefix}/w", "V": f"{prefix}/V"}):
         kind = "axpby" if symmetrize else "lower"
         h = blockwise(kind, [a, a.T], [0.5, 0.5] if symmetrize else [], f"{work}/a", spec)
         _node(h, None, f"{work}/t", spec, params, leaves, ledger)
@@ -365,12 +378,7 @@ def eigh(a: Any, out: Any, spec: RunSpec, *, symmetrize: bool, termination: int,
             else:
                 pieces.append([v, j, j + 1])
         vout = columns([tuple(p) for p in pieces], f"{prefix}/V", spec)
-        ws = _stored_row(w[order], f"{prefix}/w", spec)
-    ledger.details.update(leaves=len(leaves), splits=len(ledger.details.get(
-        "split_iterations", [])))  # fmt: skip
-    record(ledger.report({"w": ws.url, "V": vout.url}, t0))
+        scalars(f"{prefix}/w", list(w[order]), w.dtype, spec)  # OUT/w, (1, n)
+        ledger.details.update(leaves=len(leaves), splits=len(ledger.details.get(
+            "split_iterations", [])))  # fmt: skip
     return jnp.asarray(w[order]), vout
-
-
-def _stored_row(w: np.ndarray, url: str, spec: RunSpec) -> BigMatrix:
-    return scalars(url, list(w), w.dtype, spec)
