@@ -161,11 +161,14 @@ class Columns(Op):
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         (out,), bw = problem.outputs, self.block_shape[1]
+        rep = NamedSharding(problem.mesh, P())  # the strip's reads, replicated
         cands = []
         for rows in sorted({self._rows(problem, r) for r in (out.shape[0], 4096, 1024, 256, 1)},
                            reverse=True):  # fmt: skip
-            tile = Buffer((rows, bw), out.dtype)
-            cands.append(Candidate(rows, Footprint(reads=(tile,), writes=(tile,)), -rows, False))
+            fp = Footprint(
+                reads=(Buffer((rows, bw), out.dtype, rep),), writes=(Buffer((rows, bw), out.dtype),)
+            )  # a host result
+            cands.append(Candidate(rows, fp, -rows, False))
         return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
