@@ -196,8 +196,11 @@ def _panel(w: BigMatrix, x: BigMatrix, out: str, spec: RunSpec) -> int:
     if lo == 0:
         raise MemoryBudgetError(f"{out}: not even one row of the solve fits memory_budget; "
                                 "raise memory_budget.")  # fmt: skip
-    _PANELS[key] = lo
-    return lo
+    m = x.shape[0]
+    if len(_PANELS) > 256:
+        _PANELS.clear()
+    _PANELS[key] = -(-m // -(-m // lo))  # panels of (nearly) equal rows: fewer compiles
+    return _PANELS[key]
 
 
 def _solve_rows(w: BigMatrix, x: BigMatrix, trans_twice: bool, out: str, spec: RunSpec) -> Any:
