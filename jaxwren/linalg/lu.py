@@ -27,9 +27,11 @@ from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
-from jaxwren.errors import NonFiniteError, ShapeMismatchError, SingularMatrixError
+from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError, SingularMatrixError
 from jaxwren.lax.layout import lu_block_size, natural_index
+from jaxwren.linalg import lu_plans
 from jaxwren.linalg.base import Op
+from jaxwren.linalg.lu_steps import Setup, incore_plan, ooc_plan
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_size, to_cyclic
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
@@ -125,9 +127,18 @@ class LUFactor(Op):
     name = "lu_factor"
     operand_names = ("a",)
 
-    def __init__(self, allow_singular: bool = False) -> None:
-        """``allow_singular``: an exactly zero pivot is no error (``slogdet``)."""
+    def __init__(self, allow_singular: bool = False, plan: str = "auto",
+                 tile: int | None = None) -> None:
+        """``allow_singular``: an exactly zero pivot is no error (``slogdet``); ``plan``:
+        ``"auto"`` (the selector's rule, :mod:`.lu_plans`), or ``"kernel"`` / ``"tiles"``
+        / ``"out-of-core"`` ranked first for a stored factor (benchmarks and tests compare
+        them; the budget still decides); ``tile``: only tile plans of this column tile."""
+        if plan not in ("auto", *lu_plans.ALGORITHMS):
+            raise ConfigError(
+                f"lu_factor: plan={plan!r} must be 'auto', 'kernel', 'tiles' or 'out-of-core'."
+            )
         self.allow_singular = allow_singular
+        self.prefer, self.tile = plan, tile
         self.details: dict[str, Any] = {}
 
     def check(self, operands: Any, mesh: Mesh) -> Problem:
@@ -139,14 +150,24 @@ class LUFactor(Op):
         return Problem((a,), outs, (), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
-        fp = footprint(n, dtype, problem.mesh)
-        return [Candidate("in-core (no out-of-core LU yet)", fp)]
+        n, dtype, mesh = problem.outputs[0].shape[0], problem.outputs[0].dtype, problem.mesh
+        fp = footprint(n, dtype, mesh)
+        stored = targets["lu"] is not None
+        return lu_plans.candidates(n, dtype, mesh, stored, self.prefer, fp,
+                                   lu_block_size(n, mesh), self.tile)  # fmt: skip
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
         (src,), mesh = problem.sources, problem.mesh
         n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
+        algorithm = tiling[0]
+        why = lu_plans.reason(algorithm, mesh, targets["lu"] is not None, self.prefer)
+        if algorithm != lu_plans.KERNEL:
+            self.details = {}
+            s = Setup(src, n, dtype, mesh, targets["lu"], targets["piv"], resume, why,
+                      self.name, self.allow_singular, self.details)  # fmt: skip
+            build = incore_plan if algorithm == lu_plans.TILES else ooc_plan
+            return build(s, tiling[1])
         read, cyc, kb = cyclic_read(src, n, dtype, mesh)
         stored = targets["lu"] is not None
         fn = _factor_fn(n, kb, mesh, cyc is None)
@@ -165,7 +186,7 @@ class LUFactor(Op):
         writes = (Write(targets["lu"], (0, 0), (n, n)), Write(targets["piv"], (0, 0), (n, 1)),
                   Write(None))  # fmt: skip
         step = Step((read,), kernel, writes, label="factor", check=check)
-        return Plan(self.name, [step], None, f"in-core, kernel block {kb}")
+        return Plan(self.name, [step], None, f"kernel: in-core, kernel block {kb}", reason=why)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         if targets["lu"] is not None:
