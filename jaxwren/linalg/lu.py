@@ -146,15 +146,21 @@ class LUFactor(Op):
         n = check_square(a, self.name)
         dtype = result_dtype(a.dtype, where=self.name, policy="factor")
         block = a.block_shape if isinstance(a, BigMatrix) else None
-        outs = (Output("lu", (n, n), dtype, block), Output("piv", (n, 1), np.dtype(np.int32)))
+        # the pivots in blocks of the factor's block rows: the out-of-core plan writes a
+        # column's pivots as whole blocks (its record stays intact)
+        piv_block = None if block is None else (block[0], 1)
+        outs = (Output("lu", (n, n), dtype, block),
+                Output("piv", (n, 1), np.dtype(np.int32), piv_block))  # fmt: skip
         return Problem((a,), outs, (), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
         n, dtype, mesh = problem.outputs[0].shape[0], problem.outputs[0].dtype, problem.mesh
         fp = footprint(n, dtype, mesh)
-        stored = targets["lu"] is not None
-        return lu_plans.candidates(n, dtype, mesh, stored, self.prefer, fp,
-                                   lu_block_size(n, mesh), self.tile)  # fmt: skip
+        lu, piv = targets["lu"], targets["piv"]  # the stored outputs' block shapes
+        block = problem.outputs[0].block_shape or (min(n, 1024), min(n, 1024))
+        blocks = (*(lu or block), (piv or block)[0])
+        return lu_plans.candidates(n, dtype, mesh, lu is not None, self.prefer, fp,
+                                   lu_block_size(n, mesh), self.tile, blocks)  # fmt: skip
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip

@@ -18,6 +18,8 @@ the first that fits the budget.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -32,7 +34,6 @@ __all__ = ["ALGORITHMS", "candidates", "reason", "select", "work_tiles"]
 
 KERNEL, TILES, OOC = "kernel", "tiles", "out-of-core"
 ALGORITHMS = (KERNEL, TILES, OOC)
-_OOC_TILES = (512, 384, 256, 192, 128, 96, 64, 48, 32, 16, 8)
 
 
 def _local(mesh: Mesh) -> bool:
@@ -111,18 +112,23 @@ def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
                      extra=col.nbytes)  # fmt: skip
 
 
-def ooc_tiles(n: int, mesh: Mesh) -> list[int]:
-    unit = mesh.devices.size
+def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:
+    """The out-of-core plan's column tiles, largest first: multiples of the stored
+    factor's blocks (and of the pivots' block rows and of the device count), so every
+    column, fix-up and pivots write is whole chunks and its record stays intact."""
+    unit = math.lcm(mesh.devices.size, *blocks)
     top = -(-n // unit) * unit
-    return list(dict.fromkeys(min(top, max(unit, s // unit * unit)) for s in _OOC_TILES))
+    return [t for t in range(top, 0, -unit)][:16]
 
 
 def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
                kernel_fp: Footprint, kernel_block: int,
-               tile: int | None = None) -> list[Candidate]:  # fmt: skip
+               tile: int | None = None,
+               blocks: tuple[int, ...] = (1,)) -> list[Candidate]:  # fmt: skip
     """Every algorithm's tilings ranked by :func:`select` (``tile``: the tile plans' only
     column tile). The tile plans only store; they are offered for a returned factor too
-    so a refusal names what a stored factor would need."""
+    so a refusal names what a stored factor would need. ``blocks``: the stored factor's
+    block shape and the pivots' block rows (the out-of-core tiles are multiples)."""
     chosen, _ = select(mesh, stored, prefer)
     out = [Candidate((KERNEL, kernel_block), kernel_fp, (0 if chosen == KERNEL else 1,), True)]
     if not _local(mesh):
@@ -133,5 +139,5 @@ def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
                 for i, t in enumerate([tile] if tile else work_tiles(n, mesh))]  # fmt: skip
     rank = 0 if chosen == OOC else 2
     out += [Candidate((OOC, t), ooc_footprint(n, t, dtype, mesh), (rank, i), False)
-            for i, t in enumerate([tile] if tile else ooc_tiles(n, mesh))]  # fmt: skip
+            for i, t in enumerate([tile] if tile else ooc_tiles(n, mesh, blocks))]  # fmt: skip
     return out

@@ -18,6 +18,7 @@ again (the same pivots) before its fix-up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -96,22 +97,26 @@ class _Run:
 
 
 def incore_plan(s: Setup, t: int) -> Plan:
+    """Step ``jj`` sweeps panel ``jj`` by columns ``0 .. jj-2`` on the devices while the
+    host factors panel ``jj - 1`` (carried from the step before), then by column ``jj -
+    1``: the serial getrf hides behind the GEMMs (lookahead of one panel)."""
     r = _Run(s, t)
     nt, n, n_pad = r.nt, s.n, r.n_pad
     kept: dict[int, np.ndarray] = {}
-    steps = []
-    for jj in range(nt):
 
-        def kern(carry: Any, p: jax.Array, jj: int = jj) -> tuple[None, tuple]:
-            p = r.start(p)
-            for k in range(jj):
-                p = r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
-            kept[jj] = r.factor(p, jj)
-            return None, ()
+    def sweep(p: jax.Array, ks: range) -> jax.Array:
+        for k in ks:
+            p = r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
+        return p
 
-        steps.append(Step((r.panel_read(jj),), kern, label=f"column {jj}"))
+    def kern(carry: Any, p: jax.Array, jj: int) -> tuple[Any, tuple]:
+        p = sweep(r.start(p), range(jj - 1))  # dispatched: the devices run while ...
+        if jj:
+            kept[jj - 1] = r.factor(carry, jj - 1)  # ... the host factors the last panel
+        return sweep(p, range(max(jj - 1, 0), jj)), ()
 
     def assemble(carry: Any) -> tuple[None, tuple]:
+        kept[nt - 1] = r.factor(carry, nt - 1)
         lu = aligned_empty((n, n), s.dtype)
         for k in range(nt):
             c0, w = k * t, min(t, n - k * t)
@@ -120,11 +125,14 @@ def incore_plan(s: Setup, t: int) -> Plan:
         r.finish_details(True)
         return None, (lu, r.piv.piv[:n, None].astype(np.int32))
 
+    warm = functools.partial(r.sweep.warm, n_pad, s.dtype)
+    steps = [Step((r.panel_read(jj),), functools.partial(kern, jj=jj), label=f"column {jj}",
+                  warm=warm if jj == 0 else None) for jj in range(nt)]  # fmt: skip
     writes = (Write(s.lu, (0, 0), (n, n)), Write(s.piv, (0, 0), (n, 1)))
-    steps.append(Step((), assemble, writes, label="assemble"))
+    steps.append(Step((), assemble, writes, label="getrf and assemble"))
     desc = (f"tiles: in-core left-looking LU, {nt} column tiles of {t} (n padded to {n_pad}), "
             "finished columns kept in memory, panels on host LAPACK getrf")  # fmt: skip
-    return Plan(s.where, steps, None, tiles=desc, reason=s.why)
+    return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
 
 
 def ooc_plan(s: Setup, t: int) -> Plan:
@@ -132,17 +140,16 @@ def ooc_plan(s: Setup, t: int) -> Plan:
     nt, n = r.nt, s.n
     keys = [(s.resume.key(f"c{t}-{j}"), s.resume.key(f"p{t}-{j}"), s.resume.key(f"f{t}-{j}"))
             for j in range(nt)]  # fmt: skip
-    done = [s.resume.done(c) and s.resume.done(p) for c, p, _ in keys]
-    fixed = [s.resume.done(f) for _, _, f in keys]
+    fixed = [s.resume.done(f) for _, _, f in keys]  # (a fix-up voids its column's record)
+    done = [f or (s.resume.done(c) and s.resume.done(p)) for (c, p, _), f in zip(keys, fixed)]
     if all(done):  # the fix-ups may have begun: redo every column not fixed up
         done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed))]
     state = [nt if fixed[k] else k + 1 for k in range(nt)]  # each stored column's row order
     steps: list[Step] = []
     for jj in range(nt):
-        if done[jj]:
-            continue
+        skip = done[jj]
         steps.append(Step((r.panel_read(jj),), lambda c, p: ((r.start(p), 0), ()),
-                          label=f"column {jj}: A"))  # fmt: skip
+                          label=f"column {jj}: A", skip=skip))  # fmt: skip
         for k in range(jj):
             read = Read(s.lu, (k * t, n, k * t, k * t + t), (r.n_pad - k * t, t), r.rep,
                         s.dtype)  # fmt: skip
@@ -151,7 +158,7 @@ def ooc_plan(s: Setup, t: int) -> Plan:
                 p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
                 return (p, state[k]), ()
 
-            steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}"))
+            steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))
 
         def factor(carry: Any, jj: int = jj) -> tuple[None, tuple]:
             p = r.sweep.to_state(carry[0], carry[1], jj)
@@ -164,10 +171,8 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         c0, w = jj * t, min(t, n - jj * t)
         writes = (Write(s.lu, (0, c0), (n, w), record=keys[jj][0]),
                   Write(s.piv, (c0, 0), (w, 1), record=keys[jj][1]))  # fmt: skip
-        steps.append(Step((), factor, writes, label=f"column {jj}: getrf"))
+        steps.append(Step((), factor, writes, label=f"column {jj}: getrf", skip=skip))
     for k in range(nt - 1):
-        if fixed[k]:
-            continue
         r0 = (k + 1) * t
         read = Read(s.lu, (r0, n, k * t, k * t + t), (n - r0, t), r.rep, s.dtype)
 
@@ -179,10 +184,13 @@ def ooc_plan(s: Setup, t: int) -> Plan:
                 r.finish_details(not any(done))
             return None, (out,)
 
-        steps.append(Step((read,), fix, (Write(s.lu, (r0, k * t), (n - r0, t),
-                                               record=keys[k][2]),), label=f"fix-up {k}"))  # fmt: skip
-    if any(done) and steps:  # the stored pivots of the finished columns, first
-        steps[0] = _with_pivots(steps[0], r, s, done)
+        write = Write(s.lu, (r0, k * t), (n - r0, t), record=keys[k][2])
+        steps.append(Step((read,), fix, (write,), label=f"fix-up {k}", skip=fixed[k]))
+    first = next((i for i, st in enumerate(steps) if not st.skip), None)
+    if first is not None:  # compile ahead; the stored pivots of the finished columns
+        # (of every column with a pivots record: a column factored again after the
+        # fix-ups began is swept in the final row order, which needs them all)
+        steps[first] = _first(steps[first], r, s, [s.resume.done(p) for _, p, _ in keys])
     desc = (f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the "
             "panel resident, finished columns read back, interchanges applied lazily")
     return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
@@ -194,7 +202,12 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(shard)
 
 
-def _with_pivots(step: Step, r: _Run, s: Setup, done: list[bool]) -> Step:
+def _first(step: Step, r: _Run, s: Setup, done: list[bool]) -> Step:
+    """The first step to run: it compiles the kernels ahead and first reads the stored
+    pivots of the columns ``done``."""
+    warm = functools.partial(r.sweep.warm, r.n_pad, s.dtype)
+    if not any(done):
+        return dataclasses.replace(step, warm=warm)
     read = Read(s.piv, (0, s.n, 0, 1), (s.n, 1), r.rep, np.dtype(np.int32))
 
     def kern(carry: Any, *tiles: jax.Array) -> Any:
@@ -206,5 +219,4 @@ def _with_pivots(step: Step, r: _Run, s: Setup, done: list[bool]) -> Step:
                 r.piv.set(jj, stored[c0 : c0 + w] - c0)
         return step.kernel(carry, *tiles[1:])
 
-    return Step((read, *step.reads), kern, step.writes, step.label, step.skip, step.check,
-                step.warm)  # fmt: skip
+    return dataclasses.replace(step, reads=(read, *step.reads), kernel=kern, warm=warm)

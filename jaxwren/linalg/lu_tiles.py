@@ -168,6 +168,26 @@ class Sweep:
                 self.views[key] = got
         return got
 
+    def warm(self, n_pad: int, dtype: np.dtype) -> None:
+        """Compiles every kernel of the sweep ahead of time (the runner calls it on a
+        background thread while the first reads are in flight)."""
+        t, i32 = self.t, np.dtype(np.int32)
+
+        def spec(shape: tuple, sh: Any, dt: Any = dtype) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+
+        # host (numpy) arguments: no sharding, as they are passed
+        p, one = spec((n_pad, t), self.col), spec((), None, i32)
+        self.k["absmax"].lower(p, one).compile()
+        if self.nt < 2:
+            return
+        idx = spec((2 * t,), None, i32)
+        self.k["move"].lower(p, idx, idx).compile()
+        self.k["trsm"].lower(p, spec((t, t), self.rep), one).compile()
+        u = spec((t, t), self.col)
+        for count in sorted({c for k in range(self.nt - 1) for _, c in row_runs(k + 1, self.nt)}):
+            self.k["gemm"].lower(p, spec((count * t, t), self.rep), u, one).compile()
+
     def to_state(self, p: jax.Array, cur: int, want: int) -> jax.Array:
         if cur == want:
             return p
