@@ -118,7 +118,7 @@ def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:
     column, fix-up and pivots write is whole chunks and its record stays intact."""
     unit = math.lcm(mesh.devices.size, *blocks)
     top = -(-n // unit) * unit
-    return [t for t in range(top, 0, -unit)][:16]
+    return list(range(top, 0, -unit))
 
 
 def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
