@@ -46,10 +46,10 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
+from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
 from jaxwren.config import RunSpec  # noqa: E402
 from jaxwren.engine.run import run as run_op  # noqa: E402
 from jaxwren.linalg.lu import LUFactor  # noqa: E402
-from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
 
 GROUPS = ("factor", "solve", "lu_solve", "inv")
 PEERS = ("scipy", "dask", "jax_sharded")
@@ -118,7 +118,8 @@ def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config
         budget = cfg.n**2 * x.dtype.itemsize // cfg.ooc_fraction
         spec = RunSpec(memory_budget=budget, block_shape=(cfg.ooc_block, cfg.ooc_block))
         fns[f"jaxwren_lu_ooc_1/{cfg.ooc_fraction}"] = functools.partial(
-            _forced, LUFactor, a, store, "Pooc", box, spec)
+            _forced, LUFactor, a, store, "Pooc", box, spec
+        )
     if "scipy" in cfg.peers:
         fns["scipy_lu_factor"] = lambda: box.__setitem__("scipy", sl.lu_factor(x))
     if "dask" in cfg.peers:

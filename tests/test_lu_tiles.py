@@ -143,3 +143,20 @@ def test_compiles_stay_flat_in_the_number_of_column_tiles():
         _, report = factor(a, mem("compiles"), "tiles", 8, block_shape=(8, 8))
         counts.append(report.compiles)
     assert counts[0] <= 9 and counts[1] <= counts[0] + 1, counts
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_solve_on_the_tile_plan(refine):
+    """On CPU devices of one process ``solve`` factors on the tile plan (float32 when
+    ``refine``, refined with float64 residuals to the float64 backward error)."""
+    a = hostile("leading_zero", N, seed=10)
+    b = np.random.default_rng(11).standard_normal((N, 3))
+    with jw.observe() as runs:
+        x = np.asarray(jw.solve(jw.from_numpy(a, mem("A"), (16, 16)), b, refine=refine))
+    want = "tiles" if platform_profile().host_lapack else "kernel"
+    assert ast.literal_eval(runs[0].tiling)[0] == want
+    err = np.abs(a @ x - b).max(axis=0) / (np.abs(a).sum(axis=1).max() * np.abs(x).max(axis=0))
+    assert err.max() <= 1e-14
+    np.testing.assert_allclose(x, sl.solve(a, b), rtol=1e-9, atol=1e-12)
+    if refine:
+        assert runs[0].details["refine_converged"] and runs[0].details["refine_iterations"] >= 1

@@ -1,13 +1,26 @@
 """LU factorisation with partial pivoting of a stored or in-memory matrix, on the engine.
 
-In-core (the matrix and its factor fit the budget): one step. The matrix is read from the
-host (store or memory) straight into the 2-D block-cyclic layout (:class:`CyclicSource`:
-the permutation is a host memcpy), factored by the sharded GEPP kernel of
-:mod:`jaxwren.lax.lu_kernel` (compiled once: a ``fori_loop`` over panels; ``n x b``
-panels and ``2b`` interchanged rows move between devices, never the matrix), and put
-back in natural order on the host. The run reports the growth factor
-``max |U| / max |A|`` (``RunReport.details``). There is no out-of-core LU yet: above the
-budget the run refuses with a ``MemoryBudgetError`` naming the budget it needs.
+One :class:`LUFactor` over three algorithms, ranked by the selector of
+:mod:`.lu_plans` (its reason is in ``RunReport.reason``); the engine takes the first
+that fits the budget:
+
+* ``"kernel"``: in-core, one step. The matrix is read from the host (store or memory)
+  straight into the 2-D block-cyclic layout (:class:`CyclicSource`: the permutation is a
+  host memcpy), factored by the sharded GEPP kernel of :mod:`jaxwren.lax.lu_kernel`
+  (compiled once: a ``fori_loop`` over panels; ``n x b`` panels and ``2b`` interchanged
+  rows move between devices, never the matrix), and put back in natural order on the
+  host. The only algorithm that returns its factor (``out=None``), and the one for
+  accelerators and several processes.
+* ``"tiles"``: in-core, left-looking by column tiles with the finished columns kept in
+  host memory (CPU devices of one process: the default for a stored factor there);
+  :mod:`.lu_tiles` and :mod:`.lu_steps`.
+* ``"out-of-core"``: the same schedule over the store, the panel resident, every finished
+  column, its pivots and its final fix-up recorded (a killed run resumes); column tiles
+  are multiples of the stored factor's blocks.
+
+Every algorithm reports the growth factor ``max |U| / max |A|`` (``RunReport.details``)
+and raises ``SingularMatrixError`` (``.column``) for an exactly zero pivot and
+``NonFiniteError`` for NaN/Inf before the run commits anything.
 """
 
 from __future__ import annotations
@@ -127,8 +140,9 @@ class LUFactor(Op):
     name = "lu_factor"
     operand_names = ("a",)
 
-    def __init__(self, allow_singular: bool = False, plan: str = "auto",
-                 tile: int | None = None) -> None:
+    def __init__(
+        self, allow_singular: bool = False, plan: str = "auto", tile: int | None = None
+    ) -> None:
         """``allow_singular``: an exactly zero pivot is no error (``slogdet``); ``plan``:
         ``"auto"`` (the selector's rule, :mod:`.lu_plans`), or ``"kernel"`` / ``"tiles"``
         / ``"out-of-core"`` ranked first for a stored factor (benchmarks and tests compare
@@ -217,9 +231,14 @@ def lu_factor(
 ) -> tuple[Any, Any]:
     """LU factorisation with partial pivoting, ``A = P L U`` (``scipy.linalg.lu_factor``).
 
-    Blocked GEPP on the devices' 2-D block-cyclic layout (backward stable as LAPACK's
-    ``getrf``: the same pivots); the growth factor ``max |U| / max |A|`` is in the run's
-    report (``jw.observe``: ``report.details["growth_factor"]``).
+    Partial pivoting, backward stable as LAPACK's ``getrf`` (the same pivots where no
+    ties occur). A stored factor on CPU devices of one process is computed by the
+    left-looking tile plan (panels on host LAPACK ``getrf``, updates as local GEMMs on
+    the devices); a returned factor, accelerators and several processes use the blocked
+    GEPP kernel on the devices' 2-D block-cyclic layout; above the in-core budget a
+    stored factor is computed out-of-core, resumably (``RunReport.reason`` says which
+    and why). The growth factor ``max |U| / max |A|`` is in the run's report
+    (``jw.observe``: ``report.details["growth_factor"]``).
 
     Args:
       a: ``(n, n)`` BigMatrix, URL, jax.Array or numpy array; integers factor in jnp's
@@ -241,8 +260,8 @@ def lu_factor(
       SingularMatrixError: an exactly zero pivot (``.column``: the first one, as
         LAPACK's ``info``); nothing is stored.
       NonFiniteError: NaN or Inf in ``a``.
-      MemoryBudgetError: the matrix does not fit the budget in-core (there is no
-        out-of-core LU yet).
+      MemoryBudgetError: not even the smallest out-of-core plan fits the budget (a
+        returned factor: the in-core kernel does not fit).
     """
     spec = run_spec("lu_factor", spec, mesh=mesh, memory_budget=memory_budget,
                     storage=storage, progress=progress, block_shape=block_shape)  # fmt: skip

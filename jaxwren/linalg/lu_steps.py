@@ -69,12 +69,18 @@ class _Run:
         self.col = NamedSharding(s.mesh, P(None, (ROWS, COLS)))
         self.rep = NamedSharding(s.mesh, P())
 
-    def panel_read(self, jj: int) -> Read:
+    def panel_read(self, jj: int, float64: bool = False) -> Read:
+        """A's panel ``jj`` (in float64 when a refined solve keeps it, else in the
+        factor's dtype)."""
         t, n = self.t, self.s.n
+        dtype = np.dtype(np.float64) if float64 else self.s.dtype
         return Read(self.s.src, (0, n, jj * t, min(n, jj * t + t)), (self.n_pad, t), self.col,
-                    self.s.dtype)  # fmt: skip
+                    dtype)  # fmt: skip
 
     def start(self, p: jax.Array) -> jax.Array:
+        """The panel in the factor's dtype (a copy when cast: the read is kept)."""
+        if p.dtype != self.s.dtype:
+            p = self.sweep.k["cast"](p)
         self.maxa.append(self.sweep.k["absmax"](p, np.int32(self.s.n)))
         return p
 
@@ -96,13 +102,13 @@ class _Run:
                               growth_over_all_columns=complete)  # fmt: skip
 
 
-def incore_plan(s: Setup, t: int) -> Plan:
-    """Step ``jj`` sweeps panel ``jj`` by columns ``0 .. jj-2`` on the devices while the
-    host factors panel ``jj - 1`` (carried from the step before), then by column ``jj -
-    1``: the serial getrf hides behind the GEMMs (lookahead of one panel)."""
-    r = _Run(s, t)
-    nt, n, n_pad = r.nt, s.n, r.n_pad
-    kept: dict[int, np.ndarray] = {}
+def _columns(r: _Run, kept: dict[int, np.ndarray], keep_a: list | None = None) -> list[Step]:
+    """The in-core column steps. Step ``jj`` sweeps panel ``jj`` by columns ``0 .. jj-2``
+    on the devices while the host factors panel ``jj - 1`` (carried from the step
+    before), then by column ``jj - 1``: the serial getrf hides behind the GEMMs
+    (lookahead of one panel); the last panel is left in the carry. ``keep_a``: the A
+    panels as read are kept there (a refined solve's residuals)."""
+    t = r.t
 
     def sweep(p: jax.Array, ks: range) -> jax.Array:
         for k in ks:
@@ -110,29 +116,83 @@ def incore_plan(s: Setup, t: int) -> Plan:
         return p
 
     def kern(carry: Any, p: jax.Array, jj: int) -> tuple[Any, tuple]:
+        if keep_a is not None:
+            keep_a.append(p)
         p = sweep(r.start(p), range(jj - 1))  # dispatched: the devices run while ...
         if jj:
             kept[jj - 1] = r.factor(carry, jj - 1)  # ... the host factors the last panel
         return sweep(p, range(max(jj - 1, 0), jj)), ()
 
-    def assemble(carry: Any) -> tuple[None, tuple]:
-        kept[nt - 1] = r.factor(carry, nt - 1)
-        lu = aligned_empty((n, n), s.dtype)
-        for k in range(nt):
-            c0, w = k * t, min(t, n - k * t)
-            idx = r.piv.between(k + 1, nt)[:n] if k < nt - 1 else np.arange(n)
-            lu[:, c0 : c0 + w] = kept.pop(k)[idx, :w]
-        r.finish_details(True)
-        return None, (lu, r.piv.piv[:n, None].astype(np.int32))
+    warm = functools.partial(r.sweep.warm, r.n_pad, r.s.dtype)
+    return [Step((r.panel_read(jj, keep_a is not None),), functools.partial(kern, jj=jj),
+                 label=f"column {jj}", warm=warm if jj == 0 else None)
+            for jj in range(r.nt)]  # fmt: skip
 
-    warm = functools.partial(r.sweep.warm, n_pad, s.dtype)
-    steps = [Step((r.panel_read(jj),), functools.partial(kern, jj=jj), label=f"column {jj}",
-                  warm=warm if jj == 0 else None) for jj in range(nt)]  # fmt: skip
-    writes = (Write(s.lu, (0, 0), (n, n)), Write(s.piv, (0, 0), (n, 1)))
+
+def _assemble(r: _Run, kept: dict[int, np.ndarray], carry: Any,
+              fortran: bool = False) -> np.ndarray:  # fmt: skip
+    """Factors the last panel and puts every column in the final row order: ``lu``
+    (``fortran``: Fortran-ordered, for LAPACK)."""
+    n, t, nt = r.s.n, r.t, r.nt
+    kept[nt - 1] = r.factor(carry, nt - 1)
+    lu = aligned_empty((n, n), r.s.dtype).T if fortran else aligned_empty((n, n), r.s.dtype)
+    for k in range(nt):
+        c0, w = k * t, min(t, n - k * t)
+        idx = r.piv.between(k + 1, nt)[:n] if k < nt - 1 else np.arange(n)
+        lu[:, c0 : c0 + w] = kept.pop(k)[idx, :w]
+    r.finish_details(True)
+    return lu
+
+
+def incore_plan(s: Setup, t: int) -> Plan:
+    r = _Run(s, t)
+    kept: dict[int, np.ndarray] = {}
+
+    def assemble(carry: Any) -> tuple[None, tuple]:
+        lu = _assemble(r, kept, carry)
+        return None, (lu, r.piv.piv[: s.n, None].astype(np.int32))
+
+    steps = _columns(r, kept)
+    writes = (Write(s.lu, (0, 0), (s.n, s.n)), Write(s.piv, (0, 0), (s.n, 1)))
     steps.append(Step((), assemble, writes, label="getrf and assemble"))
-    desc = (f"tiles: in-core left-looking LU, {nt} column tiles of {t} (n padded to {n_pad}), "
-            "finished columns kept in memory, panels on host LAPACK getrf")  # fmt: skip
-    return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
+    return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
+
+
+def _describe(r: _Run) -> str:
+    return (
+        f"tiles: in-core left-looking LU, {r.nt} column tiles of {r.t} (n padded to "
+        f"{r.n_pad}), finished columns kept in memory, panels on host LAPACK getrf"
+    )
+
+
+def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
+               check: Any) -> Plan:  # fmt: skip
+    """``x`` of ``A x = b`` on the in-core tile plan: the factor in ``s.dtype`` (float32
+    when ``refine``, the A panels read in float64 and kept), then on the host LAPACK
+    ``getrs`` and, when ``refine``, float64 residuals with the kept panels until the
+    backward error reaches float64 level (:func:`.lu_tiles.refine`). ``check`` gets
+    ``(x, [info, corrections, backward error])``."""
+    from jaxwren.linalg.lu_tiles import refine as refine_x
+
+    r = _Run(s, t)
+    kept: dict[int, np.ndarray] = {}
+    panels: list | None = [] if refine else None
+    data = np.dtype(np.float64) if refine else s.dtype
+
+    def finish(carry: Any, bt: jax.Array) -> tuple[None, tuple]:
+        lu = _assemble(r, kept, carry, fortran=True)
+        piv = r.piv.piv[: s.n]
+        rhs = np.array(_host(bt)[: s.n], data)
+        sol, it, err = refine_x(lu, piv, rhs, panels if refine else None, t, r.info)
+        return None, (sol, np.array([r.info, it, err]))
+
+    steps = _columns(r, kept, panels)
+    rep = NamedSharding(s.mesh, P())
+    read_b = Read(b, (0, s.n, 0, k), (s.n, k), rep, data)
+    steps.append(Step((read_b,), finish, (Write(x, (0, 0), (s.n, k)), Write(None)),
+                      label="getrf, getrs" + (" and refinement" if refine else ""),
+                      check=check))  # fmt: skip
+    return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
 
 
 def ooc_plan(s: Setup, t: int) -> Plan:
@@ -141,9 +201,12 @@ def ooc_plan(s: Setup, t: int) -> Plan:
     keys = [(s.resume.key(f"c{t}-{j}"), s.resume.key(f"p{t}-{j}"), s.resume.key(f"f{t}-{j}"))
             for j in range(nt)]  # fmt: skip
     fixed = [s.resume.done(f) for _, _, f in keys]  # (a fix-up voids its column's record)
-    done = [f or (s.resume.done(c) and s.resume.done(p)) for (c, p, _), f in zip(keys, fixed)]
+    done = [
+        f or (s.resume.done(c) and s.resume.done(p))
+        for (c, p, _), f in zip(keys, fixed, strict=True)
+    ]
     if all(done):  # the fix-ups may have begun: redo every column not fixed up
-        done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed))]
+        done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed, strict=True))]
     state = [nt if fixed[k] else k + 1 for k in range(nt)]  # each stored column's row order
     steps: list[Step] = []
     for jj in range(nt):
@@ -191,8 +254,10 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         # (of every column with a pivots record: a column factored again after the
         # fix-ups began is swept in the final row order, which needs them all)
         steps[first] = _first(steps[first], r, s, [s.resume.done(p) for _, p, _ in keys])
-    desc = (f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the "
-            "panel resident, finished columns read back, interchanges applied lazily")
+    desc = (
+        f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the "
+        "panel resident, finished columns read back, interchanges applied lazily"
+    )
     return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
 
 

@@ -138,6 +138,7 @@ def _kernels(mesh: Mesh) -> dict[str, Any]:
         return lax.pmax(m, _DEV)
 
     return {
+        "cast": jax.jit(lambda p: p.astype(jnp.float32)),
         "move": local(move, (col, rep, rep), col),
         "trsm": local(trsm, (col, rep, rep), (col, col)),
         "gemm": local(gemm, (col, rep, col, rep), col),
@@ -214,7 +215,8 @@ def factor_panel(col: np.ndarray, jj: int, n: int, t: int, piv: Pivots, where: s
     """Host LAPACK ``getrf`` of ``col[c0:n, :w]`` in place (``col``: the swept column,
     ``n_pad x t``); records its pivots. Returns ``(info, max |U|)`` of the column (the
     rows above the panel and the diagonal tile's upper triangle). Raises for NaN/Inf
-    and, unless ``allow_singular``, for an exactly zero pivot."""
+    and, unless ``allow_singular``, for an exactly zero pivot; ``allow_singular`` None
+    (a refined solve) raises neither: ``info`` says where it failed."""
     from scipy.linalg import lapack
 
     c0, w = jj * t, min(t, n - jj * t)
@@ -224,6 +226,8 @@ def factor_panel(col: np.ndarray, jj: int, n: int, t: int, piv: Pivots, where: s
     col[c0:n, :w] = lu
     piv.set(jj, local)
     maxu = max(float(np.max(np.abs(np.triu(lu[:w])))), 0.0)
+    if allow_singular is None and not (np.isfinite(maxu) and np.isfinite(lu).all()):
+        return c0, np.inf  # (a refined solve falls back to float64)
     if not np.isfinite(maxu) or not np.isfinite(lu).all():
         raise NonFiniteError(
             f"{where}: the factor is not finite: the matrix holds NaN or Inf; clean it "
@@ -238,6 +242,66 @@ def factor_panel(col: np.ndarray, jj: int, n: int, t: int, piv: Pivots, where: s
             column=c,
         )
     return (c0 + info - 1 if info > 0 else -1), maxu
+
+
+def refine(lu: np.ndarray, piv: np.ndarray, b: np.ndarray, panels: list | None, t: int,
+           info: int, itmax: int = 10) -> tuple[np.ndarray, int, float]:  # fmt: skip
+    """``(x, corrections, backward error)`` of ``A x = b`` from the factor (LAPACK
+    ``getrs``); with ``panels`` (A's column panels in float64, sharded by columns)
+    ``x`` is refined with float64 residuals ``b - A x`` until the backward error
+    ``max_j ||r_j|| / (||A|| ||x_j||)`` (inf norms) is below ``sqrt(n) eps64``, stops
+    halving, or ``itmax`` corrections ran. ``info >= 0``: the factor failed (no
+    solve)."""
+    from scipy.linalg import lapack
+
+    n = len(b)
+    if info >= 0:
+        return np.full_like(b, np.nan), 0, np.inf
+    getrs = lapack.get_lapack_funcs("getrs", (lu,))
+    piv32 = piv.astype(np.int32)
+
+    def solve(rhs: np.ndarray) -> np.ndarray:  # lu: Fortran-ordered, not copied
+        x, _ = getrs(lu, piv32, rhs.astype(lu.dtype))
+        return x.astype(b.dtype)
+
+    x = solve(b)
+    if panels is None:
+        return x, 0, 0.0
+    anorm = np.zeros(n)
+    for p in panels:  # row sums of |A|, from the kept shards
+        for sh in p.addressable_shards:
+            if not sh.replica_id:
+                anorm += np.abs(np.asarray(sh.data)[:n]).sum(axis=1)
+    anorm_max = float(anorm.max())
+
+    def residual(x: np.ndarray) -> tuple[np.ndarray, float]:
+        r = b.copy()
+        for jj, p in enumerate(panels):
+            for sh in p.addressable_shards:
+                if sh.replica_id:
+                    continue
+                cols = sh.index[1].indices(p.shape[1])
+                c0, c1 = jj * t + cols[0], min(jj * t + cols[1], n)
+                if c1 > c0:
+                    r -= np.asarray(sh.data)[:n, : c1 - c0] @ x[c0:c1]
+        rn, xn = np.abs(r).max(axis=0), np.abs(x).max(axis=0)
+        scaled = rn / (anorm_max * np.where(xn > 0, xn, 1))
+        e = np.where(xn > 0, scaled, np.where(rn > 0, np.inf, 0))
+        return r, float(e.max())
+
+    tol = np.sqrt(n) * np.finfo(np.float64).eps
+    r, e = residual(x)
+    it = 0
+    while it < itmax and e > tol:
+        x2 = x + solve(r)
+        r2, e2 = residual(x2)
+        it += 1
+        if not e2 <= 0.5 * e:
+            if e2 < e:
+                x, e = x2, e2
+            break
+        x, r, e = x2, r2, e2
+    return x, it, e
 
 
 def host_column(p: jax.Array) -> np.ndarray:
