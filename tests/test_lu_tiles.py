@@ -60,7 +60,7 @@ def test_each_algorithm_matches_scipy_on_every_store(store, plan, tile, dtype="f
     np.testing.assert_allclose(report.details["growth_factor"], growth, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("plan", "tile"), PLANS)
+@pytest.mark.parametrize(("plan", "tile"), PLANS[1:])  # (the kernel's: tests/test_lu.py)
 def test_each_algorithm_matches_scipy_in_float32(plan, tile):
     class Memory:
         config = None

@@ -21,6 +21,7 @@ write back; recorded).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from typing import Any
 
@@ -170,8 +171,9 @@ class Sweep:
         return got
 
     def warm(self, n_pad: int, dtype: np.dtype) -> None:
-        """Compiles every kernel of the sweep ahead of time (the runner calls it on a
-        background thread while the first reads are in flight)."""
+        """Compiles every kernel of the sweep ahead of time, side by side (XLA compiles
+        without the GIL; the runner calls this on a background thread while the first
+        reads are in flight)."""
         t, i32 = self.t, np.dtype(np.int32)
 
         def spec(shape: tuple, sh: Any, dt: Any = dtype) -> jax.ShapeDtypeStruct:
@@ -179,15 +181,16 @@ class Sweep:
 
         # host (numpy) arguments: no sharding, as they are passed
         p, one = spec((n_pad, t), self.col), spec((), None, i32)
-        self.k["absmax"].lower(p, one).compile()
-        if self.nt < 2:
-            return
-        idx = spec((2 * t,), None, i32)
-        self.k["move"].lower(p, idx, idx).compile()
-        self.k["trsm"].lower(p, spec((t, t), self.rep), one).compile()
-        u = spec((t, t), self.col)
-        for count in sorted({c for k in range(self.nt - 1) for _, c in row_runs(k + 1, self.nt)}):
-            self.k["gemm"].lower(p, spec((count * t, t), self.rep), u, one).compile()
+        jobs = [("absmax", (p, one))]
+        if self.nt > 1:
+            idx, u = spec((2 * t,), None, i32), spec((t, t), self.col)
+            jobs += [("move", (p, idx, idx)), ("trsm", (p, spec((t, t), self.rep), one))]
+            counts = {c for k in range(self.nt - 1) for _, c in row_runs(k + 1, self.nt)}
+            jobs += [("gemm", (p, spec((c * t, t), self.rep), u, one)) for c in sorted(counts)]
+        with concurrent.futures.ThreadPoolExecutor(4, "jaxwren-lu-warm") as pool:
+            done = [pool.submit(lambda k=k, a=a: self.k[k].lower(*a).compile()) for k, a in jobs]
+            for f in done:
+                f.result()
 
     def to_state(self, p: jax.Array, cur: int, want: int) -> jax.Array:
         if cur == want:

@@ -1,9 +1,12 @@
 """General linear systems on the engine: ``solve`` (LU, or Cholesky for ``assume_a="pos"``;
 optionally mixed precision), ``lu_solve``, ``inv``, ``slogdet`` and ``det``.
 
-Each is one in-core step: the matrix read into the block-cyclic layout (as
+On the kernel each is one in-core step: the matrix read into the block-cyclic layout (as
 :mod:`jaxwren.linalg.lu` reads it), the right-hand side sharded, and one jitted program on
-the devices: the GEPP kernel and the sharded substitutions of :mod:`jaxwren.lax`.
+the devices: the GEPP kernel and the sharded substitutions of :mod:`jaxwren.lax`. Where
+the LU selector takes the in-core tile plan (CPU devices of one process), ``solve``
+(``"gen"``, ``"gen32"``) factors on it and solves on the host
+(:func:`jaxwren.linalg.lu_steps.solve_plan`).
 
 Mixed precision (``refine=True``, after LAPACK's ``dsgesv``): the matrix is factored in
 float32; the residual ``b - A x`` is formed in float64 (a sharded product with the float64
