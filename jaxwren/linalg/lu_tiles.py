@@ -5,9 +5,10 @@ J`` in turn: ``U[K, J] = L[K, K]^-1 P[K]`` (a unit-lower solve of one tile), the
 ``P[K+1:] -= L[K+1:, K] U[K, J]`` (GEMMs over rows in power-of-two runs of tiles, so at
 most ``1 + log2(n / t)`` shapes compile, whatever ``n``); then the tall panel
 ``P[c0:n]`` is factored by host LAPACK ``getrf`` (its pivots, global and 0-based, are
-scipy's ``lu_factor`` layout). The panel is sharded by columns over all devices and the
-``L`` columns replicated (on CPU devices one shared host buffer, no copy): every GEMM is
-local, no collective.
+scipy's ``lu_factor`` layout; on accelerators, where only the out-of-core plan runs
+these steps, the panel travels to the host for it). The panel is sharded by columns over
+all devices and the ``L`` columns replicated (on CPU devices one shared host buffer, no
+copy): every GEMM is local, no collective.
 
 Pivots are applied lazily. A finished column is kept (in memory, or in the store) as it
 was when factored: the later panels' interchanges are not applied to it. Instead the
