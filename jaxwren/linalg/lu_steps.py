@@ -223,7 +223,8 @@ def ooc_plan(s: Setup, t: int) -> Plan:
 
             steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))
 
-        def factor(carry: Any, jj: int = jj) -> tuple[None, tuple]:
+        def factor(carry: Any, *tiles: jax.Array, last: Any, jj: int) -> tuple[None, tuple]:
+            carry, _ = last(carry, *tiles)  # the column's last step, then its getrf
             p = r.sweep.to_state(carry[0], carry[1], jj)
             col = r.factor(p, jj)
             if nt == 1:
@@ -234,7 +235,10 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         c0, w = jj * t, min(t, n - jj * t)
         writes = (Write(s.lu, (0, c0), (n, w), record=keys[jj][0]),
                   Write(s.piv, (c0, 0), (w, 1), record=keys[jj][1]))  # fmt: skip
-        steps.append(Step((), factor, writes, label=f"column {jj}: getrf", skip=skip))
+        last = steps[-1]  # the getrf joins it: one step (and one wait) less per column
+        steps[-1] = dataclasses.replace(
+            last, kernel=functools.partial(factor, last=last.kernel, jj=jj), writes=writes,
+            label=f"{last.label}; getrf")  # fmt: skip
     for k in range(nt - 1):
         r0 = (k + 1) * t
         read = Read(s.lu, (r0, n, k * t, k * t + t), (n - r0, t), r.rep, s.dtype)
