@@ -103,11 +103,12 @@ def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
 
 
 def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
-    """Reads: a finished column's rows (replicated: one shared host buffer on CPU
+    """Reads: two finished columns' rows (replicated: one shared host buffer on CPU
     devices); the carry: the panel; writes: a finished column and its pivots; extra:
     getrf's Fortran-ordered copy of the panel."""
-    col, rep, _ = _panels(n, t, dtype, mesh)
-    return Footprint(reads=(rep,), accumulators=(col,),
+    col, rep, n_pad = _panels(n, t, dtype, mesh)
+    two = Buffer((n_pad, 2 * t), dtype, rep.sharding)
+    return Footprint(reads=(two,), accumulators=(col,),
                      writes=(Buffer(col.shape, dtype), Buffer((t, 1), np.int32)),
                      extra=col.nbytes)  # fmt: skip
 

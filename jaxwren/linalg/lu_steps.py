@@ -32,7 +32,9 @@ from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel, host_column
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.buffers import aligned_empty
 
-__all__ = ["Setup", "incore_plan", "ooc_plan"]
+__all__ = ["GROUP", "Setup", "incore_plan", "ooc_plan", "solve_plan"]
+
+GROUP = 2  # finished columns an out-of-core sweep step reads back (fewer steps and waits)
 
 
 @dataclasses.dataclass
@@ -213,15 +215,21 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         skip = done[jj]
         steps.append(Step((r.panel_read(jj),), lambda c, p: ((r.start(p), 0), ()),
                           label=f"column {jj}: A", skip=skip))  # fmt: skip
-        for k in range(jj):
-            read = Read(s.lu, (k * t, n, k * t, k * t + t), (r.n_pad - k * t, t), r.rep,
-                        s.dtype)  # fmt: skip
+        for k0 in range(0, jj, GROUP):  # GROUP finished columns read back per step
+            ks = range(k0, min(k0 + GROUP, jj))
+            read = Read(s.lu, (k0 * t, n, k0 * t, k0 * t + len(ks) * t),
+                        (r.n_pad - k0 * t, len(ks) * t), r.rep, s.dtype)  # fmt: skip
 
-            def sweep(carry: Any, low: jax.Array, k: int = k) -> tuple[tuple, tuple]:
-                p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
-                return (p, state[k]), ()
+            def sweep(carry: Any, low: jax.Array, ks: range = ks) -> tuple[tuple, tuple]:
+                p, cur, host = carry[0], carry[1], _host(low)
+                for i, k in enumerate(ks):
+                    part = host[i * t :, i * t : (i + 1) * t]  # column k from its diagonal
+                    part = part if len(ks) == 1 else np.ascontiguousarray(part)
+                    p, cur = r.sweep.apply(p, cur, k, part, state[k], cache=False), state[k]
+                return (p, cur), ()
 
-            steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))
+            label = f"column {jj} -= columns {ks.start}:{ks.stop}"
+            steps.append(Step((read,), sweep, label=label, skip=skip))
 
         def factor(carry: Any, *tiles: jax.Array, last: Any, jj: int) -> tuple[None, tuple]:
             carry, _ = last(carry, *tiles)  # the column's last step, then its getrf
