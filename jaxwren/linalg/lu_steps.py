@@ -10,10 +10,9 @@ per :data:`GROUP` finished columns (their rows from the diagonal tile down, read
 from the store, swept over the panel), the last of which also factors the panel and
 writes the column as it is and its pivots (two records); then one fix-up step per
 column (its rows below the diagonal tile read, put in the final order, written back; a
-record). A rerun skips what is
-recorded. A fix-up rewrites a column in place, so once every column is recorded a
-column without its fix-up record may be half rewritten: such a column is factored
-again (the same pivots) before its fix-up.
+record). A rerun skips what is recorded. A fix-up rewrites a column in place, so once
+every column is recorded a column without its fix-up record may be half rewritten: such
+a column is factored again (the same pivots) before its fix-up.
 """
 
 from __future__ import annotations
