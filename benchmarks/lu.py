@@ -15,6 +15,12 @@ of a group sees the same load):
 * ``solve``: ``jaxwren_solve`` (store -> returned, float64), ``jaxwren_solve_refine``
   (``refine=True``: float32 factor, float64 refinement), ``scipy_solve``, ``dask_solve``
   (``da.linalg.solve`` from zarr), ``jnp_solve_sharded``; ``k`` = ``--rhs`` columns.
+  ``--plans`` adds store -> store rows forced onto one algorithm (``jaxwren_lu_<plan>``:
+  ``kernel``, ``tiles``, ``out-of-core``, optionally ``:tile``, e.g. ``tiles:512``);
+  ``--ooc_fraction=f`` adds ``jaxwren_lu_ooc_1/f``: the default store -> store run under a
+  ``memory_budget`` of 1/f of the matrix's bytes, the factor stored in blocks of
+  ``--ooc_block`` (the out-of-core plan's column tiles are multiples of the factor's
+  blocks), and its ratio to the in-core default (``x_jaxwren_lu_store``).
 * ``lu_solve``: from the stored factor against ``scipy.linalg.lu_solve``.
 * ``inv``: ``jw.inv`` against ``scipy.linalg.inv``.
 
@@ -28,7 +34,9 @@ kernel at several block-column counts (flat: compiled once, a loop over panels).
 from __future__ import annotations
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,6 +47,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
 from benchmarks import common  # noqa: I001  (sets the emulated devices before jax)
+from jaxwren.config import RunSpec  # noqa: E402
+from jaxwren.engine.run import run as run_op  # noqa: E402
+from jaxwren.linalg.lu import LUFactor  # noqa: E402
 
 GROUPS = ("factor", "solve", "lu_solve", "inv")
 PEERS = ("scipy", "dask", "jax_sharded")
@@ -53,6 +64,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed rounds after the warm-up ro
 _FILE_DIR = flags.DEFINE_string("file_dir", None, "Directory for the file store.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 _PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
+_PLANS = flags.DEFINE_list("plans", [], "Forced algorithms (kernel, tiles, out-of-core[:tile]).")
+_OOC = flags.DEFINE_integer("ooc_fraction", 0, "Also run out-of-core at 1/f of the bytes.")
+_OOC_BLOCK = flags.DEFINE_integer("ooc_block", 128, "Block of the out-of-core run's factor.")
 _SCAN = flags.DEFINE_list("compile_scan", [], "Block-column counts to compile the kernel at.")
 
 
@@ -67,6 +81,9 @@ class Config:
     repeats: int = 2
     file_dir: str | None = None
     compile_scan: tuple[int, ...] = ()
+    plans: tuple[str, ...] = ()
+    ooc_fraction: int = 0
+    ooc_block: int = 128
 
 
 def backward_error(a: np.ndarray, x: np.ndarray, b: np.ndarray) -> float:
@@ -93,6 +110,16 @@ def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config
         box["ours"] = jw.lu_factor(a, store.url("F"))
 
     fns = {"jaxwren_lu_store": ours}
+    for name in cfg.plans:  # forced algorithms, store -> store
+        plan, _, tile = name.partition(":")
+        op = functools.partial(LUFactor, plan=plan, tile=int(tile) if tile else None)
+        fns[f"jaxwren_lu_{name}"] = functools.partial(_forced, op, a, store, f"P{name}", box)
+    if cfg.ooc_fraction:
+        budget = cfg.n**2 * x.dtype.itemsize // cfg.ooc_fraction
+        spec = RunSpec(memory_budget=budget, block_shape=(cfg.ooc_block, cfg.ooc_block))
+        fns[f"jaxwren_lu_ooc_1/{cfg.ooc_fraction}"] = functools.partial(
+            _forced, LUFactor, a, store, "Pooc", box, spec
+        )
     if "scipy" in cfg.peers:
         fns["scipy_lu_factor"] = lambda: box.__setitem__("scipy", sl.lu_factor(x))
     if "dask" in cfg.peers:
@@ -111,6 +138,15 @@ def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config
         f = jax.jit(jax.scipy.linalg.lu_factor)
         fns["jnp_lu_sharded"] = lambda: jax.block_until_ready(f(xs))
     return fns, box
+
+
+def _forced(op: Any, a: jw.BigMatrix, store: common.Store, name: str, box: dict,
+            spec: RunSpec | None = None) -> None:  # fmt: skip
+    """One store -> store run of ``op()``; its report kept in ``box[name]``."""
+    if name in box:
+        for m in box[name].value:
+            store.delete(m.url)
+    box[name] = run_op(op(), (a,), store.url(name), spec or RunSpec())
 
 
 def _solve_fns(a: jw.BigMatrix, x: np.ndarray, b: np.ndarray, store: common.Store,
@@ -190,7 +226,18 @@ def run(cfg: Config) -> list[dict]:
             lu, piv = box["ours"][0].numpy(), box["ours"][1].numpy()[:, 0]
             extra = {"jaxwren_lu_store": {"residual": factor_residual(lu, piv, x),
                                           "growth": runs[-1].details["growth_factor"]}}  # fmt: skip
-            results += _group("factor", fns, cfg.repeats, 2 * n**3 / 3, extra)
+            rows = _group("factor", fns, cfg.repeats, 2 * n**3 / 3, extra)
+            store_s = next(r["seconds"] for r in rows if r["name"] == "jaxwren_lu_store")
+            for r in rows:
+                got = box.get({"jaxwren_lu_store": "F0"}.get(r["name"], "P" + r["name"][11:]))
+                if r["name"].startswith("jaxwren_lu_ooc"):
+                    got = box.get("Pooc")
+                    r["x_jaxwren_lu_store"] = store_s / r["seconds"]
+                if got is not None and hasattr(got, "report"):
+                    r["tiling"] = str(got.report.tiling)
+                    lu_, piv_ = got.value[0].numpy(), got.value[1].numpy()[:, 0]
+                    r["residual"] = factor_residual(lu_, piv_, x)
+            results += rows
         if "solve" in cfg.groups:
             fns, box = _solve_fns(a, x, b, store, cfg)
             rows = _group("solve", fns, cfg.repeats, 2 * n**3 / 3, {})
@@ -217,7 +264,8 @@ def run(cfg: Config) -> list[dict]:
 
 COLUMNS = [("group", "group", ""), ("name", "name", ""), ("seconds", "seconds", ".3f"),
            ("GFLOP/s", "gflops", ".1f"), ("x scipy lu_factor", "x_scipy_lu_factor", ".2f"),
-           ("x dask lu", "x_dask_lu", ".2f"), ("x jnp lu sharded", "x_jnp_lu_sharded", ".1f"),
+           ("x dask lu", "x_dask_lu", ".2f"), ("x in-core", "x_jaxwren_lu_store", ".2f"),
+           ("tiling", "tiling", ""), ("x jnp lu sharded", "x_jnp_lu_sharded", ".1f"),
            ("x scipy solve", "x_scipy_solve", ".2f"), ("x dask solve", "x_dask_solve", ".2f"),
            ("x jnp solve sharded", "x_jnp_solve_sharded", ".1f"),
            ("x jaxwren_solve", "x_jaxwren_solve", ".2f"),
@@ -233,7 +281,8 @@ def main(argv: list[str]) -> None:
     cfg = Config(n=_N.value, block=_BLOCK.value, rhs=_RHS.value, store=_STORE.value,
                  groups=tuple(_GROUPS.value), peers=tuple(p for p in _PEERS.value if p),
                  repeats=_REPEATS.value, file_dir=_FILE_DIR.value,
-                 compile_scan=tuple(int(c) for c in _SCAN.value))  # fmt: skip
+                 compile_scan=tuple(int(c) for c in _SCAN.value), plans=tuple(_PLANS.value),
+                 ooc_fraction=_OOC.value, ooc_block=_OOC_BLOCK.value)  # fmt: skip
     jax.config.update("jax_enable_x64", True)  # float64 data, in main only
     common.run_and_report(run, cfg, COLUMNS, json_out=_JSON_OUT.value, plot=_PLOT.value,
                           title=f"lu n={cfg.n}")  # fmt: skip

@@ -1,13 +1,26 @@
 """LU factorisation with partial pivoting of a stored or in-memory matrix, on the engine.
 
-In-core (the matrix and its factor fit the budget): one step. The matrix is read from the
-host (store or memory) straight into the 2-D block-cyclic layout (:class:`CyclicSource`:
-the permutation is a host memcpy), factored by the sharded GEPP kernel of
-:mod:`jaxwren.lax.lu_kernel` (compiled once: a ``fori_loop`` over panels; ``n x b``
-panels and ``2b`` interchanged rows move between devices, never the matrix), and put
-back in natural order on the host. The run reports the growth factor
-``max |U| / max |A|`` (``RunReport.details``). There is no out-of-core LU yet: above the
-budget the run refuses with a ``MemoryBudgetError`` naming the budget it needs.
+One :class:`LUFactor` over three algorithms, ranked by the selector of
+:mod:`.lu_plans` (its reason is in ``RunReport.reason``); the engine takes the first
+that fits the budget:
+
+* ``"kernel"``: in-core, one step. The matrix is read from the host (store or memory)
+  straight into the 2-D block-cyclic layout (:class:`CyclicSource`: the permutation is a
+  host memcpy), factored by the sharded GEPP kernel of :mod:`jaxwren.lax.lu_kernel`
+  (compiled once: a ``fori_loop`` over panels; ``n x b`` panels and ``2b`` interchanged
+  rows move between devices, never the matrix), and put back in natural order on the
+  host. The only algorithm that returns its factor (``out=None``), and the one for
+  accelerators and several processes.
+* ``"tiles"``: in-core, left-looking by column tiles with the finished columns kept in
+  host memory (CPU devices of one process: the default for a stored factor there);
+  :mod:`.lu_tiles` and :mod:`.lu_steps`.
+* ``"out-of-core"``: the same schedule over the store, the panel resident, every finished
+  column, its pivots and its final fix-up recorded (a killed run resumes); column tiles
+  are multiples of the stored factor's blocks.
+
+Every algorithm reports the growth factor ``max |U| / max |A|`` (``RunReport.details``)
+and raises ``SingularMatrixError`` (``.column``) for an exactly zero pivot and
+``NonFiniteError`` for NaN/Inf before the run commits anything.
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
-from jaxwren.errors import NonFiniteError, ShapeMismatchError, SingularMatrixError
+from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError, SingularMatrixError
 from jaxwren.lax.layout import lu_block_size, natural_index
+from jaxwren.linalg import lu_plans
 from jaxwren.linalg.base import Op
+from jaxwren.linalg.lu_steps import Setup, incore_plan, ooc_plan
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_size, to_cyclic
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
@@ -125,9 +140,19 @@ class LUFactor(Op):
     name = "lu_factor"
     operand_names = ("a",)
 
-    def __init__(self, allow_singular: bool = False) -> None:
-        """``allow_singular``: an exactly zero pivot is no error (``slogdet``)."""
+    def __init__(
+        self, allow_singular: bool = False, plan: str = "auto", tile: int | None = None
+    ) -> None:
+        """``allow_singular``: an exactly zero pivot is no error (``slogdet``); ``plan``:
+        ``"auto"`` (the selector's rule, :mod:`.lu_plans`), or ``"kernel"`` / ``"tiles"``
+        / ``"out-of-core"`` ranked first for a stored factor (benchmarks and tests compare
+        them; the budget still decides); ``tile``: only tile plans of this column tile."""
+        if plan not in ("auto", *lu_plans.ALGORITHMS):
+            raise ConfigError(
+                f"lu_factor: plan={plan!r} must be 'auto', 'kernel', 'tiles' or 'out-of-core'."
+            )
         self.allow_singular = allow_singular
+        self.prefer, self.tile = plan, tile
         self.details: dict[str, Any] = {}
 
     def check(self, operands: Any, mesh: Mesh) -> Problem:
@@ -135,18 +160,34 @@ class LUFactor(Op):
         n = check_square(a, self.name)
         dtype = result_dtype(a.dtype, where=self.name, policy="factor")
         block = a.block_shape if isinstance(a, BigMatrix) else None
-        outs = (Output("lu", (n, n), dtype, block), Output("piv", (n, 1), np.dtype(np.int32)))
+        # the pivots in blocks of the factor's block rows: the out-of-core plan writes a
+        # column's pivots as whole blocks (its record stays intact)
+        piv_block = None if block is None else (block[0], 1)
+        outs = (Output("lu", (n, n), dtype, block),
+                Output("piv", (n, 1), np.dtype(np.int32), piv_block))  # fmt: skip
         return Problem((a,), outs, (), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
-        fp = footprint(n, dtype, problem.mesh)
-        return [Candidate("in-core (no out-of-core LU yet)", fp)]
+        n, dtype, mesh = problem.outputs[0].shape[0], problem.outputs[0].dtype, problem.mesh
+        fp = footprint(n, dtype, mesh)
+        lu, piv = targets["lu"], targets["piv"]  # the stored outputs' block shapes
+        block = problem.outputs[0].block_shape or (min(n, 1024), min(n, 1024))
+        blocks = (*(lu or block), (piv or block)[0])
+        return lu_plans.candidates(n, dtype, mesh, lu is not None, self.prefer, fp,
+                                   lu_block_size(n, mesh), self.tile, blocks)  # fmt: skip
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
         (src,), mesh = problem.sources, problem.mesh
         n, dtype = problem.outputs[0].shape[0], problem.outputs[0].dtype
+        algorithm = tiling[0]
+        why = lu_plans.reason(algorithm, mesh, targets["lu"] is not None, self.prefer)
+        if algorithm != lu_plans.KERNEL:
+            self.details = {}
+            s = Setup(src, n, dtype, mesh, targets["lu"], targets["piv"], resume, why,
+                      self.name, self.allow_singular, self.details)  # fmt: skip
+            build = incore_plan if algorithm == lu_plans.TILES else ooc_plan
+            return build(s, tiling[1])
         read, cyc, kb = cyclic_read(src, n, dtype, mesh)
         stored = targets["lu"] is not None
         fn = _factor_fn(n, kb, mesh, cyc is None)
@@ -165,7 +206,7 @@ class LUFactor(Op):
         writes = (Write(targets["lu"], (0, 0), (n, n)), Write(targets["piv"], (0, 0), (n, 1)),
                   Write(None))  # fmt: skip
         step = Step((read,), kernel, writes, label="factor", check=check)
-        return Plan(self.name, [step], None, f"in-core, kernel block {kb}")
+        return Plan(self.name, [step], None, f"kernel: in-core, kernel block {kb}", reason=why)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         if targets["lu"] is not None:
@@ -190,9 +231,14 @@ def lu_factor(
 ) -> tuple[Any, Any]:
     """LU factorisation with partial pivoting, ``A = P L U`` (``scipy.linalg.lu_factor``).
 
-    Blocked GEPP on the devices' 2-D block-cyclic layout (backward stable as LAPACK's
-    ``getrf``: the same pivots); the growth factor ``max |U| / max |A|`` is in the run's
-    report (``jw.observe``: ``report.details["growth_factor"]``).
+    Partial pivoting, backward stable as LAPACK's ``getrf`` (the same pivots where no
+    ties occur). A stored factor on CPU devices of one process is computed by the
+    left-looking tile plan (panels on host LAPACK ``getrf``, updates as local GEMMs on
+    the devices); a returned factor, accelerators and several processes use the blocked
+    GEPP kernel on the devices' 2-D block-cyclic layout; above the in-core budget a
+    stored factor is computed out-of-core, resumably (``RunReport.reason`` says which
+    and why). The growth factor ``max |U| / max |A|`` is in the run's report
+    (``jw.observe``: ``report.details["growth_factor"]``).
 
     Args:
       a: ``(n, n)`` BigMatrix, URL, jax.Array or numpy array; integers factor in jnp's
@@ -214,8 +260,8 @@ def lu_factor(
       SingularMatrixError: an exactly zero pivot (``.column``: the first one, as
         LAPACK's ``info``); nothing is stored.
       NonFiniteError: NaN or Inf in ``a``.
-      MemoryBudgetError: the matrix does not fit the budget in-core (there is no
-        out-of-core LU yet).
+      MemoryBudgetError: not even the smallest out-of-core plan fits the budget (a
+        returned factor: the in-core kernel does not fit).
     """
     spec = run_spec("lu_factor", spec, mesh=mesh, memory_budget=memory_budget,
                     storage=storage, progress=progress, block_shape=block_shape)  # fmt: skip

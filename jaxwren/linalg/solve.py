@@ -1,9 +1,12 @@
 """General linear systems on the engine: ``solve`` (LU, or Cholesky for ``assume_a="pos"``;
 optionally mixed precision), ``lu_solve``, ``inv``, ``slogdet`` and ``det``.
 
-Each is one in-core step: the matrix read into the block-cyclic layout (as
+On the kernel each is one in-core step: the matrix read into the block-cyclic layout (as
 :mod:`jaxwren.linalg.lu` reads it), the right-hand side sharded, and one jitted program on
-the devices: the GEPP kernel and the sharded substitutions of :mod:`jaxwren.lax`.
+the devices: the GEPP kernel and the sharded substitutions of :mod:`jaxwren.lax`. Where
+the LU selector takes the in-core tile plan (CPU devices of one process), ``solve``
+(``"gen"``, ``"gen32"``) factors on it and solves on the host
+(:func:`jaxwren.linalg.lu_steps.solve_plan`).
 
 Mixed precision (``refine=True``, after LAPACK's ``dsgesv``): the matrix is factored in
 float32; the residual ``b - A x`` is formed in float64 (a sharded product with the float64
@@ -15,6 +18,7 @@ report gives the iterations, the backward error and whether it fell back.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -31,8 +35,10 @@ from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.errors import ConfigError, ShapeMismatchError
 from jaxwren.lax.layout import from_layout, natural_index, to_layout
+from jaxwren.linalg import lu_plans
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.lu import check_square, cyclic_read, footprint, prepare, raise_failed
+from jaxwren.linalg.lu_steps import Setup, solve_plan
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
 from jaxwren.storage.bigmatrix import BigMatrix
 
@@ -188,14 +194,34 @@ class Solve(Op):
         return Problem(tuple(operands), (out,), (self.kind, self.trans), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        (n, k), dtype = problem.outputs[0].shape, problem.outputs[0].dtype
-        fp = footprint(n, dtype, problem.mesh, 5, extra=6 * n * k * dtype.itemsize)
-        return [Candidate("in-core (no out-of-core solve yet)", fp)]
+        """The kernel; for ``"gen"`` / ``"gen32"`` also the in-core LU tile plan (ranked
+        first where :func:`.lu_plans.select` takes it for a stored factor: CPU devices of
+        one process), its factor then solved (and refined) on the host."""
+        (n, k), dtype, mesh = problem.outputs[0].shape, problem.outputs[0].dtype, problem.mesh
+        fp = footprint(n, dtype, mesh, 5, extra=6 * n * k * dtype.itemsize)
+        cands = [Candidate(("kernel", self.kind), fp, (1,))]
+        if self.kind not in ("gen", "gen32") or not lu_plans.available(mesh):
+            return cands
+        rank = 0 if lu_plans.select(mesh, True)[0] == lu_plans.TILES else 2
+        fdt = np.dtype(np.float32) if self.kind == "gen32" else dtype
+        for i, t in enumerate(lu_plans.work_tiles(n, mesh)):
+            tf = lu_plans.incore_footprint(n, t, fdt, mesh)
+            kept = n * -(-n // t) * t * dtype.itemsize if self.kind == "gen32" else 0
+            tf = dataclasses.replace(tf, extra=tf.extra + kept + 4 * n * k * dtype.itemsize)
+            cands.append(Candidate(("tiles", t), tf, (rank, i)))
+        return cands
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
         src, mesh = problem.sources, problem.mesh
         (n, k), dtype = problem.outputs[0].shape, problem.outputs[0].dtype
+        if tiling[0] == "tiles":
+            refine = self.kind == "gen32"
+            fdt = np.dtype(np.float32) if refine else dtype
+            why = lu_plans.reason(lu_plans.TILES, mesh, True)
+            s = Setup(src[0], n, fdt, mesh, None, None, resume, why, self.name,
+                      None if refine else False, {})  # fmt: skip
+            return solve_plan(s, tiling[1], src[-1], k, refine, targets["X"], self._check)
         if self.kind == "pos32":
             sh = default_sharding((n, n), mesh)
             reads, cyc, kb = [Read(src[0], (0, n, 0, n), (n, n), sh, dtype)], None, 1
@@ -221,7 +247,7 @@ class Solve(Op):
 
         step = Step(tuple(reads), kernel, (Write(targets["X"], (0, 0), (n, k)), Write(None)),
                     label=self.kind, check=self._check)  # fmt: skip
-        return Plan(self.name, [step], None, f"in-core ({self.kind})")
+        return Plan(self.name, [step], None, f"kernel: in-core ({self.kind})")
 
     def _check(self, outs: tuple) -> None:
         info, it, e = (float(v) for v in np.asarray(outs[1]))
@@ -237,4 +263,7 @@ class Solve(Op):
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         if targets["X"] is not None:
             return targets["X"]
-        return returned[0]
+        x = returned[0]
+        if isinstance(x, np.ndarray):  # the tile plan's host solution
+            x = jax.device_put(x, default_sharding(x.shape, problem.mesh))
+        return x

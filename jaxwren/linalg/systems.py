@@ -44,13 +44,17 @@ def solve(
 ) -> Any:
     """Solves ``a x = b`` (``scipy.linalg.solve`` / ``numpy.linalg.solve``).
 
-    ``assume_a="gen"``: LU with partial pivoting (the sharded GEPP kernel) and two sharded
-    substitutions, one program. ``"pos"``: :func:`jaxwren.cholesky` and
-    :func:`jaxwren.cho_solve` (out-of-core when ``a`` does not fit).
+    ``assume_a="gen"``: LU with partial pivoting, on CPU devices of one process by the
+    in-core tile plan of :func:`jaxwren.lu_factor` then LAPACK ``getrs`` on the host,
+    elsewhere the sharded GEPP kernel and two sharded substitutions, one program.
+    ``"pos"``: :func:`jaxwren.cholesky` and :func:`jaxwren.cho_solve` (out-of-core when
+    ``a`` does not fit).
 
     ``refine=True`` (float64 data): factors in float32 and refines ``x`` with float64
     residuals until the backward error ``||b - A x|| / (||A|| ||x||)`` is at float64
-    level (``sqrt(n) eps``), falling back to a float64 solve when it stalls; the run's
+    level (``sqrt(n) eps``), falling back to a float64 solve when it stalls (on the tile
+    plan the float64 residuals come from the float64 panels kept while the float32
+    factor ran); the run's
     report (``jw.observe``) gives ``details["refine_iterations"]``, the backward error
     and ``refine_converged``.
 

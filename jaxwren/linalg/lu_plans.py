@@ -1,0 +1,144 @@
+"""The LU algorithms, their candidates and the one selector (as Cholesky's ``select.py``).
+
+* ``"kernel"``: in-core, the sharded block-cyclic GEPP kernel of
+  :mod:`jaxwren.lax.lu_kernel` (the one ``jaxwren.lax.lu_factor`` traces); the only one
+  that returns its factor as a device array.
+* ``"tiles"``: in-core, the left-looking tile plan of :mod:`.lu_tiles` with the finished
+  columns kept in host memory as zero-copy device views (CPU devices of one process).
+* ``"out-of-core"``: the same schedule over the store: the panel resident, the finished
+  columns read back tile by tile, each finished column, its pivots and each final fix-up
+  written and recorded (a killed run resumes).
+
+:func:`select` returns ``(algorithm, reason)``: a returned factor (``out=None``) takes
+the kernel; ``LUFactor(plan=...)`` the one asked for; CPU devices of one process the
+tile plan; otherwise (accelerators, several processes) the kernel. :func:`candidates`
+ranks every algorithm's tilings by it (the out-of-core plan last) and the engine takes
+the first that fits the budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.engine.memory import Buffer, Footprint
+from jaxwren.engine.problem import Candidate
+from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.platform import platform_profile
+
+__all__ = ["ALGORITHMS", "candidates", "reason", "select", "work_tiles"]
+
+KERNEL, TILES, OOC = "kernel", "tiles", "out-of-core"
+ALGORITHMS = (KERNEL, TILES, OOC)
+
+
+def _local(mesh: Mesh) -> bool:
+    here = jax.process_index()
+    return all(d.process_index == here for d in mesh.devices.flat)
+
+
+def available(mesh: Mesh) -> bool:
+    """Whether finished columns can stay in host memory as device views."""
+    return _local(mesh) and platform_profile(mesh).shares_host_memory
+
+
+def work_tiles(n: int, mesh: Mesh) -> list[int]:
+    """The in-core plan's column tiles, best first: 256 (see the user guide's LU table
+    for the measurements), then 512, 128; each a multiple of the device count (the panel
+    is sharded by columns) and at most ``n`` rounded up to it."""
+    unit = mesh.devices.size
+    top = -(-n // unit) * unit
+    sizes = [max(unit, s // unit * unit) for s in (256, 512, 128, 64)]
+    return list(dict.fromkeys(min(s, top) for s in sizes))
+
+
+def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
+    """``(algorithm, reason)``: the algorithm a run prefers."""
+    if not stored:
+        return KERNEL, "a returned factor (out=None): only the kernel returns one"
+    if prefer == KERNEL:
+        return KERNEL, "asked for (plan='kernel')"
+    if prefer == OOC:
+        return OOC, "asked for (plan='out-of-core')"
+    keep = available(mesh)
+    if prefer == TILES:
+        if keep:
+            return TILES, "asked for (plan='tiles'); panels on host LAPACK getrf"
+        return OOC, ("asked for a tile plan (plan='tiles'); finished columns cannot stay in "
+                     "host memory on these devices: columns over the store")  # fmt: skip
+    if keep and platform_profile(mesh).host_lapack:
+        return TILES, ("CPU devices of one process: local GEMMs on column tiles, no "
+                       "collectives, panels on host LAPACK getrf; measured faster than "
+                       "the kernel")  # fmt: skip
+    return KERNEL, "accelerators or several processes: the block-cyclic kernel"
+
+
+def reason(chosen: str, mesh: Mesh, stored: bool, prefer: str = "auto") -> str:
+    best, why = select(mesh, stored, prefer)
+    if chosen == best:
+        return f"selected {chosen}: {why}"
+    return f"selected {best} ({why}) but it does not fit the budget: {chosen}, the next that fits"
+
+
+def _panels(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> tuple[Buffer, Buffer, int]:
+    n_pad = -(-n // t) * t
+    col = Buffer((n_pad, t), dtype, NamedSharding(mesh, P(None, (ROWS, COLS))))
+    rep = Buffer((n_pad, t), dtype, NamedSharding(mesh, P()))
+    return col, rep, n_pad
+
+
+def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
+    """Reads: the A panel; the carry: the panel being swept; held: the kept columns
+    (``n_pad^2``, host); writes: the assembled factor and pivots; extra: getrf's
+    Fortran-ordered copy of a panel and the swept column's host copy."""
+    col, _, n_pad = _panels(n, t, dtype, mesh)
+    return Footprint(reads=(col,), accumulators=(col,),
+                     held=(Buffer((n_pad, n_pad), dtype),),
+                     writes=(Buffer((n, n), dtype), Buffer((n, 1), np.int32)),
+                     extra=2 * col.nbytes)  # fmt: skip
+
+
+def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
+    """Reads: two finished columns' rows (replicated: one shared host buffer on CPU
+    devices); the carry: the panel; writes: a finished column and its pivots; extra:
+    getrf's Fortran-ordered copy of the panel."""
+    col, rep, n_pad = _panels(n, t, dtype, mesh)
+    two = Buffer((n_pad, 2 * t), dtype, rep.sharding)
+    return Footprint(reads=(two,), accumulators=(col,),
+                     writes=(Buffer(col.shape, dtype), Buffer((t, 1), np.int32)),
+                     extra=col.nbytes)  # fmt: skip
+
+
+def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:
+    """The out-of-core plan's column tiles, largest first: multiples of the stored
+    factor's blocks (and of the pivots' block rows and of the device count), so every
+    column, fix-up and pivots write is whole chunks and its record stays intact."""
+    unit = math.lcm(mesh.devices.size, *blocks)
+    top = -(-n // unit) * unit
+    return list(range(top, 0, -unit))
+
+
+def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
+               kernel_fp: Footprint, kernel_block: int,
+               tile: int | None = None,
+               blocks: tuple[int, ...] = (1,)) -> list[Candidate]:  # fmt: skip
+    """Every algorithm's tilings ranked by :func:`select` (``tile``: the tile plans' only
+    column tile). The tile plans only store; they are offered for a returned factor too
+    so a refusal names what a stored factor would need. ``blocks``: the stored factor's
+    block shape and the pivots' block rows (the out-of-core tiles are multiples)."""
+    chosen, _ = select(mesh, stored, prefer)
+    out = [Candidate((KERNEL, kernel_block), kernel_fp, (0 if chosen == KERNEL else 1,), True)]
+    if not _local(mesh):
+        return out
+    if available(mesh):
+        rank = 0 if chosen == TILES else 1
+        out += [Candidate((TILES, t), incore_footprint(n, t, dtype, mesh), (rank, i), False)
+                for i, t in enumerate([tile] if tile else work_tiles(n, mesh))]  # fmt: skip
+    rank = 0 if chosen == OOC else 2
+    out += [Candidate((OOC, t), ooc_footprint(n, t, dtype, mesh), (rank, i), False)
+            for i, t in enumerate([tile] if tile else ooc_tiles(n, mesh, blocks))]  # fmt: skip
+    return out

@@ -1,0 +1,299 @@
+"""The steps of the LU tile plans (:mod:`.lu_tiles` has the schedule and its kernels).
+
+In-core (``"tiles"``): one step per column (its A panel read; every finished column
+swept over it from host memory; the panel factored), then one step that puts every
+column's rows in the final order while it assembles the factor, and writes it. Not
+resumable (as the kernel).
+
+Out-of-core (``"out-of-core"``): per column, a step that reads its A panel, then one
+per :data:`GROUP` finished columns (their rows from the diagonal tile down, read back
+from the store, swept over the panel), the last of which also factors the panel and
+writes the column as it is and its pivots (two records); then one fix-up step per
+column (its rows below the diagonal tile read, put in the final order, written back; a
+record). A rerun skips what is recorded. A fix-up rewrites a column in place, so once
+every column is recorded a column without its fix-up record may be half rewritten: such
+a column is factored again (the same pivots) before its fix-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxwren.engine.plan import Plan, Read, Step, Write
+from jaxwren.engine.problem import Resume
+from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel, host_column
+from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.storage.buffers import aligned_empty
+
+__all__ = ["GROUP", "Setup", "incore_plan", "ooc_plan", "solve_plan"]
+
+GROUP = 2  # finished columns an out-of-core sweep step reads back (fewer steps and waits)
+
+
+@dataclasses.dataclass
+class Setup:
+    """One planned run: the source, size, dtype, mesh, the targets (None: returned),
+    the resume records, the selector's reason, the op's name and whether an exact zero
+    pivot is allowed; ``details`` receives the growth factor."""
+
+    src: Any
+    n: int
+    dtype: np.dtype
+    mesh: Mesh
+    lu: Any
+    piv: Any
+    resume: Resume
+    why: str
+    where: str
+    allow_singular: bool
+    details: dict
+
+
+class _Run:
+    """What the steps of one run share on the host."""
+
+    def __init__(self, s: Setup, t: int) -> None:
+        self.s, self.t = s, t
+        self.nt = -(-s.n // t)
+        self.n_pad = self.nt * t
+        self.piv = Pivots(self.n_pad, t)
+        self.sweep = Sweep(s.mesh, t, self.nt, self.piv)
+        self.maxa: list[Any] = []
+        self.maxu: list[Any] = []
+        self.info = -1
+        self.col = NamedSharding(s.mesh, P(None, (ROWS, COLS)))
+        self.rep = NamedSharding(s.mesh, P())
+
+    def panel_read(self, jj: int, float64: bool = False) -> Read:
+        """A's panel ``jj`` (in float64 when a refined solve keeps it, else in the
+        factor's dtype)."""
+        t, n = self.t, self.s.n
+        dtype = np.dtype(np.float64) if float64 else self.s.dtype
+        return Read(self.s.src, (0, n, jj * t, min(n, jj * t + t)), (self.n_pad, t), self.col,
+                    dtype)  # fmt: skip
+
+    def start(self, p: jax.Array) -> jax.Array:
+        """The panel in the factor's dtype (a copy when cast: the read is kept)."""
+        if p.dtype != self.s.dtype:
+            p = self.sweep.k["cast"](p)
+        self.maxa.append(self.sweep.k["absmax"](p, np.int32(self.s.n)))
+        return p
+
+    def factor(self, p: jax.Array, jj: int) -> np.ndarray:
+        """The swept panel (in row order ``jj``) factored on the host: the column."""
+        self.maxu.append(self.sweep.k["absmax"](p, np.int32(jj * self.t)))
+        col = host_column(p)
+        s = self.s
+        info, mu = factor_panel(col, jj, s.n, self.t, self.piv, s.where, s.allow_singular)
+        self.maxu.append(mu)
+        if self.info < 0:
+            self.info = info
+        return col
+
+    def finish_details(self, complete: bool) -> None:
+        maxa = max((float(x) for x in self.maxa), default=0.0)
+        maxu = max((float(x) for x in self.maxu), default=0.0)
+        self.s.details.update(growth_factor=maxu / maxa if maxa else 1.0, tile=self.t,
+                              growth_over_all_columns=complete)  # fmt: skip
+
+
+def _columns(r: _Run, kept: dict[int, np.ndarray], keep_a: list | None = None) -> list[Step]:
+    """The in-core column steps. Step ``jj`` sweeps panel ``jj`` by columns ``0 .. jj-2``
+    on the devices while the host factors panel ``jj - 1`` (carried from the step
+    before), then by column ``jj - 1``: the serial getrf hides behind the GEMMs
+    (lookahead of one panel); the last panel is left in the carry. ``keep_a``: the A
+    panels as read are kept there (a refined solve's residuals)."""
+    t = r.t
+
+    def sweep(p: jax.Array, ks: range) -> jax.Array:
+        for k in ks:
+            p = r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
+        return p
+
+    def kern(carry: Any, p: jax.Array, jj: int) -> tuple[Any, tuple]:
+        if keep_a is not None:
+            keep_a.append(p)
+        p = sweep(r.start(p), range(jj - 1))  # dispatched: the devices run while ...
+        if jj:
+            kept[jj - 1] = r.factor(carry, jj - 1)  # ... the host factors the last panel
+        return sweep(p, range(max(jj - 1, 0), jj)), ()
+
+    warm = functools.partial(r.sweep.warm, r.n_pad, r.s.dtype)
+    return [Step((r.panel_read(jj, keep_a is not None),), functools.partial(kern, jj=jj),
+                 label=f"column {jj}", warm=warm if jj == 0 else None)
+            for jj in range(r.nt)]  # fmt: skip
+
+
+def _assemble(r: _Run, kept: dict[int, np.ndarray], carry: Any,
+              fortran: bool = False) -> np.ndarray:  # fmt: skip
+    """Factors the last panel and puts every column in the final row order: ``lu``
+    (``fortran``: Fortran-ordered, for LAPACK)."""
+    n, t, nt = r.s.n, r.t, r.nt
+    kept[nt - 1] = r.factor(carry, nt - 1)
+    lu = aligned_empty((n, n), r.s.dtype).T if fortran else aligned_empty((n, n), r.s.dtype)
+    for k in range(nt):
+        c0, w = k * t, min(t, n - k * t)
+        idx = r.piv.between(k + 1, nt)[:n] if k < nt - 1 else np.arange(n)
+        lu[:, c0 : c0 + w] = kept.pop(k)[idx, :w]
+    r.finish_details(True)
+    return lu
+
+
+def incore_plan(s: Setup, t: int) -> Plan:
+    r = _Run(s, t)
+    kept: dict[int, np.ndarray] = {}
+
+    def assemble(carry: Any) -> tuple[None, tuple]:
+        lu = _assemble(r, kept, carry)
+        return None, (lu, r.piv.piv[: s.n, None].astype(np.int32))
+
+    steps = _columns(r, kept)
+    writes = (Write(s.lu, (0, 0), (s.n, s.n)), Write(s.piv, (0, 0), (s.n, 1)))
+    steps.append(Step((), assemble, writes, label="getrf and assemble"))
+    return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
+
+
+def _describe(r: _Run) -> str:
+    return (
+        f"tiles: in-core left-looking LU, {r.nt} column tiles of {r.t} (n padded to "
+        f"{r.n_pad}), finished columns kept in memory, panels on host LAPACK getrf"
+    )
+
+
+def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
+               check: Any) -> Plan:  # fmt: skip
+    """``x`` of ``A x = b`` on the in-core tile plan: the factor in ``s.dtype`` (float32
+    when ``refine``, the A panels read in float64 and kept), then on the host LAPACK
+    ``getrs`` and, when ``refine``, float64 residuals with the kept panels until the
+    backward error reaches float64 level (:func:`.lu_tiles.refine`). ``check`` gets
+    ``(x, [info, corrections, backward error])``."""
+    from jaxwren.linalg.lu_tiles import refine as refine_x
+
+    r = _Run(s, t)
+    kept: dict[int, np.ndarray] = {}
+    panels: list | None = [] if refine else None
+    data = np.dtype(np.float64) if refine else s.dtype
+
+    def finish(carry: Any, bt: jax.Array) -> tuple[None, tuple]:
+        lu = _assemble(r, kept, carry, fortran=True)
+        piv = r.piv.piv[: s.n]
+        rhs = np.array(_host(bt)[: s.n], data)
+        sol, it, err = refine_x(lu, piv, rhs, panels if refine else None, t, r.info)
+        return None, (sol, np.array([r.info, it, err]))
+
+    steps = _columns(r, kept, panels)
+    rep = NamedSharding(s.mesh, P())
+    read_b = Read(b, (0, s.n, 0, k), (s.n, k), rep, data)
+    steps.append(Step((read_b,), finish, (Write(x, (0, 0), (s.n, k)), Write(None)),
+                      label="getrf, getrs" + (" and refinement" if refine else ""),
+                      check=check))  # fmt: skip
+    return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
+
+
+def ooc_plan(s: Setup, t: int) -> Plan:
+    r = _Run(s, t)
+    nt, n = r.nt, s.n
+    keys = [(s.resume.key(f"c{t}-{j}"), s.resume.key(f"p{t}-{j}"), s.resume.key(f"f{t}-{j}"))
+            for j in range(nt)]  # fmt: skip
+    fixed = [s.resume.done(f) for _, _, f in keys]  # (a fix-up voids its column's record)
+    done = [
+        f or (s.resume.done(c) and s.resume.done(p))
+        for (c, p, _), f in zip(keys, fixed, strict=True)
+    ]
+    if all(done):  # the fix-ups may have begun: redo every column not fixed up
+        done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed, strict=True))]
+    state = [nt if fixed[k] else k + 1 for k in range(nt)]  # each stored column's row order
+    steps: list[Step] = []
+    for jj in range(nt):
+        skip = done[jj]
+        steps.append(Step((r.panel_read(jj),), lambda c, p: ((r.start(p), 0), ()),
+                          label=f"column {jj}: A", skip=skip))  # fmt: skip
+        for k0 in range(0, jj, GROUP):  # GROUP finished columns read back per step
+            ks = range(k0, min(k0 + GROUP, jj))
+            read = Read(s.lu, (k0 * t, n, k0 * t, k0 * t + len(ks) * t),
+                        (r.n_pad - k0 * t, len(ks) * t), r.rep, s.dtype)  # fmt: skip
+
+            def sweep(carry: Any, low: jax.Array, ks: range = ks) -> tuple[tuple, tuple]:
+                p, cur, host = carry[0], carry[1], _host(low)
+                for i, k in enumerate(ks):
+                    part = host[i * t :, i * t : (i + 1) * t]  # column k from its diagonal
+                    part = part if len(ks) == 1 else np.ascontiguousarray(part)
+                    p, cur = r.sweep.apply(p, cur, k, part, state[k], cache=False), state[k]
+                return (p, cur), ()
+
+            label = f"column {jj} -= columns {ks.start}:{ks.stop}"
+            steps.append(Step((read,), sweep, label=label, skip=skip))
+
+        def factor(carry: Any, *tiles: jax.Array, last: Any, jj: int) -> tuple[None, tuple]:
+            carry, _ = last(carry, *tiles)  # the column's last step, then its getrf
+            p = r.sweep.to_state(carry[0], carry[1], jj)
+            col = r.factor(p, jj)
+            if nt == 1:
+                r.finish_details(True)
+            c0, w = jj * t, min(t, n - jj * t)
+            return None, (col[:n, :w], r.piv.piv[c0 : c0 + w, None].astype(np.int32))
+
+        c0, w = jj * t, min(t, n - jj * t)
+        writes = (Write(s.lu, (0, c0), (n, w), record=keys[jj][0]),
+                  Write(s.piv, (c0, 0), (w, 1), record=keys[jj][1]))  # fmt: skip
+        last = steps[-1]  # the getrf joins it: one step (and one wait) less per column
+        steps[-1] = dataclasses.replace(
+            last, kernel=functools.partial(factor, last=last.kernel, jj=jj), writes=writes,
+            label=f"{last.label}; getrf")  # fmt: skip
+    for k in range(nt - 1):
+        r0 = (k + 1) * t
+        read = Read(s.lu, (r0, n, k * t, k * t + t), (n - r0, t), r.rep, s.dtype)
+
+        def fix(carry: Any, low: jax.Array, k: int = k, r0: int = r0) -> tuple[None, tuple]:
+            idx = r.piv.between(k + 1, nt)[r0:n] - r0
+            out = aligned_empty((n - r0, t), s.dtype)
+            np.take(_host(low), idx, axis=0, out=out)
+            if k == nt - 2:
+                r.finish_details(not any(done))
+            return None, (out,)
+
+        write = Write(s.lu, (r0, k * t), (n - r0, t), record=keys[k][2])
+        steps.append(Step((read,), fix, (write,), label=f"fix-up {k}", skip=fixed[k]))
+    first = next((i for i, st in enumerate(steps) if not st.skip), None)
+    if first is not None:  # compile ahead; the stored pivots of the finished columns
+        # (of every column with a pivots record: a column factored again after the
+        # fix-ups began is swept in the final row order, which needs them all)
+        steps[first] = _first(steps[first], r, s, [s.resume.done(p) for _, p, _ in keys])
+    desc = (
+        f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the "
+        "panel resident, finished columns read back, interchanges applied lazily"
+    )
+    return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A replicated tile's host data (on CPU devices its shared buffer, no copy)."""
+    shard = x.addressable_shards[0].data
+    return np.asarray(shard)
+
+
+def _first(step: Step, r: _Run, s: Setup, done: list[bool]) -> Step:
+    """The first step to run: it compiles the kernels ahead and first reads the stored
+    pivots of the columns ``done``."""
+    warm = functools.partial(r.sweep.warm, r.n_pad, s.dtype)
+    if not any(done):
+        return dataclasses.replace(step, warm=warm)
+    read = Read(s.piv, (0, s.n, 0, 1), (s.n, 1), r.rep, np.dtype(np.int32))
+
+    def kern(carry: Any, *tiles: jax.Array) -> Any:
+        stored = _host(tiles[0])[:, 0].astype(np.int64)
+        for jj, d in enumerate(done):
+            if d:
+                c0 = jj * r.t
+                w = min(r.t, s.n - c0)
+                r.piv.set(jj, stored[c0 : c0 + w] - c0)
+        return step.kernel(carry, *tiles[1:])
+
+    return dataclasses.replace(step, reads=(read, *step.reads), kernel=kern, warm=warm)
