@@ -80,6 +80,8 @@ def _timed(name: str, fn: Any, cfg: Config, ours: bool) -> dict[str, Any]:
             first = best = common.timed(call)
         else:
             first, best = common.warm_and_best(call, cfg.repeats)
+    print(f"  {name}: {best:.3f} s (first call {first:.2f} s, load "
+          f"{common.os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     return {"name": name, "n": cfg.n, "dtype": cfg.dtype, "seconds": best,
             "first_call_s": first, "first_call_extra_s": max(first - best, 0.0),
             "out": box[0]}  # fmt: skip

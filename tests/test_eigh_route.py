@@ -93,12 +93,17 @@ def test_stored_outputs_of_both_routes(kind, tmp_path):
         check_eigh(a, w, V.numpy(), 1e-12)
 
 
-def test_svd_host_route_matches_numpy():
-    x = RNG.standard_normal((N, 30))  # near-square: the general route, not TSQR
-    u, s, vt = (np.asarray(t) for t in jw.svd(x))
+@pytest.mark.parametrize("algorithm", [None, "host", "qdwh"])
+def test_svd_routes_match_numpy(algorithm):
+    x = RNG.standard_normal((30, N))  # wide: the general route, not TSQR
+    u, s, vt = (np.asarray(t) for t in jw.svd(x, algorithm=algorithm))
     np.testing.assert_allclose(s, np.linalg.svd(x, compute_uv=False), atol=1e-12)
     np.testing.assert_allclose(u * s @ vt, x, atol=1e-12)
     assert np.abs(u.T @ u - np.eye(30)).max() < 1e-12
+    assert np.abs(vt @ vt.T - np.eye(30)).max() < 1e-12
+    assert route(jw.explain(jw.svd, x, algorithm=algorithm)) == (
+        "qdwh" if algorithm == "qdwh" else "host-gesdd"
+    )
 
 
 @pytest.mark.parametrize("bad", ["lapack", "QDWH", 1])
@@ -107,3 +112,5 @@ def test_bad_algorithm_is_a_config_error_before_anything_is_written(bad):
         jw.eigh(np.eye(4), "memory://eigh-route/bad", algorithm=bad)
     with pytest.raises(jw.MatrixNotFoundError):
         jw.BigMatrix.open("memory://eigh-route/bad/V")
+    with pytest.raises(jw.ConfigError, match="'qdwh' or 'host'"):
+        jw.svd(np.eye(4), algorithm=bad)

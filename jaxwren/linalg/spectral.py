@@ -297,7 +297,10 @@ def _termination(value: Any) -> int:
     return int(value)
 
 
-def svd_general(a: Any, out: Any, spec: RunSpec, compute_uv: bool) -> Any:
-    """:func:`jaxwren.svd` for shapes TSQR does not take: polar, then eigh of ``H``."""
-    op = SpectralSVD(compute_uv=bool(compute_uv), symmetrize=True, termination=768)
+def svd_general(a: Any, out: Any, spec: RunSpec, compute_uv: bool,
+                algorithm: str | None = None) -> Any:  # fmt: skip
+    """:func:`jaxwren.svd` for shapes TSQR does not take: polar, then eigh of ``H`` (or
+    LAPACK on the host, :mod:`jaxwren.linalg.spectral_host`)."""
+    op = SpectralSVD(algorithm=algorithm, compute_uv=bool(compute_uv), symmetrize=True,
+                     termination=768)  # fmt: skip
     return run(op, (a,), out, spec).value
