@@ -114,3 +114,12 @@ def test_bad_algorithm_is_a_config_error_before_anything_is_written(bad):
         jw.BigMatrix.open("memory://eigh-route/bad/V")
     with pytest.raises(jw.ConfigError, match="'qdwh' or 'host'"):
         jw.svd(np.eye(4), algorithm=bad)
+
+
+def test_host_route_refuses_nan_before_writing():
+    a = SPECTRA["repeated"]()
+    a[3, 5] = np.nan
+    with pytest.raises(jw.NonFiniteError, match="clean it first"):
+        jw.eigh(a, "memory://eigh-route/nan", algorithm="host")
+    with pytest.raises(jw.MatrixNotFoundError):
+        jw.BigMatrix.open("memory://eigh-route/nan/V")

@@ -52,7 +52,8 @@ def _iterations(value: Any, where: str) -> int:
 
 
 def _finite(where: str, outs: tuple) -> None:
-    if not all(bool(jnp.all(jnp.isfinite(o))) for o in outs):
+    xp = lambda o: np if isinstance(o, np.ndarray) else jnp  # noqa: E731  (host: no compile)
+    if not all(bool(xp(o).all(xp(o).isfinite(o))) for o in outs):
         raise NonFiniteError(f"{where}: a holds NaN or Inf (checked before and after the "
                              "factorisation); clean it first.")  # fmt: skip
 
@@ -116,9 +117,10 @@ class _Whole(Op):
                        for o, k in zip(problem.outputs, keys, strict=True))  # fmt: skip
 
         def kernel(_carry: Any, x: jax.Array) -> tuple:
-            _finite(self.name, (x,))  # before anything compiles or runs
             if tiling is not None:  # the host route (jaxwren.linalg.spectral_host)
-                return None, route.host_kernel(self.kind, x, (m, n), dtype, self.params)
+                return None, route.host_kernel(self.kind, x, (m, n), dtype, self.params,
+                                               functools.partial(_finite, self.name))  # fmt: skip
+            _finite(self.name, (x,))  # before anything compiles or runs
             return None, self.kernel(x, (m, n), mesh)
 
         step = Step((read,), kernel, writes,

@@ -97,13 +97,15 @@ def _all_threads() -> Iterator[None]:
 
 
 def host_kernel(kind: str, x: jax.Array, shape: tuple[int, int], dtype: np.dtype,
-                params: dict) -> tuple:  # fmt: skip
-    """The host LAPACK call on the top-left ``shape`` of ``x``: ``eigh``: ``(w[None, :],
-    V)``; ``svd``: ``(U, S[None, :], Vt)`` or ``(S[None, :],)``; host arrays."""
+                params: dict, finite: Any) -> tuple:  # fmt: skip
+    """The host LAPACK call on the top-left ``shape`` of ``x`` (``finite`` checks the host
+    copy first): ``eigh``: ``(w[None, :], V)``; ``svd``: ``(U, S[None, :], Vt)`` or
+    ``(S[None, :],)``; host arrays."""
     import scipy.linalg as sl
 
     m, n = shape
     a = np.array(np.asarray(x)[:m, :n], dtype=dtype, order="F")
+    finite((a,))
     with _all_threads():
         if kind == "eigh":
             if params.get("symmetrize", True):
