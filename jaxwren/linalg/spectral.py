@@ -7,7 +7,8 @@ H`` and ``H = V diag(w) V^T``, so ``A = (U_p V) diag(w) V^T``); the factors are 
 to the store or returned. Every step is a product or a Cholesky solve on the devices, but
 the plan holds the matrix and its work arrays at once: a matrix larger than the budget is
 refused with :class:`~jaxwren.errors.MemoryBudgetError` before anything runs (there is no
-out-of-core plan yet).
+out-of-core plan yet). On CPU devices :func:`eigh` and :func:`svd_general` hand the matrix
+to the host's LAPACK instead (:mod:`jaxwren.linalg.spectral_host` chooses, and says why).
 """
 
 from __future__ import annotations
