@@ -7,15 +7,18 @@ Usage::
     python -m benchmarks.eigh --n=2048 --modes=polar --repeats=1
 
 Modes: ``eigh`` (``jaxwren.lax.eigh``, QDWH-eig spectral divide and conquer on the input
-sharded ``P('rows', 'cols')``) against ``numpy`` (``np.linalg.eigh``), ``scipy``
+sharded ``P('rows', 'cols')``; ``jw_host``: ``jw.eigh`` on the same input by its default
+route, LAPACK ``syevd`` on the host on CPU devices; ``jw_qdwh``: ``jw.eigh(...,
+algorithm='qdwh')``) against ``numpy`` (``np.linalg.eigh``), ``scipy``
 (``scipy.linalg.eigh(driver='evd')``), ``jnp_sharded`` (``jax.jit(jnp.linalg.eigh)`` on
 the same sharded input: XLA gathers it and solves it replicated) and ``jnp_one``
 (``jnp.linalg.eigh`` on one device; numpy and scipy are timed by one call, as nothing
 compiles); ``polar`` (``jaxwren.lax.polar``, QDWH) against
 ``scipy`` (``scipy.linalg.polar``, by SVD). The input is a random symmetric matrix (eigh)
 or a random square one (polar). Each is timed best-of-``--repeats`` after a first call
-(its extra time, compilation included, is reported apart); ``first_call_s`` is jaxwren's
-first call in a fresh process with a cold compilation cache. jaxwren runs under
+(its extra time, compilation included, is reported apart; ``--repeats=0``: the first call
+only, compilation included); ``first_call_s`` is the first call in this process (a cold
+compilation cache only where the cache directory is new). jaxwren runs under
 ``single_threaded_blas`` (CPU devices in one process), the peers with the default BLAS
 threads. Accuracy: the eigenvalues' largest difference from numpy's over ``||A||_2``,
 ``max |V^T V - I|``, ``||A V - V diag(w)||_F / ||A||_F``; polar: ``max |U^T U - I|``,
@@ -45,12 +48,13 @@ from jaxwren.engine.lapack_threads import single_threaded_blas
 MODES = ("eigh", "polar")
 HOST = ("numpy", "scipy")  # host libraries: timed once (no compilation to warm up)
 PEERS = {"eigh": ("numpy", "scipy", "jnp_sharded", "jnp_one"), "polar": ("scipy",)}
+OURS = {"eigh": ("jaxwren_lax", "jw_host", "jw_qdwh"), "polar": ("jaxwren_lax",)}
 
 _N = flags.DEFINE_integer("n", 4096, "Matrix size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float64", ["float32", "float64"], "dtype")
 _MODES = flags.DEFINE_list("modes", list(MODES), f"Modes: {','.join(MODES)}")
 _SKIP = flags.DEFINE_list("skip", [], "Peers not to run (e.g. jnp_sharded at large n).")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed repeats after the first call.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed repeats after the first call (0: none).")
 _TERMINATION = flags.DEFINE_integer("termination", 768, "jaxwren.lax.eigh leaf size.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 
@@ -72,10 +76,12 @@ def _timed(name: str, fn: Any, cfg: Config, ours: bool) -> dict[str, Any]:
         box[:] = [jax.block_until_ready(fn())]
 
     with single_threaded_blas() if ours else contextlib.nullcontext():
-        if name.split("/")[1] in HOST:  # nothing compiles: one call is the timing
+        if name.split("/")[1] in HOST or cfg.repeats == 0:  # one call is the timing
             first = best = common.timed(call)
         else:
             first, best = common.warm_and_best(call, cfg.repeats)
+    print(f"  {name}: {best:.3f} s (first call {first:.2f} s, load "
+          f"{common.os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     return {"name": name, "n": cfg.n, "dtype": cfg.dtype, "seconds": best,
             "first_call_s": first, "first_call_extra_s": max(first - best, 0.0),
             "out": box[0]}  # fmt: skip
@@ -97,10 +103,12 @@ def eigh(cfg: Config, mesh: Any) -> list[dict]:
     fns = {"jaxwren_lax": lambda: wl.eigh(xs, termination_size=cfg.termination),
            "numpy": lambda: np.linalg.eigh(a),
            "scipy": lambda: sl.eigh(a, driver="evd"),
+           "jw_host": lambda: jw.eigh(xs),
+           "jw_qdwh": lambda: jw.eigh(xs, algorithm="qdwh", termination_size=cfg.termination),
            "jnp_sharded": lambda: tuple(jeigh(xs)),
            "jnp_one": lambda: tuple(jeigh(x1))}  # fmt: skip
     rows = []
-    for name in ("jaxwren_lax", *PEERS["eigh"]):
+    for name in (*OURS["eigh"], *PEERS["eigh"]):
         if name not in cfg.skip:
             rows.append(_timed(f"eigh/{name}", fns[name], cfg, name == "jaxwren_lax"))
     w_ref = np.linalg.eigvalsh(a.astype(np.float64))
@@ -138,7 +146,7 @@ def run(cfg: Config) -> list[dict]:
         by = {r["name"].split("/")[1]: r["seconds"] for r in rows}
         for r in rows:
             r["load_avg_1m"] = load
-            if r["name"].endswith("/jaxwren_lax"):
+            if r["name"].split("/")[1] in OURS[mode]:
                 for peer in PEERS[mode]:
                     if peer in by:
                         r[f"x_{peer}"] = by[peer] / r["seconds"]

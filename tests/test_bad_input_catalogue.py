@@ -143,6 +143,8 @@ CASES = [
      jw.NonFiniteError, "NaN"),
     ("eigh/not-square", lambda a, o: jw.eigh(np.ones((4, 5)), o),
      jw.ShapeMismatchError, "must be square"),
+    ("eigh/algorithm", lambda a, o: jw.eigh(np.eye(4), o, algorithm="lapack"),
+     jw.ConfigError, "'qdwh' or 'host'"),
     ("polar/nan", lambda a, o: jw.polar(NAN, o),
      jw.NonFiniteError, "clean it first"),
     ("randomized_svd/k-too-big", lambda a, o: jw.randomized_svd(a, 5, o),

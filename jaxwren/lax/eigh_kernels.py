@@ -10,7 +10,8 @@ Every piece works on a sub-problem padded with zeros to a bucket size ``B`` (its
   ``range(P_-)`` and the next ``b - r`` span ``range(P_+)``: a randomised rank-revealing
   step, ``X = [P_- G_r, P_+ G_{b-r}, e_b..]`` with ``G`` Gaussian, orthonormalised by a
   shifted CholeskyQR3 (Fukaya et al. 2020; nested column spans, so the two subspaces stay
-  apart), once refined by a subspace iteration. Returns ``Q^T H Q`` (block diagonal).
+  apart), once refined by a subspace iteration (CholeskyQR2: its sketch is well
+  conditioned). Returns ``Q^T H Q`` (block diagonal).
 * :func:`child`: a diagonal block of ``Q^T H Q`` and its columns of ``V Q``, cut by
   products with a 0/1 selection matrix (exact; offsets are traced, so no dynamic slice of
   a sharded array and no recompilation).
@@ -33,7 +34,7 @@ from jaxwren.lax.qdwh import _constrain, _mm, polar_factor
 
 __all__ = ["child", "divide", "leaf"]
 
-PASSES = 2  # sketch passes of a split: the second is one subspace iteration
+ROUNDS = (3, 2)  # CholeskyQR rounds of a split's two sketch passes (the second refines)
 
 
 def _iota(shape: tuple, dim: int) -> jax.Array:
@@ -69,9 +70,19 @@ def _cholqr(x: jax.Array, shift: Any, mesh: Any, block: int) -> jax.Array:
     return _constrain(qt.T, mesh)
 
 
-def _orth(x: jax.Array, mesh: Any, block: int) -> jax.Array:
-    """Shifted CholeskyQR3: one round with a shift, two without (one copy in the program)."""
-    return lax.fori_loop(0, 3, lambda i, x: _cholqr(x, (i == 0).astype(x.dtype), mesh, block), x)
+def _subspace(sketch: Any, g: jax.Array, mesh: Any, block: int) -> jax.Array:
+    """Two sketch passes, one loop over CholeskyQR rounds (one copy in the program): the
+    first pass ``sketch(g)`` (ill-conditioned: Gaussian blocks) by shifted CholeskyQR3 (a
+    round with a shift, two without), the second ``sketch(q)`` (a subspace iteration on a
+    well-conditioned ``q``: ``range(P q) = range(q)``, refining the two subspaces' split)
+    by CholeskyQR2 (two rounds without a shift): 5 rounds, not 6."""
+    starts = (0, ROUNDS[0])  # the rounds that begin a pass with a sketch
+
+    def body(i: Any, x: jax.Array) -> jax.Array:
+        x = lax.cond((i == starts[0]) | (i == starts[1]), sketch, lambda x: x, x)
+        return _cholqr(x, (i == 0).astype(x.dtype), mesh, block)
+
+    return lax.fori_loop(0, sum(ROUNDS), body, g)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "block", "max_iterations"))
@@ -94,8 +105,7 @@ def divide(h: jax.Array, b: Any, key: jax.Array, mesh: Any, block: int,
         return _constrain(jnp.where(col < b, proj, pad), mesh)
 
     g = _constrain(jax.random.normal(key, shape, dt), mesh)
-    # two passes: the second is a subspace iteration, range(P q) = range(q), refining it
-    q = lax.fori_loop(0, PASSES, lambda _, q: _orth(sketch(q), mesh, block), g)
+    q = _subspace(sketch, g, mesh, block)
     hq = _mm(q.T, _mm(h, q, mesh), mesh)
     return q, _constrain((hq + _constrain(hq.T, mesh)) / 2, mesh), r, sigma
 

@@ -5,8 +5,10 @@ Each is one pipeline step: the whole matrix is read once onto the mesh (``P('row
 on it (QDWH for :func:`polar`, QDWH-eig for :func:`eigh`; :func:`svd_general` is ``A = U_p
 H`` and ``H = V diag(w) V^T``, so ``A = (U_p V) diag(w) V^T``); the factors are written
 to the store or returned. Every step is a product or a Cholesky solve on the devices, but
-the plan holds the matrix and its work arrays at once. A stored matrix whose plan exceeds
-the budget, with ``out`` a URL prefix, takes the out-of-core route of
+the plan holds the matrix and its work arrays at once. On CPU devices :func:`eigh` and
+:func:`svd_general` hand the matrix to the host's LAPACK instead
+(:mod:`jaxwren.linalg.spectral_host` chooses, and says why). A stored matrix whose plan
+exceeds the budget, with ``out`` a URL prefix, takes the out-of-core route of
 :mod:`jaxwren.linalg.spectral_ooc` instead (:func:`polar` and :func:`eigh`: QDWH and
 QDWH-eig as stored products, Cholesky factors and triangular solves under ``OUT/work``,
 resumable; the run report names it); with ``out=None`` or an unstored matrix it is refused
@@ -15,6 +17,7 @@ with :class:`~jaxwren.errors.MemoryBudgetError` naming that fix before anything 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -31,6 +34,7 @@ from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Candidate, Output, Problem, Resume, Targets
 from jaxwren.engine.run import run
 from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError
+from jaxwren.linalg import spectral_host as route
 from jaxwren.linalg import spectral_ooc
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, trim
@@ -54,7 +58,8 @@ def _iterations(value: Any, where: str) -> int:
 
 
 def _finite(where: str, outs: tuple) -> None:
-    if not all(bool(jnp.all(jnp.isfinite(o))) for o in outs):
+    xp = lambda o: np if isinstance(o, np.ndarray) else jnp  # noqa: E731  (host: no compile)
+    if not all(bool(xp(o).all(xp(o).isfinite(o))) for o in outs):
         raise NonFiniteError(f"{where}: a holds NaN or Inf (checked before and after the "
                              "factorisation); clean it first.")  # fmt: skip
 
@@ -65,8 +70,9 @@ class _Whole(Op):
     operand_names = ("a",)
     square = False
 
-    def __init__(self, max_iterations: Any = 60, **params: Any) -> None:
+    def __init__(self, max_iterations: Any = 60, algorithm: Any = None, **params: Any) -> None:
         self.max_iterations = _iterations(max_iterations, self.name)
+        self.algorithm = route.check_algorithm(algorithm, self.name)
         self.params = params
 
     def outputs(self, m: int, n: int, dtype: np.dtype) -> tuple[Output, ...]:
@@ -86,6 +92,7 @@ class _Whole(Op):
             )
         dtype = result_dtype(a.dtype, where=self.name, policy="factor")
         params = (self.max_iterations, *sorted(self.params.items()))
+        params += (("algorithm", self.algorithm),) if self.algorithm else ()
         return Problem((a,), self.outputs(m, n, dtype), params, mesh, data=(m, n))
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
@@ -93,7 +100,17 @@ class _Whole(Op):
         big, dtype = max(mp, np_), problem.outputs[0].dtype
         whole = Buffer((mp, np_), dtype, NamedSharding(problem.mesh, P(ROWS, COLS)))
         work = _WORK[self.kind] * big * big * dtype.itemsize  # the kernels' work arrays
-        return [Candidate(None, Footprint(reads=(whole,), extra=work), 0, True)]
+        qdwh = Candidate(None, Footprint(reads=(whole,), extra=work), 0, True)
+        if self.kind not in route.HOST:
+            return [qdwh]
+        first, _ = route.select(self.kind, problem.mesh, self.algorithm)
+        host = Candidate(first, Footprint(reads=(whole,), extra=route.HOST_WORK[self.kind]
+                                          * big * big * dtype.itemsize), 0, True)  # fmt: skip
+        if self.algorithm is not None:  # forced: that one only
+            return [host if first != route.QDWH else qdwh]
+        if first == route.QDWH:  # accelerators: the host is no fallback for the budget
+            return [qdwh]
+        return [host, dataclasses.replace(qdwh, cost=1)]
 
     def plan(self, problem: Problem, tiling: Any, targets: Targets, resume: Resume,
              prefetch: int) -> Plan:  # fmt: skip
@@ -106,20 +123,28 @@ class _Whole(Op):
                        for o, k in zip(problem.outputs, keys, strict=True))  # fmt: skip
 
         def kernel(_carry: Any, x: jax.Array) -> tuple:
+            if tiling is not None:  # the host route (jaxwren.linalg.spectral_host)
+                return None, route.host_kernel(self.kind, x, (m, n), dtype, self.params,
+                                               functools.partial(_finite, self.name))  # fmt: skip
             _finite(self.name, (x,))  # before anything compiles or runs
             return None, self.kernel(x, (m, n), mesh)
 
         step = Step((read,), kernel, writes,
                     label=self.name, check=functools.partial(_finite, self.name),
                     skip=all(resume.done(k) for k in keys))  # fmt: skip
-        return Plan(self.name, [step], None, "in-core, the whole matrix")
+        why = ""
+        if self.kind in route.HOST:
+            why = route.reason(self.kind, tiling or route.QDWH, mesh, self.algorithm)
+        where = "on the host" if tiling is not None else "on the mesh"
+        return Plan(self.name, [step], None, f"in-core, the whole matrix {where}", reason=why)
 
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         values = []
         for i, o in enumerate(problem.outputs):
             got = targets.get(o.name)
-            if got is None:
-                got = trim(returned[i], o.shape, default_sharding(o.shape, problem.mesh))
+            if got is None:  # a host route's results are host arrays
+                sharding = default_sharding(o.shape, problem.mesh)
+                got = trim(jnp.asarray(returned[i]), o.shape, sharding)
             elif o.shape[0] == 1:  # a vector comes back as an array, as jw.svd's S
                 got = got.to_jax()
             values.append(got[0] if o.shape[0] == 1 and isinstance(got, jax.Array) else got)
@@ -234,12 +259,20 @@ def polar(a: Any, out: Any = None, *, max_iterations: int = 60, mesh: Mesh | Non
 
 
 def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
-         termination_size: int = 768, max_iterations: int = 60, mesh: Mesh | None = None,
+         algorithm: str | None = None, termination_size: int = 768,
+         max_iterations: int = 60, mesh: Mesh | None = None,
          memory_budget: int | str | None = None, block_shape: tuple[int, int] | None = None,
          storage: StorageConfig | None = None, progress: bool | None = None,
          spec: RunSpec | None = None) -> Any:  # fmt: skip
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix
-    (``numpy.linalg.eigh(a)``) by QDWH-eig spectral divide and conquer on the mesh.
+    (``numpy.linalg.eigh(a)``): LAPACK ``syevd`` on the host (CPU devices) or QDWH-eig
+    spectral divide and conquer on the mesh (accelerators).
+
+    The route (:mod:`jaxwren.linalg.spectral_host`, ``RunReport.reason`` says why): on CPU
+    devices of one process the devices are host memory and LAPACK's tridiagonal route
+    (about ``9 n^3`` flops, all host cores) beats QDWH-eig's tens of ``n^3`` on the same
+    cores, so the matrix goes to the host's LAPACK (one copy); elsewhere QDWH keeps it
+    sharded. :func:`jaxwren.lax.eigh` (inside ``jit``) is always QDWH.
 
     Args:
       a: ``(n, n)`` symmetric BigMatrix, jax.Array or numpy array.
@@ -247,7 +280,9 @@ def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
         ``OUT/V``.
       symmetrize_input: decompose ``(a + a^T) / 2``; False reads only the lower triangle
         (numpy's ``UPLO='L'``).
-      termination_size, max_iterations: as in :func:`jaxwren.lax.eigh`.
+      algorithm: None (automatic, as above), ``"qdwh"`` (on the mesh) or ``"host"``
+        (LAPACK ``syevd`` on the host, one gather of the matrix on accelerators).
+      termination_size, max_iterations: as in :func:`jaxwren.lax.eigh` (QDWH only).
       mesh, memory_budget, block_shape, storage, progress, spec: as in
         :func:`jaxwren.matmul`.
 
@@ -257,12 +292,12 @@ def eigh(a: Any, out: Any = None, *, symmetrize_input: bool = True,
     Raises:
       ShapeMismatchError: ``a`` is not square.
       NonFiniteError: ``a`` holds NaN or Inf.
-      ConfigError: a bad ``termination_size`` or ``max_iterations``.
-      MemoryBudgetError: the matrix and its work arrays (about 16 ``n^2`` elements)
+      ConfigError: a bad ``algorithm``, ``termination_size`` or ``max_iterations``.
+      MemoryBudgetError: the matrix and its work arrays (QDWH: about 16 ``n^2`` elements)
         exceed ``memory_budget`` and ``out`` is None or ``a`` is not stored (stored
         with ``out=URL``: out of core, :mod:`jaxwren.linalg.spectral_ooc`).
     """
-    op = Eigh(max_iterations, symmetrize=bool(symmetrize_input),
+    op = Eigh(max_iterations, algorithm, symmetrize=bool(symmetrize_input),
               termination=_termination(termination_size))  # fmt: skip
     spec = run_spec("eigh", spec, mesh=mesh, memory_budget=memory_budget, storage=storage,
                     progress=progress, block_shape=block_shape)  # fmt: skip
@@ -279,7 +314,10 @@ def _termination(value: Any) -> int:
     return int(value)
 
 
-def svd_general(a: Any, out: Any, spec: RunSpec, compute_uv: bool) -> Any:
-    """:func:`jaxwren.svd` for shapes TSQR does not take: polar, then eigh of ``H``."""
-    op = SpectralSVD(compute_uv=bool(compute_uv), symmetrize=True, termination=768)
+def svd_general(a: Any, out: Any, spec: RunSpec, compute_uv: bool,
+                algorithm: str | None = None) -> Any:  # fmt: skip
+    """:func:`jaxwren.svd` for shapes TSQR does not take: polar, then eigh of ``H`` (or
+    LAPACK on the host, :mod:`jaxwren.linalg.spectral_host`)."""
+    op = SpectralSVD(algorithm=algorithm, compute_uv=bool(compute_uv), symmetrize=True,
+                     termination=768)  # fmt: skip
     return run(op, (a,), out, spec).value

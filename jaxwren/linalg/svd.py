@@ -41,6 +41,7 @@ from jaxwren.linalg import tsqr_kernel as tk
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import round_up, tile_candidates
 from jaxwren.linalg.qr import MAX_COLS, TSQR
+from jaxwren.linalg.spectral_host import check_algorithm
 from jaxwren.sharding.mesh import default_sharding
 from jaxwren.sharding.multihost import to_host
 from jaxwren.sharding.tiles import on_one_device
@@ -284,6 +285,7 @@ def svd(
     out: Any = None,
     *,
     compute_uv: bool = True,
+    algorithm: str | None = None,
     mesh: Mesh | None = None,
     memory_budget: int | str | None = None,
     block_shape: tuple[int, int] | None = None,
@@ -299,13 +301,18 @@ def svd(
     the SVD of the small ``R = U_r S Vt``, and ``U = Q U_r`` formed as Q is (the leaves
     multiplied down the tree, never Q then U). Any other shape: the polar decomposition
     ``a = U_p H`` and the eigendecomposition of ``H`` on the mesh (QDWH and QDWH-eig, see
-    :func:`jaxwren.polar`, :func:`jaxwren.eigh`; wide ``a`` through ``a^T``), in core.
+    :func:`jaxwren.polar`, :func:`jaxwren.eigh`; wide ``a`` through ``a^T``), in core;
+    on CPU devices of one process LAPACK ``gesdd`` on the host instead (as for
+    :func:`jaxwren.eigh`, ``RunReport.reason`` says why).
 
     Args:
       a: ``(m, n)`` BigMatrix, jax.Array or numpy array.
       out: None to return U as a jax.Array; a URL prefix to store ``OUT/U`` (and ``OUT/S``
         as ``(1, n)``, ``OUT/Vt``). With ``compute_uv=False``, a URL stores S.
       compute_uv: False: only the singular values (one pass, nothing but R held).
+      algorithm: the route of the shapes that are not tall-skinny: None (automatic),
+        ``"qdwh"`` (polar + eigh on the mesh) or ``"host"`` (LAPACK ``gesdd``);
+        tall-skinny ones always take TSQR.
       mesh, memory_budget, block_shape, storage, progress, prefetch, spec: as in matmul.
 
     Returns:
@@ -314,6 +321,7 @@ def svd(
     Raises:
       ShapeMismatchError: ``a`` is empty or not 2-D.
       NonFiniteError: NaN or Inf in ``a``.
+      ConfigError: a bad ``algorithm``.
       MemoryBudgetError: a shape that is not tall-skinny and does not fit the budget in
         core (about 20 ``max(m, n)^2`` elements; use randomized_svd for a low-rank one).
     """
@@ -323,10 +331,11 @@ def svd(
     if isinstance(a, str | os.PathLike):  # a URL: its shape picks the algorithm
         a = BigMatrix.open(a, storage=spec.storage)
     shape = tuple(getattr(a, "shape", ()))
+    check_algorithm(algorithm, "svd")
     if len(shape) == 2 and 0 not in shape and (shape[0] < 2 * shape[1] or shape[1] > MAX_COLS):
         from jaxwren.linalg.spectral import svd_general  # polar + eigh (imports jaxwren.lax)
 
-        return svd_general(a, out, spec, compute_uv)
+        return svd_general(a, out, spec, compute_uv, algorithm)
     return run(TSQR("svd" if compute_uv else "sv"), (a,), out, spec).value
 
 
