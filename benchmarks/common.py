@@ -31,7 +31,7 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorstore as ts  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import jaxwren as jw  # noqa: E402
 from jaxwren.storage.backend import shared_context  # noqa: E402
@@ -199,6 +199,39 @@ def warm_and_best(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     compilation, so ``first - best`` estimates the compile time."""
     first = timed(fn)
     return first, min(timed(fn) for _ in range(max(repeats, 1)))
+
+
+def run_modes(
+    modes: Sequence[str],
+    known: Sequence[str],
+    bench: Callable[[str], list[dict]],
+    peers: Callable[[str], Sequence[str]],
+    ours: Callable[[str], Sequence[str]] = lambda mode: ("jaxwren_lax",),
+) -> list[dict]:
+    """Runs ``bench(mode)`` for each of ``modes`` (rows named ``mode/impl``, with
+    ``seconds`` and ``first_call_extra_s``) and prints a line per row. Each row records the
+    1-minute load average around its mode; each of ``ours(mode)``'s rows (default the
+    ``jaxwren_lax`` row) gets ``x_<peer>`` = peer seconds / jaxwren seconds (above 1:
+    jaxwren is faster) for each of ``peers(mode)`` that ran."""
+    results: list[dict] = []
+    for mode in modes:
+        if mode not in known:
+            raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(known)}")
+        load0, t0 = os.getloadavg()[0], time.time()
+        rows = bench(mode)
+        load = (load0 + os.getloadavg()[0]) / 2
+        by = {r["name"].split("/")[1]: r["seconds"] for r in rows}
+        for r in rows:
+            r["load_avg_1m"] = load
+            if r["name"].split("/")[1] in ours(mode):
+                for peer in peers(mode):
+                    if peer in by:
+                        r[f"x_{peer}"] = by[peer] / r["seconds"]
+            print(f"{r['name']:>32}: {r['seconds']:8.3f} s (first call "
+                  f"+{r['first_call_extra_s']:.2f} s) {time.time() - t0:.0f}s",
+                  flush=True)  # fmt: skip
+        results += rows
+    return results
 
 
 def peak_rss_bytes() -> int:

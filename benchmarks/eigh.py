@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -135,25 +134,9 @@ def polar(cfg: Config, mesh: Any) -> list[dict]:
 def run(cfg: Config) -> list[dict]:
     """Times jaxwren and the peers in each mode (the load average is recorded around)."""
     mesh = jw.default_mesh()
-    results: list[dict] = []
-    for mode in cfg.modes:
-        if mode not in MODES:
-            raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        load0 = common.os.getloadavg()[0]
-        t0 = time.time()
-        rows = (eigh if mode == "eigh" else polar)(cfg, mesh)
-        load = (load0 + common.os.getloadavg()[0]) / 2
-        by = {r["name"].split("/")[1]: r["seconds"] for r in rows}
-        for r in rows:
-            r["load_avg_1m"] = load
-            if r["name"].split("/")[1] in OURS[mode]:
-                for peer in PEERS[mode]:
-                    if peer in by:
-                        r[f"x_{peer}"] = by[peer] / r["seconds"]
-            print(f"{r['name']:>24}: {r['seconds']:8.3f} s (first call {r['first_call_s']:.2f}"
-                  f" s) {time.time() - t0:.0f}s", flush=True)  # fmt: skip
-        results += rows
-    return results
+    return common.run_modes(cfg.modes, MODES,
+                            lambda mode: (eigh if mode == "eigh" else polar)(cfg, mesh),
+                            PEERS.__getitem__, OURS.__getitem__)  # fmt: skip
 
 
 COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("dtype", "dtype", ""),

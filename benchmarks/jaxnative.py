@@ -135,20 +135,9 @@ def run(cfg: Config) -> list[dict]:
     """Times jaxwren.lax and the peers in each mode; ratios ``x_<peer>`` = peer seconds /
     jaxwren seconds (above 1: jaxwren is faster)."""
     mesh = jw.default_mesh()
-    results: list[dict] = []
-    for mode in cfg.modes:
-        if mode not in MODES:
-            raise app.UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        rows = (forward if mode == "forward" else gp)(cfg, mesh)
-        by = {r["name"].split("/")[1]: r["seconds"] for r in rows}
-        for r in rows:
-            if r["name"].endswith("/jaxwren_lax"):
-                for peer in cfg.peers:
-                    r[f"x_{peer}"] = by[peer] / r["seconds"]
-            print(f"{r['name']:>32}: {r['seconds']:8.3f} s (first call +"
-                  f"{r['first_call_extra_s']:.2f} s)", flush=True)  # fmt: skip
-        results += rows
-    return results
+    return common.run_modes(cfg.modes, MODES,
+                            lambda mode: (forward if mode == "forward" else gp)(cfg, mesh),
+                            lambda mode: cfg.peers)  # fmt: skip
 
 
 COLUMNS = [("name", "name", ""), ("n", "n", "d"), ("dtype", "dtype", ""),

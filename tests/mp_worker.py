@@ -1,5 +1,6 @@
 """Run by tests/test_multiprocess.py under ``python -m jaxwren.launch``: every public
-operation on a 2-process mesh, compared with numpy on every process."""
+operation on a 2-process mesh, compared with numpy on every process, for each store root
+given (one launch for all of them: the processes start and compile once)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def main(root: str) -> None:
                                rtol=1e-8)  # fmt: skip
     tall_qr(root, rng)
     tables(root)
-    print(f"process {jax.process_index()}: all operations match numpy", flush=True)
+    print(f"process {jax.process_index()}: all operations match numpy on {root}", flush=True)
 
 
 def tall_qr(root: str, rng: np.random.Generator) -> None:
@@ -157,4 +158,5 @@ def tables(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    for store_root in sys.argv[1:]:
+        main(store_root)

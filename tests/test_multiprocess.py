@@ -12,22 +12,20 @@ import pytest
 from tests.conftest import BUCKET
 
 
-@pytest.mark.parametrize("kind", ["file", "s3"])
-def test_two_processes(kind, tmp_path, request):
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+def test_two_processes_file_and_s3(tmp_path, s3_endpoint):
+    """One launch runs every operation on a file root, then on an s3 root (the processes
+    start and compile once for both stores)."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), AWS_ENDPOINT_URL_S3=s3_endpoint,
+               AWS_REGION="us-east-1")  # fmt: skip
     env.pop("XLA_FLAGS", None)  # the launcher gives each process 4 devices
-    if kind == "file":
-        root = str(tmp_path / "mp")
-    else:
-        env.update(AWS_ENDPOINT_URL_S3=request.getfixturevalue("s3_endpoint"),
-                   AWS_REGION="us-east-1")  # fmt: skip
-        root = f"s3://{BUCKET}/mp-{os.getpid()}"
+    roots = [str(tmp_path / "mp"), f"s3://{BUCKET}/mp-{os.getpid()}"]
     cmd = [sys.executable, "-m", "jaxwren.launch", "--num_processes", "2", "--cpu_devices",
-           "4", "--timeout", "400", "--", "tests/mp_worker.py", root]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=450)
+           "4", "--timeout", "500", "--", "tests/mp_worker.py", *roots]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=550)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    for pid in (0, 1):
-        assert f"[p{pid}] process {pid}: all operations match numpy" in proc.stdout
+    for root in roots:
+        for pid in (0, 1):
+            assert f"[p{pid}] process {pid}: all operations match numpy on {root}" in proc.stdout
 
 
 def test_launcher_reports_failure(tmp_path):

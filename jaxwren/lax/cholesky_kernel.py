@@ -36,7 +36,7 @@ emulated CPU devices cost ~0.3 s each way at n = 4096.
 The ``b x b`` factor and inverse are LAPACK ``potrf``/``trsm`` (un-batched custom
 calls). On CPU they run on OpenBLAS, whose worker threads spin after each call and starve
 the other emulated devices: the runner limits BLAS to one thread while a plan runs
-(``engine/lapack_threads.py``); called directly, wrap the call in
+(``sharding/lapack_threads.py``); called directly, wrap the call in
 :func:`jaxwren.engine.lapack_threads.single_threaded_blas` (n = 4096: 0.59 s inside it,
 0.8-0.9 s outside). Before, blocked XLA loops factored the block: the same run time, and
 0.2 s more compile.
