@@ -47,12 +47,15 @@ def available(mesh: Mesh) -> bool:
 
 
 def work_tiles(n: int, mesh: Mesh) -> list[int]:
-    """The in-core plan's column tiles, best first: 256 (see the user guide's LU table
-    for the measurements), then 512, 128; each a multiple of the device count (the panel
-    is sharded by columns) and at most ``n`` rounded up to it."""
+    """The in-core plan's column tiles, best first: 512, then 256, 1024, 128; each a
+    multiple of the device count (the panel is sharded by columns) and at most ``n``
+    rounded up to it. Measured quiet (load 3-5, f64 file store, 8 CPU devices, best of 3,
+    ``benchmarks.lu --plans``): n = 4096 on blocks of 1024, tiles of 256/512/1024/2048
+    1.51/1.24-1.32/1.46/1.47 s; on blocks of 512, 256/512/1024 1.57/1.42/1.17 s; n = 2048
+    on blocks of 512, 256/512/1024 0.28/0.27/0.30 s (256 was chosen under load 9-24)."""
     unit = mesh.devices.size
     top = -(-n // unit) * unit
-    sizes = [max(unit, s // unit * unit) for s in (256, 512, 128, 64)]
+    sizes = [max(unit, s // unit * unit) for s in (512, 256, 1024, 128, 64)]
     return list(dict.fromkeys(min(s, top) for s in sizes))
 
 

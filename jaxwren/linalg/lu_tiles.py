@@ -253,8 +253,9 @@ def refine(lu: np.ndarray, piv: np.ndarray, b: np.ndarray, panels: list | None, 
     """``(x, corrections, backward error)`` of ``A x = b`` from the factor (LAPACK
     ``getrs``); with ``panels`` (A's column panels in float64, sharded by columns)
     ``x`` is refined with float64 residuals ``b - A x`` until the backward error
-    ``max_j ||r_j|| / (||A|| ||x_j||)`` (inf norms) is below ``sqrt(n) eps64``, stops
-    halving, or ``itmax`` corrections ran. ``info >= 0``: the factor failed (no
+    ``max_j ||r_j|| / (||A|| ||x_j||)`` (inf norms) is below ``eps64``, stops halving,
+    or ``itmax`` corrections ran (as :func:`jaxwren.linalg.solve._refine`; converged
+    means ``sqrt(n) eps64``). ``info >= 0``: the factor failed (no
     solve)."""
     from scipy.linalg import lapack
 
@@ -293,10 +294,10 @@ def refine(lu: np.ndarray, piv: np.ndarray, b: np.ndarray, panels: list | None, 
         e = np.where(xn > 0, scaled, np.where(rn > 0, np.inf, 0))
         return r, float(e.max())
 
-    tol = np.sqrt(n) * np.finfo(np.float64).eps
+    aim = np.finfo(np.float64).eps
     r, e = residual(x)
     it = 0
-    while it < itmax and e > tol:
+    while it < itmax and e > aim:
         x2 = x + solve(r)
         r2, e2 = residual(x2)
         it += 1

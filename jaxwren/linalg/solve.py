@@ -59,13 +59,16 @@ def backward_error(a: jax.Array, x: jax.Array, b: jax.Array, matvec: Any) -> tup
 
 
 def _refine(x: jax.Array, b: jax.Array, a: jax.Array, n: int, matvec: Any, corr: Any) -> tuple:
-    """``x += corr(b - A x)`` until the backward error reaches float64 level, stalls (does
-    not halve) or ``_ITMAX`` corrections ran: ``(x, corrections, backward error)``."""
-    tol = math.sqrt(n) * float(np.finfo(np.float64).eps)
+    """``x += corr(b - A x)`` until the backward error reaches float64's eps, stalls (does
+    not halve) or ``_ITMAX`` corrections ran: ``(x, corrections, backward error)``. The
+    run counts as converged at ``sqrt(n) eps`` (:meth:`Solve._check`), but the loop goes
+    on while it halves: stopping at ``sqrt(n) eps`` left a backward error 8x the float64
+    solve's at n = 4096 (1.3e-14 against 1.6e-15, 2-norms)."""
+    aim = float(np.finfo(np.float64).eps)
     r, e = backward_error(a, x, b, matvec)
 
     def cond(s: tuple) -> jax.Array:
-        return (s[0] < _ITMAX) & (s[3] > tol) & ~s[4]
+        return (s[0] < _ITMAX) & (s[3] > aim) & ~s[4]
 
     def body(s: tuple) -> tuple:
         it, x, r, e, _ = s
