@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.errors import NonFiniteError, SingularMatrixError
 from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import host_copy, replicate
 from jaxwren.storage.buffers import aligned_empty
 
@@ -311,7 +312,7 @@ def refine(lu: np.ndarray, piv: np.ndarray, b: np.ndarray, panels: list | None, 
 
 def host_column(p: jax.Array) -> np.ndarray:
     """The swept panel as a fresh, writable host array."""
-    if all(s.device.platform == "cpu" for s in p.addressable_shards):
+    if platform_profile(p).shares_host_memory:  # CPU devices: copied shard by shard
         return host_copy(p)
     out = aligned_empty(p.shape, p.dtype)
     out[...] = np.asarray(p)
