@@ -9,7 +9,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["pad_identity", "round_up", "tile_candidates", "trim"]
+__all__ = ["chosen_reason", "pad_identity", "round_up", "tile_candidates", "trim"]
+
+
+def chosen_reason(chosen: str, best: str, why: str) -> str:
+    """A run's reason for ``chosen``, given its selector's ``(best, why)``: the selector's
+    reason, or that the budget overruled it (the Cholesky, LU and spectral selectors)."""
+    if chosen == best:
+        return f"selected {chosen}: {why}"
+    return f"selected {best} ({why}) but it does not fit the budget: {chosen}, the next that fits"
 
 
 def round_up(x: int, q: int) -> int:

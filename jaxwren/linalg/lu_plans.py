@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.engine.memory import Buffer, Footprint
 from jaxwren.engine.problem import Candidate
-from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.linalg.common import chosen_reason
+from jaxwren.sharding.mesh import COLS, ROWS, process_local
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["ALGORITHMS", "candidates", "reason", "select", "work_tiles"]
@@ -36,14 +36,9 @@ KERNEL, TILES, OOC = "kernel", "tiles", "out-of-core"
 ALGORITHMS = (KERNEL, TILES, OOC)
 
 
-def _local(mesh: Mesh) -> bool:
-    here = jax.process_index()
-    return all(d.process_index == here for d in mesh.devices.flat)
-
-
 def available(mesh: Mesh) -> bool:
     """Whether finished columns can stay in host memory as device views."""
-    return _local(mesh) and platform_profile(mesh).shares_host_memory
+    return process_local(mesh) and platform_profile(mesh).shares_host_memory
 
 
 def work_tiles(n: int, mesh: Mesh) -> list[int]:
@@ -81,10 +76,7 @@ def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
 
 
 def reason(chosen: str, mesh: Mesh, stored: bool, prefer: str = "auto") -> str:
-    best, why = select(mesh, stored, prefer)
-    if chosen == best:
-        return f"selected {chosen}: {why}"
-    return f"selected {best} ({why}) but it does not fit the budget: {chosen}, the next that fits"
+    return chosen_reason(chosen, *select(mesh, stored, prefer))
 
 
 def _panels(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> tuple[Buffer, Buffer, int]:
@@ -135,7 +127,7 @@ def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
     block shape and the pivots' block rows (the out-of-core tiles are multiples)."""
     chosen, _ = select(mesh, stored, prefer)
     out = [Candidate((KERNEL, kernel_block), kernel_fp, (0 if chosen == KERNEL else 1,), True)]
-    if not _local(mesh):
+    if not process_local(mesh):
         return out
     if available(mesh):
         rank = 0 if chosen == TILES else 1

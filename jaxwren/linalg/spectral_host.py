@@ -20,9 +20,6 @@ on CPU devices. ``jaxwren.lax.eigh`` (inside ``jit``) is always QDWH.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -30,6 +27,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxwren.errors import ConfigError
+from jaxwren.linalg.common import chosen_reason
+from jaxwren.sharding.lapack_threads import all_threads_blas
+from jaxwren.sharding.mesh import process_local
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["HOST", "QDWH", "check_algorithm", "host_kernel", "select"]
@@ -51,10 +51,8 @@ def check_algorithm(value: Any, where: str) -> str | None:
 
 def host_available(mesh: Mesh) -> bool:
     """Whether the automatic choice is the host: CPU devices of this one process."""
-    here = jax.process_index()
-    local = all(d.process_index == here for d in mesh.devices.flat)
     profile = platform_profile(mesh)
-    return local and profile.host_lapack and profile.shares_host_memory
+    return process_local(mesh) and profile.host_lapack and profile.shares_host_memory
 
 
 def select(kind: str, mesh: Mesh, prefer: str | None) -> tuple[str, str]:
@@ -77,23 +75,7 @@ def select(kind: str, mesh: Mesh, prefer: str | None) -> tuple[str, str]:
 def reason(kind: str, chosen: str, mesh: Mesh, prefer: str | None) -> str:
     """Why the run takes ``chosen``: the selector's reason, or why the budget overruled
     it."""
-    best, why = select(kind, mesh, prefer)
-    if chosen == best:
-        return f"selected {chosen}: {why}"
-    return f"selected {best} ({why}) but it does not fit the budget: {chosen}, the next that fits"
-
-
-@contextlib.contextmanager
-def _all_threads() -> Iterator[None]:
-    """BLAS/LAPACK on every core for one host call (the runner limits it to one thread
-    while the emulated devices run; nothing else runs during this call)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - declared dependency
-        yield
-        return
-    with threadpool_limits(limits=len(os.sched_getaffinity(0)), user_api="blas"):
-        yield
+    return chosen_reason(chosen, *select(kind, mesh, prefer))
 
 
 def host_kernel(kind: str, x: jax.Array, shape: tuple[int, int], dtype: np.dtype,
@@ -106,7 +88,7 @@ def host_kernel(kind: str, x: jax.Array, shape: tuple[int, int], dtype: np.dtype
     m, n = shape
     a = np.array(np.asarray(x)[:m, :n], dtype=dtype, order="F")
     finite((a,))
-    with _all_threads():
+    with all_threads_blas():
         if kind == "eigh":
             if params.get("symmetrize", True):
                 a = (a + a.T) / 2

@@ -11,11 +11,12 @@ run and is restored after it (``threadpoolctl``); accelerators are not affected.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from jaxwren.sharding.platform import platform_profile
 
-__all__ = ["single_threaded_blas"]
+__all__ = ["all_threads_blas", "single_threaded_blas"]
 
 
 @contextlib.contextmanager
@@ -35,4 +36,18 @@ def single_threaded_blas() -> Iterator[None]:
         yield
         return
     with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
+def all_threads_blas() -> Iterator[None]:
+    """BLAS/LAPACK on every core of this process for one host call made while
+    :func:`single_threaded_blas` holds (nothing else runs during it: the spectral host
+    route's ``syevd``/``gesdd``)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - declared dependency
+        yield
+        return
+    with threadpool_limits(limits=len(os.sched_getaffinity(0)), user_api="blas"):
         yield

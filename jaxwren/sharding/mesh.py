@@ -13,9 +13,16 @@ from jax.sharding import PartitionSpec as P
 from jaxwren.errors import ConfigError
 
 __all__ = ["ROWS", "COLS", "check_mesh", "default_mesh", "default_sharding",
-           "fit_spec", "on_mesh"]  # fmt: skip
+           "fit_spec", "on_mesh", "process_local"]  # fmt: skip
 
 ROWS, COLS = "rows", "cols"
+
+
+def process_local(mesh: Mesh) -> bool:
+    """Whether every device of ``mesh`` belongs to this process (no other process's
+    devices: host-memory plans and host LAPACK apply)."""
+    here = jax.process_index()
+    return all(d.process_index == here for d in mesh.devices.flat)
 
 
 def _square_factors(n: int) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxwren.linalg.common import pad_identity
+from jaxwren.sharding.mesh import process_local
 from jaxwren.sharding.platform import platform_profile
 from jaxwren.sharding.tiles import host_copy, replicate
 from jaxwren.storage.buffers import aligned_empty
@@ -38,7 +39,7 @@ BACKENDS = ("host LAPACK", "one device", "replicated")
 
 def backend(mesh: Mesh) -> str:
     """The diagonal backend for ``mesh``: one of :data:`BACKENDS`."""
-    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+    if not process_local(mesh):
         return "replicated"
     return "host LAPACK" if platform_profile(mesh).host_lapack else "one device"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -25,6 +24,7 @@ from jaxwren.engine.plan import Plan
 from jaxwren.engine.problem import Candidate
 from jaxwren.linalg.cholesky.setup import Setup
 from jaxwren.linalg.cholesky.tiles import Resident, schedule, tile_footprint, update_steps
+from jaxwren.sharding.mesh import process_local
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["NAME", "available", "candidates", "tiles_plan", "work_tiles"]
@@ -37,9 +37,7 @@ _PANEL_TILES = (2, 1)  # K tiles per GEMM step (n = 8192 in tiles of 1024: 2 til
 def available(mesh: Mesh) -> bool:
     """Whether the finished tiles can stay in host memory as device views: the devices'
     buffers are host memory, all in this process."""
-    here = jax.process_index()
-    local = all(d.process_index == here for d in mesh.devices.flat)
-    return local and platform_profile(mesh).shares_host_memory
+    return process_local(mesh) and platform_profile(mesh).shares_host_memory
 
 
 def work_tiles(n: int, mesh: Mesh) -> list[int]:

@@ -15,13 +15,14 @@ the out-of-core plan last) and the engine takes the first that fits the budget.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxwren.engine.problem import Candidate
 from jaxwren.linalg.cholesky import incore, kernel, ooc
 from jaxwren.linalg.cholesky.diagonal import backend
+from jaxwren.linalg.common import chosen_reason
+from jaxwren.sharding.mesh import process_local
 from jaxwren.sharding.platform import platform_profile
 
 __all__ = ["ALGORITHMS", "candidates", "reason", "select", "tiles_first"]
@@ -38,9 +39,7 @@ def tiles_first(mesh: Mesh) -> bool:
     collective, no cyclic permutation) and the diagonal tile goes to host LAPACK; the
     kernel's per-block steps and psums cost more than they save on emulated devices.
     Accelerators and several processes keep the kernel first (not measured here)."""
-    here = jax.process_index()
-    local = all(d.process_index == here for d in mesh.devices.flat)
-    return local and platform_profile(mesh).host_lapack
+    return process_local(mesh) and platform_profile(mesh).host_lapack
 
 
 def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
@@ -91,7 +90,4 @@ def candidates(n: int, dtype: np.dtype, mesh: Mesh, granule: int, block: tuple[i
 def reason(chosen: str, mesh: Mesh, stored: bool, prefer: str = "auto") -> str:
     """Why the run takes ``chosen``: the selector's reason, or why the budget overruled
     it."""
-    best, why = select(mesh, stored, prefer)
-    if chosen == best:
-        return f"selected {chosen}: {why}"
-    return f"selected {best} ({why}) but it does not fit the budget: {chosen}, the next that fits"
+    return chosen_reason(chosen, *select(mesh, stored, prefer))

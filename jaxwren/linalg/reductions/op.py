@@ -37,7 +37,7 @@ from jaxwren.errors import ConfigError
 from jaxwren.linalg.base import Op
 from jaxwren.linalg.common import tile_candidates
 from jaxwren.linalg.distances import granule, with_args
-from jaxwren.sharding.mesh import COLS, ROWS
+from jaxwren.sharding.mesh import COLS, ROWS, process_local
 from jaxwren.sharding.multihost import to_host
 from jaxwren.sharding.platform import platform_profile
 
@@ -188,8 +188,7 @@ class Layout:
 
     @staticmethod
     def of(mesh: Mesh) -> Layout:
-        local = all(d.process_index == jax.process_index() for d in mesh.devices.flat)
-        return Layout(mesh, local and platform_profile(mesh).shares_host_memory)
+        return Layout(mesh, process_local(mesh) and platform_profile(mesh).shares_host_memory)
 
     def tile(self, axis: int) -> Sharding:
         if self.one:
