@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -28,7 +29,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Resume
-from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel, host_column
+from jaxwren.linalg.lu_host import HostSweep
+from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.buffers import aligned_empty
 
@@ -59,12 +61,15 @@ class Setup:
 class _Run:
     """What the steps of one run share on the host."""
 
-    def __init__(self, s: Setup, t: int) -> None:
+    def __init__(self, s: Setup, t: int, host: bool = False) -> None:
+        """``host``: the sweep on host BLAS (:mod:`.lu_host`; the in-core plans, which
+        run on CPU devices of one process only), else on the devices."""
         self.s, self.t = s, t
         self.nt = -(-s.n // t)
         self.n_pad = self.nt * t
         self.piv = Pivots(self.n_pad, t)
-        self.sweep = Sweep(s.mesh, t, self.nt, self.piv)
+        self.sweep: Any = (HostSweep(t, self.nt, self.piv) if host
+                           else Sweep(s.mesh, t, self.nt, self.piv))  # fmt: skip
         self.maxa: list[Any] = []
         self.maxu: list[Any] = []
         self.info = -1
@@ -76,20 +81,21 @@ class _Run:
         factor's dtype)."""
         t, n = self.t, self.s.n
         dtype = np.dtype(np.float64) if float64 else self.s.dtype
-        return Read(self.s.src, (0, n, jj * t, min(n, jj * t + t)), (self.n_pad, t), self.col,
+        sharding = self.rep if self.sweep.host else self.col  # (host: one shared buffer)
+        return Read(self.s.src, (0, n, jj * t, min(n, jj * t + t)), (self.n_pad, t), sharding,
                     dtype)  # fmt: skip
 
-    def start(self, p: jax.Array) -> jax.Array:
-        """The panel in the factor's dtype (a copy when cast: the read is kept)."""
-        if p.dtype != self.s.dtype:
-            p = self.sweep.k["cast"](p)
-        self.maxa.append(self.sweep.k["absmax"](p, np.int32(self.s.n)))
+    def start(self, p: jax.Array) -> Any:
+        """The panel in the factor's dtype (a copy when cast: the read is kept; on the
+        host sweep always a writable host copy)."""
+        p = self.sweep.start(p, self.s.dtype)
+        self.maxa.append(self.sweep.absmax(p, self.s.n))
         return p
 
-    def factor(self, p: jax.Array, jj: int) -> np.ndarray:
+    def factor(self, p: Any, jj: int) -> np.ndarray:
         """The swept panel (in row order ``jj``) factored on the host: the column."""
-        self.maxu.append(self.sweep.k["absmax"](p, np.int32(jj * self.t)))
-        col = host_column(p)
+        self.maxu.append(self.sweep.absmax(p, jj * self.t))
+        col = self.sweep.column(p)
         s = self.s
         info, mu = factor_panel(col, jj, s.n, self.t, self.piv, s.where, s.allow_singular)
         self.maxu.append(mu)
@@ -112,18 +118,19 @@ def _columns(r: _Run, kept: dict[int, np.ndarray], keep_a: list | None = None) -
     panels as read are kept there (a refined solve's residuals)."""
     t = r.t
 
-    def sweep(p: jax.Array, ks: range) -> jax.Array:
-        for k in ks:
-            p = r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
-        return p
+    def by(p: Any, k: int) -> Any:  # panel p in row order k swept by column k
+        return r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
 
     def kern(carry: Any, p: jax.Array, jj: int) -> tuple[Any, tuple]:
         if keep_a is not None:
             keep_a.append(p)
-        p = sweep(r.start(p), range(jj - 1))  # dispatched: the devices run while ...
-        if jj:
-            kept[jj - 1] = r.factor(carry, jj - 1)  # ... the host factors the last panel
-        return sweep(p, range(max(jj - 1, 0), jj)), ()
+        p = r.start(p)
+        if jj:  # the sweep by the older columns beside the getrf of the last panel
+            p, kept[jj - 1] = r.sweep.beside(p, range(jj - 1), by,
+                                             lambda: r.factor(carry, jj - 1))  # fmt: skip
+            with r.sweep.threads():
+                p = by(p, jj - 1)
+        return p, ()
 
     warm = functools.partial(r.sweep.warm, r.n_pad, r.s.dtype)
     return [Step((r.panel_read(jj, keep_a is not None),), functools.partial(kern, jj=jj),
@@ -131,32 +138,57 @@ def _columns(r: _Run, kept: dict[int, np.ndarray], keep_a: list | None = None) -
             for jj in range(r.nt)]  # fmt: skip
 
 
+def _last(r: _Run, kept: dict[int, np.ndarray], carry: Any) -> None:
+    """Factors the last panel (every pivot is known after it)."""
+    with r.sweep.threads():
+        kept[r.nt - 1] = r.factor(carry, r.nt - 1)
+    r.finish_details(True)
+
+
+def _final(r: _Run, kept: dict[int, np.ndarray], k: int, out: np.ndarray) -> None:
+    """Column ``k`` put in the final row order into ``out`` (``n x w``; freed)."""
+    n, nt = r.s.n, r.nt
+    idx = r.piv.between(k + 1, nt)[:n] if k < nt - 1 else slice(0, n)
+    out[...] = kept.pop(k)[idx, : out.shape[1]]
+
+
 def _assemble(r: _Run, kept: dict[int, np.ndarray], carry: Any,
               fortran: bool = False) -> np.ndarray:  # fmt: skip
     """Factors the last panel and puts every column in the final row order: ``lu``
     (``fortran``: Fortran-ordered, for LAPACK)."""
-    n, t, nt = r.s.n, r.t, r.nt
-    kept[nt - 1] = r.factor(carry, nt - 1)
+    n, t = r.s.n, r.t
+    _last(r, kept, carry)
     lu = aligned_empty((n, n), r.s.dtype).T if fortran else aligned_empty((n, n), r.s.dtype)
-    for k in range(nt):
-        c0, w = k * t, min(t, n - k * t)
-        idx = r.piv.between(k + 1, nt)[:n] if k < nt - 1 else np.arange(n)
-        lu[:, c0 : c0 + w] = kept.pop(k)[idx, :w]
-    r.finish_details(True)
+    for k in range(r.nt):
+        _final(r, kept, k, lu[:, k * t : min(n, k * t + t)])
     return lu
 
 
 def incore_plan(s: Setup, t: int) -> Plan:
-    r = _Run(s, t)
+    """The column steps, then the last getrf (the pivots written), then the factor in
+    stripes of whole stored chunks, one step each: the writer stores a stripe while
+    the next is put in order."""
+    r = _Run(s, t, host=True)
     kept: dict[int, np.ndarray] = {}
+    n = s.n
+    width = min(math.lcm(t, s.lu.block_shape[1]), -(-n // t) * t)
 
-    def assemble(carry: Any) -> tuple[None, tuple]:
-        lu = _assemble(r, kept, carry)
-        return None, (lu, r.piv.piv[: s.n, None].astype(np.int32))
+    def last(carry: Any) -> tuple[None, tuple]:
+        _last(r, kept, carry)
+        return None, (r.piv.piv[:n, None].astype(np.int32),)
+
+    def stripe(carry: Any, c0: int) -> tuple[None, tuple]:
+        out = aligned_empty((n, min(n, c0 + width) - c0), s.dtype)
+        for k in range(c0 // t, min(r.nt, (c0 + width) // t)):
+            _final(r, kept, k, out[:, k * t - c0 : min(n, k * t + t) - c0])
+        return None, (out,)
 
     steps = _columns(r, kept)
-    writes = (Write(s.lu, (0, 0), (s.n, s.n)), Write(s.piv, (0, 0), (s.n, 1)))
-    steps.append(Step((), assemble, writes, label="getrf and assemble"))
+    steps.append(Step((), last, (Write(s.piv, (0, 0), (n, 1)),), label="getrf"))
+    steps += [Step((), functools.partial(stripe, c0=c0),
+                   (Write(s.lu, (0, c0), (n, min(n, c0 + width) - c0)),),
+                   label=f"columns {c0}:{min(n, c0 + width)} in order")
+              for c0 in range(0, n, width)]  # fmt: skip
     return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
 
 
@@ -176,7 +208,7 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
     ``(x, [info, corrections, backward error])``."""
     from jaxwren.linalg.lu_tiles import refine as refine_x
 
-    r = _Run(s, t)
+    r = _Run(s, t, host=True)
     kept: dict[int, np.ndarray] = {}
     panels: list | None = [] if refine else None
     data = np.dtype(np.float64) if refine else s.dtype

@@ -23,6 +23,7 @@ write back; recorded).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 from typing import Any
 
@@ -171,6 +172,33 @@ class Sweep:
             if key is not None:
                 self.views[key] = got
         return got
+
+    host = False
+
+    def start(self, p: jax.Array, dtype: np.dtype) -> jax.Array:
+        """The read panel in the factor's dtype (a copy when cast: the read is kept)."""
+        return p if p.dtype == dtype else self.k["cast"](p)
+
+    def absmax(self, p: jax.Array, rows: int) -> jax.Array:
+        """``max |p[:rows]|`` (a device scalar: read when the run ends)."""
+        return self.k["absmax"](p, np.int32(rows))
+
+    @staticmethod
+    def column(p: jax.Array) -> np.ndarray:
+        return host_column(p)
+
+    @staticmethod
+    def threads() -> Any:
+        """BLAS as the runner set it (one thread: the device threads run beside)."""
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def beside(p: Any, ks: range, by: Any, factor: Any) -> tuple[Any, Any]:
+        """``(p swept by the columns ks, factor())``: the sweep (``p = by(p, k)``)
+        dispatched first, so that the devices run it while the host factors."""
+        for k in ks:
+            p = by(p, k)
+        return p, factor()
 
     def warm(self, n_pad: int, dtype: np.dtype) -> None:
         """Compiles every kernel of the sweep ahead of time, side by side (XLA compiles
