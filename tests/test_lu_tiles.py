@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import re
 
+import jax
 import numpy as np
 import pytest
 import scipy.linalg as sl
@@ -94,8 +95,9 @@ def test_exactly_singular_and_non_finite_raise_typed_errors(plan):
 
 
 def test_the_selector_and_the_budget():
-    """A stored factor on CPU devices of one process takes the tile plan, a returned one
-    the kernel; below the in-core budget the out-of-core plan runs (resumable)."""
+    """A factor on CPU devices of one process, stored or returned, takes the tile plan
+    (elsewhere the kernel); below the in-core budget the out-of-core plan runs
+    (resumable); a returned factor never runs out of core."""
     a = hostile("random", N, seed=7)
     (lu, piv), report = factor(a, mem("auto"), block_shape=(16, 16))
     chosen = ast.literal_eval(report.tiling)[0]
@@ -103,9 +105,13 @@ def test_the_selector_and_the_budget():
     assert f"selected {chosen}: " in report.reason
     check_scipy(lu.numpy(), piv.numpy(), a)
     (lu, piv), report = factor(a, None)
+    assert ast.literal_eval(report.tiling)[0] == chosen
+    assert isinstance(lu, jax.Array) and isinstance(piv, jax.Array) and piv.shape == (N,)
+    check_scipy(np.asarray(lu), np.asarray(piv), a)
+    (lu, piv), report = factor(a, None, "out-of-core")
     assert ast.literal_eval(report.tiling)[0] == "kernel"
-    assert "only the kernel returns one" in report.reason
-    check_scipy(np.asarray(lu), piv, a)
+    assert "the out-of-core plan only stores" in report.reason
+    check_scipy(np.asarray(lu), np.asarray(piv), a)
     with pytest.raises(jw.MemoryBudgetError, match="smallest workable budget") as err:
         factor(a, mem("tiny"), memory_budget=1_000, block_shape=(16, 16))
     smallest = int(re.search(r"budget is [^(]*\((\d+) bytes\)\.$", str(err.value)).group(1))

@@ -211,11 +211,13 @@ class LUFactor(Op):
     def finish(self, problem: Problem, returned: list, targets: Targets) -> Any:
         if targets["lu"] is not None:
             return targets["lu"], targets["piv"]
-        n = problem.outputs[0].shape[0]
-        lu = returned[0]
-        if isinstance(lu, np.ndarray) or lu.sharding != default_sharding((n, n), problem.mesh):
-            lu = jax.device_put(lu, default_sharding((n, n), problem.mesh))
-        return lu, returned[1][:, 0]
+        n, mesh = problem.outputs[0].shape[0], problem.mesh
+        lu, piv = returned[0], returned[1][:, 0]
+        if isinstance(lu, np.ndarray) or lu.sharding != default_sharding((n, n), mesh):
+            lu = jax.device_put(lu, default_sharding((n, n), mesh))
+        if isinstance(piv, np.ndarray):  # the tile plan's host pivots
+            piv = jax.device_put(piv, NamedSharding(mesh, P()))
+        return lu, piv
 
 
 def lu_factor(

@@ -30,7 +30,7 @@ from jaxwren.linalg.common import chosen_reason
 from jaxwren.sharding.mesh import COLS, ROWS, process_local
 from jaxwren.sharding.platform import platform_profile
 
-__all__ = ["ALGORITHMS", "candidates", "reason", "select", "work_tiles"]
+__all__ = ["ALGORITHMS", "candidates", "reason", "select", "stripe_width", "work_tiles"]
 
 KERNEL, TILES, OOC = "kernel", "tiles", "out-of-core"
 ALGORITHMS = (KERNEL, TILES, OOC)
@@ -56,8 +56,9 @@ def work_tiles(n: int, mesh: Mesh) -> list[int]:
 
 def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
     """``(algorithm, reason)``: the algorithm a run prefers."""
-    if not stored:
-        return KERNEL, "a returned factor (out=None): only the kernel returns one"
+    if not stored and prefer == OOC:
+        return KERNEL, ("a returned factor (out=None): the out-of-core plan only stores; "
+                        "the kernel")  # fmt: skip
     if prefer == KERNEL:
         return KERNEL, "asked for (plan='kernel')"
     if prefer == OOC:
@@ -69,9 +70,9 @@ def select(mesh: Mesh, stored: bool, prefer: str = "auto") -> tuple[str, str]:
         return OOC, ("asked for a tile plan (plan='tiles'); finished columns cannot stay in "
                      "host memory on these devices: columns over the store")  # fmt: skip
     if keep and platform_profile(mesh).host_lapack:
-        return TILES, ("CPU devices of one process: local GEMMs on column tiles, no "
-                       "collectives, panels on host LAPACK getrf; measured faster than "
-                       "the kernel")  # fmt: skip
+        return TILES, ("CPU devices of one process: column tiles on host BLAS/LAPACK "
+                       "(gemm, trsm, getrf), nothing compiled; measured faster than the "
+                       "kernel")  # fmt: skip
     return KERNEL, "accelerators or several processes: the block-cyclic kernel"
 
 
@@ -86,15 +87,27 @@ def _panels(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> tuple[Buffer, Buffer
     return col, rep, n_pad
 
 
-def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
-    """Reads: the A panel; the carry: the panel being swept; held: the kept columns
-    (``n_pad^2``, host); writes: the assembled factor and pivots; extra: getrf's
-    Fortran-ordered copy of a panel and the swept column's host copy."""
-    col, _, n_pad = _panels(n, t, dtype, mesh)
-    return Footprint(reads=(col,), accumulators=(col,),
+def stripe_width(n: int, t: int, block_cols: int) -> int:
+    """The in-core plan writes its factor in stripes of whole stored chunks and whole
+    column tiles: ``lcm(t, block_cols)`` columns, at most ``n`` rounded up to ``t``."""
+    return min(math.lcm(t, block_cols), -(-n // t) * t)
+
+
+def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh,
+                     block_cols: int | None = None) -> Footprint:  # fmt: skip
+    """Reads: the A panel (one shared host buffer); the carry: the panel being swept
+    (a host copy); held: the kept columns (``n_pad^2``, host); writes: a stripe of the
+    factor (:func:`stripe_width`; ``block_cols`` None: returned, the whole factor and
+    its sharded copy on the devices) and the pivots; extra: getrf's Fortran-ordered
+    copy of a panel."""
+    col, rep, n_pad = _panels(n, t, dtype, mesh)
+    if block_cols:
+        writes = (Buffer((n, stripe_width(n, t, block_cols)), dtype),)
+    else:
+        writes = (Buffer((n, n), dtype), Buffer((n, n), dtype, NamedSharding(mesh, P(ROWS, COLS))))
+    return Footprint(reads=(rep,), accumulators=(col,),
                      held=(Buffer((n_pad, n_pad), dtype),),
-                     writes=(Buffer((n, n), dtype), Buffer((n, 1), np.int32)),
-                     extra=2 * col.nbytes)  # fmt: skip
+                     writes=(*writes, Buffer((n, 1), np.int32)), extra=col.nbytes)  # fmt: skip
 
 
 def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
@@ -131,7 +144,8 @@ def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
         return out
     if available(mesh):
         rank = 0 if chosen == TILES else 1
-        out += [Candidate((TILES, t), incore_footprint(n, t, dtype, mesh), (rank, i), False)
+        out += [Candidate((TILES, t), incore_footprint(n, t, dtype, mesh, stored and blocks[1]),
+                          (rank, i))
                 for i, t in enumerate([tile] if tile else work_tiles(n, mesh))]  # fmt: skip
     rank = 0 if chosen == OOC else 2
     out += [Candidate((OOC, t), ooc_footprint(n, t, dtype, mesh), (rank, i), False)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -30,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Resume
 from jaxwren.linalg.lu_host import HostSweep
+from jaxwren.linalg.lu_plans import stripe_width
 from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.buffers import aligned_empty
@@ -171,7 +171,15 @@ def incore_plan(s: Setup, t: int) -> Plan:
     r = _Run(s, t, host=True)
     kept: dict[int, np.ndarray] = {}
     n = s.n
-    width = min(math.lcm(t, s.lu.block_shape[1]), -(-n // t) * t)
+    if s.lu is None:  # a returned factor: one host array
+
+        def whole(carry: Any) -> tuple[None, tuple]:
+            return None, (_assemble(r, kept, carry), r.piv.piv[:n, None].astype(np.int32))
+
+        steps = [*_columns(r, kept), Step((), whole, (Write(None), Write(None)),
+                                          label="getrf and assemble")]  # fmt: skip
+        return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
+    width = stripe_width(n, t, s.lu.block_shape[1])
 
     def last(carry: Any) -> tuple[None, tuple]:
         _last(r, kept, carry)
@@ -204,8 +212,10 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
     """``x`` of ``A x = b`` on the in-core tile plan: the factor in ``s.dtype`` (float32
     when ``refine``, the A panels read in float64 and kept), then on the host LAPACK
     ``getrs`` and, when ``refine``, float64 residuals with the kept panels until the
-    backward error reaches float64 level (:func:`.lu_tiles.refine`). ``check`` gets
+    backward error reaches float64 level (:func:`.lu_tiles.refine`); ``b`` None: the
+    identity (``inv``). ``check`` gets
     ``(x, [info, corrections, backward error])``."""
+    from jaxwren.linalg.lu_tiles import inverse
     from jaxwren.linalg.lu_tiles import refine as refine_x
 
     r = _Run(s, t, host=True)
@@ -213,17 +223,20 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
     panels: list | None = [] if refine else None
     data = np.dtype(np.float64) if refine else s.dtype
 
-    def finish(carry: Any, bt: jax.Array) -> tuple[None, tuple]:
+    def finish(carry: Any, *bt: jax.Array) -> tuple[None, tuple]:
         lu = _assemble(r, kept, carry, fortran=True)
         piv = r.piv.piv[: s.n]
-        rhs = np.array(_host(bt)[: s.n], data)
-        sol, it, err = refine_x(lu, piv, rhs, panels if refine else None, t, r.info)
+        with r.sweep.threads():
+            if not bt:  # inv: LAPACK getri from the factor, in place
+                return None, (inverse(lu, piv, r.info), np.array([r.info, 0, 0.0]))
+            rhs = np.array(_host(bt[0])[: s.n], data)
+            sol, it, err = refine_x(lu, piv, rhs, panels if refine else None, t, r.info)
         return None, (sol, np.array([r.info, it, err]))
 
     steps = _columns(r, kept, panels)
     rep = NamedSharding(s.mesh, P())
-    read_b = Read(b, (0, s.n, 0, k), (s.n, k), rep, data)
-    steps.append(Step((read_b,), finish, (Write(x, (0, 0), (s.n, k)), Write(None)),
+    read_b = () if b is None else (Read(b, (0, s.n, 0, k), (s.n, k), rep, data),)
+    steps.append(Step(read_b, finish, (Write(x, (0, 0), (s.n, k)), Write(None)),
                       label="getrf, getrs" + (" and refinement" if refine else ""),
                       check=check))  # fmt: skip
     return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)

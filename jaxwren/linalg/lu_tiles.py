@@ -338,6 +338,19 @@ def refine(lu: np.ndarray, piv: np.ndarray, b: np.ndarray, panels: list | None, 
     return x, it, e
 
 
+def inverse(lu: np.ndarray, piv: np.ndarray, info: int) -> np.ndarray:
+    """``A^-1`` from the Fortran-ordered factor by LAPACK ``getri`` (in place, as
+    ``scipy.linalg.inv``); ``info >= 0`` (a failed factor): NaN."""
+    from scipy.linalg import lapack
+
+    if info >= 0:
+        return np.full_like(lu, np.nan)
+    getri, getri_lwork = lapack.get_lapack_funcs(("getri", "getri_lwork"), (lu,))
+    lwork, _ = getri_lwork(lu.shape[0])
+    out, _ = getri(lu, piv.astype(np.int32), lwork=int(1.01 * lwork) + 1, overwrite_lu=1)
+    return out
+
+
 def host_column(p: jax.Array) -> np.ndarray:
     """The swept panel as a fresh, writable host array."""
     if platform_profile(p).shares_host_memory:  # CPU devices: copied shard by shard

@@ -197,18 +197,18 @@ class Solve(Op):
         return Problem(tuple(operands), (out,), (self.kind, self.trans), mesh)
 
     def tilings(self, problem: Problem, targets: Targets) -> list[Candidate]:
-        """The kernel; for ``"gen"`` / ``"gen32"`` also the in-core LU tile plan (ranked
+        """The kernel; for ``"gen"`` / ``"gen32"`` / ``"inv"`` also the in-core LU tile plan (ranked
         first where :func:`.lu_plans.select` takes it for a stored factor: CPU devices of
         one process), its factor then solved (and refined) on the host."""
         (n, k), dtype, mesh = problem.outputs[0].shape, problem.outputs[0].dtype, problem.mesh
         fp = footprint(n, dtype, mesh, 5, extra=6 * n * k * dtype.itemsize)
         cands = [Candidate(("kernel", self.kind), fp, (1,))]
-        if self.kind not in ("gen", "gen32") or not lu_plans.available(mesh):
+        if self.kind not in ("gen", "gen32", "inv") or not lu_plans.available(mesh):
             return cands
         rank = 0 if lu_plans.select(mesh, True)[0] == lu_plans.TILES else 2
         fdt = np.dtype(np.float32) if self.kind == "gen32" else dtype
         for i, t in enumerate(lu_plans.work_tiles(n, mesh)):
-            tf = lu_plans.incore_footprint(n, t, fdt, mesh)
+            tf = lu_plans.incore_footprint(n, t, fdt, mesh, n)  # (the factor in one piece)
             kept = n * -(-n // t) * t * dtype.itemsize if self.kind == "gen32" else 0
             tf = dataclasses.replace(tf, extra=tf.extra + kept + 4 * n * k * dtype.itemsize)
             cands.append(Candidate(("tiles", t), tf, (rank, i)))
@@ -224,7 +224,8 @@ class Solve(Op):
             why = lu_plans.reason(lu_plans.TILES, mesh, True)
             s = Setup(src[0], n, fdt, mesh, None, None, resume, why, self.name,
                       None if refine else False, {})  # fmt: skip
-            return solve_plan(s, tiling[1], src[-1], k, refine, targets["X"], self._check)
+            b = None if self.kind == "inv" else src[-1]  # (inv: the identity, made)
+            return solve_plan(s, tiling[1], b, k, refine, targets["X"], self._check)
         if self.kind == "pos32":
             sh = default_sharding((n, n), mesh)
             reads, cyc, kb = [Read(src[0], (0, n, 0, n), (n, n), sh, dtype)], None, 1
