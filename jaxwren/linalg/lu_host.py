@@ -73,7 +73,9 @@ class HostSweep:
 
     @staticmethod
     def absmax(p: np.ndarray, rows: int) -> float:
-        return float(np.max(np.abs(p[:rows]), initial=0.0))
+        """``max |p[:rows]|`` without a temporary (NaN propagates)."""
+        part = p[:rows]
+        return float(max(part.max(), -part.min())) if part.size else 0.0
 
     @staticmethod
     def column(p: np.ndarray) -> np.ndarray:
