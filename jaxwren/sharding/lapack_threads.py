@@ -11,8 +11,10 @@ run and is restored after it (``threadpoolctl``); accelerators are not affected.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from jaxwren.sharding.platform import platform_profile
 
@@ -39,15 +41,27 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
+@functools.cache
+def _controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, made once: making one scans
+    every loaded library (``threadpool_limits`` does at each call; a profile of the
+    out-of-core LU, one call per step, spent 13% of its time there), setting a limit on
+    it does not."""
+    import scipy.linalg.cython_lapack  # noqa: F401  (scipy's OpenBLAS, loaded first)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def all_threads_blas() -> Iterator[None]:
-    """BLAS/LAPACK on every core of this process for one host call made while
-    :func:`single_threaded_blas` holds (nothing else runs during it: the spectral host
-    route's ``syevd``/``gesdd``)."""
+    """BLAS/LAPACK on every core of this process for host calls made while
+    :func:`single_threaded_blas` holds and nothing else computes (the spectral host
+    route's ``syevd``/``gesdd``, the LU tile plan's host sweep)."""
     try:
-        from threadpoolctl import threadpool_limits
+        limiter = _controller().limit(limits=len(os.sched_getaffinity(0)), user_api="blas")
     except ImportError:  # pragma: no cover - declared dependency
         yield
         return
-    with threadpool_limits(limits=len(os.sched_getaffinity(0)), user_api="blas"):
+    with limiter:
         yield
