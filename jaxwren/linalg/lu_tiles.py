@@ -196,9 +196,10 @@ class Sweep:
         jobs = [("absmax", (p, one))]
         if self.nt > 1:
             idx, u = spec((2 * t,), None, i32), spec((t, t), self.col)
-            jobs += [("move", (p, idx, idx)), ("trsm", (p, spec((t, t), self.rep), one))]
+            at = spec((), self.rep, i32)  # (row offsets: device scalars, see row())
+            jobs += [("move", (p, idx, idx)), ("trsm", (p, spec((t, t), self.rep), at))]
             counts = {c for k in range(self.nt - 1) for _, c in row_runs(k + 1, self.nt)}
-            jobs += [("gemm", (p, spec((c * t, t), self.rep), u, one)) for c in sorted(counts)]
+            jobs += [("gemm", (p, spec((c * t, t), self.rep), u, at)) for c in sorted(counts)]
         with concurrent.futures.ThreadPoolExecutor(4, "jaxwren-lu-warm") as pool:
             done = [pool.submit(lambda k=k, a=a: self.k[k].lower(*a).compile()) for k, a in jobs]
             for f in done:
