@@ -168,3 +168,29 @@ def test_solve_on_the_tile_plan(refine):
     np.testing.assert_allclose(x, sl.solve(a, b), rtol=1e-9, atol=1e-12)
     if refine:
         assert runs[0].details["refine_converged"] and runs[0].details["refine_iterations"] >= 1
+
+
+@pytest.mark.parametrize("finished", [(), ("c24-0", "p24-0")])
+def test_out_of_core_steps_stay_within_the_footprint(finished):
+    """No step of the out-of-core plan (a resumed one too: it first reads the stored
+    pivots) reads or writes more than the footprint the budget was checked with."""
+    from jaxwren.engine.problem import Resume
+    from jaxwren.linalg import lu_plans
+    from jaxwren.linalg.lu_steps import Setup, ooc_plan
+
+    n, t, dtype, mesh = N, 24, np.dtype(np.float64), jw.default_mesh()
+    resume = Resume("r", frozenset(f"r-{k}" for k in finished))
+    s = Setup(np.zeros((n, n)), n, dtype, mesh, "lu", "piv", resume, "", "lu_factor",
+              False, {})  # fmt: skip
+    plan = ooc_plan(s, t)
+    fp = lu_plans.ooc_footprint(n, t, dtype, mesh)
+
+    def nbytes(shape, dt):
+        return int(np.prod(shape)) * np.dtype(dt).itemsize
+
+    assert any(st.label == "stored pivots" for st in plan.steps) == bool(finished)
+    for st in plan.steps:
+        assert sum(nbytes(r.shape, r.dtype) for r in st.reads) <= sum(b.nbytes for b in fp.reads)
+        dts = [np.dtype(np.int32) if w.target == "piv" else dtype for w in st.writes]
+        got = sum(nbytes(w.size, d) for w, d in zip(st.writes, dts, strict=True))
+        assert got <= sum(b.nbytes for b in fp.writes), st.label

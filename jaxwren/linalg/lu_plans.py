@@ -111,12 +111,13 @@ def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh,
 
 
 def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
-    """Reads: two finished columns' rows (replicated: one shared host buffer on CPU
-    devices); the carry: the panel; writes: a finished column and its pivots; extra:
-    getrf's Fortran-ordered copy of the panel."""
-    col, rep, n_pad = _panels(n, t, dtype, mesh)
-    two = Buffer((n_pad, 2 * t), dtype, rep.sharding)
-    return Footprint(reads=(two,), accumulators=(col,),
+    """Reads: one panel (A's, or a finished column's rows from its diagonal tile,
+    replicated: one shared host buffer on CPU devices; a fix-up's rows below it); the
+    carry: the panel; writes: a finished column (its host copy, factored) and its
+    pivots; extra: getrf's Fortran-ordered copy of the panel or, while a column sweeps
+    it, the GEMM's product (at most a panel; never both)."""
+    col, rep, _ = _panels(n, t, dtype, mesh)
+    return Footprint(reads=(rep,), accumulators=(col,),
                      writes=(Buffer(col.shape, dtype), Buffer((t, 1), np.int32)),
                      extra=col.nbytes)  # fmt: skip
 

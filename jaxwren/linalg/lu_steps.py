@@ -6,13 +6,13 @@ column's rows in the final order while it assembles the factor, and writes it. N
 resumable (as the kernel).
 
 Out-of-core (``"out-of-core"``): per column, a step that reads its A panel, then one
-per :data:`GROUP` finished columns (their rows from the diagonal tile down, read back
-from the store, swept over the panel), the last of which also factors the panel and
-writes the column as it is and its pivots (two records); then one fix-up step per
-column (its rows below the diagonal tile read, put in the final order, written back; a
-record). A rerun skips what is recorded. A fix-up rewrites a column in place, so once
-every column is recorded a column without its fix-up record may be half rewritten: such
-a column is factored again (the same pivots) before its fix-up.
+per finished column (its rows from the diagonal tile down, read back from the store,
+swept over the panel), the last of which also factors the panel and writes the column
+as it is and its pivots (two records); then one fix-up step per column (its rows below
+the diagonal tile read, put in the final order, written back; a record). A rerun skips
+what is recorded. A fix-up rewrites a column in place, so once every column is recorded
+a column without its fix-up record may be half rewritten: such a column is factored
+again (the same pivots) before its fix-up.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.buffers import aligned_empty
 
-__all__ = ["GROUP", "Setup", "incore_plan", "ooc_plan", "solve_plan"]
-
-GROUP = 2  # finished columns an out-of-core sweep step reads back (fewer steps and waits)
+__all__ = ["Setup", "incore_plan", "ooc_plan", "solve_plan"]
 
 
 @dataclasses.dataclass
@@ -260,21 +258,16 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         skip = done[jj]
         steps.append(Step((r.panel_read(jj),), lambda c, p: ((r.start(p), 0), ()),
                           label=f"column {jj}: A", skip=skip))  # fmt: skip
-        for k0 in range(0, jj, GROUP):  # GROUP finished columns read back per step
-            ks = range(k0, min(k0 + GROUP, jj))
-            read = Read(s.lu, (k0 * t, n, k0 * t, k0 * t + len(ks) * t),
-                        (r.n_pad - k0 * t, len(ks) * t), r.rep, s.dtype)  # fmt: skip
+        for k in range(jj):  # one finished column read back per step (measured faster
+            # than two: no copy of each column out of a shared read)
+            read = Read(s.lu, (k * t, n, k * t, k * t + t), (r.n_pad - k * t, t), r.rep,
+                        s.dtype)  # fmt: skip
 
-            def sweep(carry: Any, low: jax.Array, ks: range = ks) -> tuple[tuple, tuple]:
-                p, cur, host = carry[0], carry[1], _host(low)
-                for i, k in enumerate(ks):
-                    part = host[i * t :, i * t : (i + 1) * t]  # column k from its diagonal
-                    part = part if len(ks) == 1 else np.ascontiguousarray(part)
-                    p, cur = r.sweep.apply(p, cur, k, part, state[k], cache=False), state[k]
-                return (p, cur), ()
+            def sweep(carry: Any, low: jax.Array, k: int = k) -> tuple[tuple, tuple]:
+                p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
+                return (p, state[k]), ()
 
-            label = f"column {jj} -= columns {ks.start}:{ks.stop}"
-            steps.append(Step((read,), sweep, label=label, skip=skip))
+            steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))
 
         def factor(carry: Any, *tiles: jax.Array, last: Any, jj: int) -> tuple[None, tuple]:
             carry, _ = last(carry, *tiles)  # the column's last step, then its getrf
@@ -310,7 +303,9 @@ def ooc_plan(s: Setup, t: int) -> Plan:
     if first is not None:  # compile ahead; the stored pivots of the finished columns
         # (of every column with a pivots record: a column factored again after the
         # fix-ups began is swept in the final row order, which needs them all)
-        steps[first] = _first(steps[first], r, s, [s.resume.done(p) for _, p, _ in keys])
+        steps[first : first + 1] = _first(
+            steps[first], r, s, [s.resume.done(p) for _, p, _ in keys]
+        )
     desc = (
         f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the "
         "panel resident, finished columns read back, interchanges applied lazily"
@@ -324,21 +319,21 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(shard)
 
 
-def _first(step: Step, r: _Run, s: Setup, done: list[bool]) -> Step:
-    """The first step to run: it compiles the kernels ahead and first reads the stored
-    pivots of the columns ``done``."""
-    warm = functools.partial(r.sweep.warm, r.n_pad, s.dtype)
+def _first(step: Step, r: _Run, s: Setup, done: list[bool]) -> list[Step]:
+    """The first step to run, compiling the kernels ahead, after a step of its own that
+    reads the stored pivots of the columns ``done`` (no step reads more than a panel)."""
+    first = dataclasses.replace(step, warm=functools.partial(r.sweep.warm, r.n_pad, s.dtype))
     if not any(done):
-        return dataclasses.replace(step, warm=warm)
+        return [first]
     read = Read(s.piv, (0, s.n, 0, 1), (s.n, 1), r.rep, np.dtype(np.int32))
 
-    def kern(carry: Any, *tiles: jax.Array) -> Any:
-        stored = _host(tiles[0])[:, 0].astype(np.int64)
+    def kern(carry: Any, piv: jax.Array) -> tuple[Any, tuple]:
+        stored = _host(piv)[:, 0].astype(np.int64)
         for jj, d in enumerate(done):
             if d:
                 c0 = jj * r.t
                 w = min(r.t, s.n - c0)
                 r.piv.set(jj, stored[c0 : c0 + w] - c0)
-        return step.kernel(carry, *tiles[1:])
+        return carry, ()
 
-    return dataclasses.replace(step, reads=(read, *step.reads), kernel=kern, warm=warm)
+    return [Step((read,), kern, label="stored pivots"), first]
