@@ -115,7 +115,9 @@ def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
     replicated: one shared host buffer on CPU devices; a fix-up's rows below it); the
     carry: the panel; writes: a finished column (its host copy, factored) and its
     pivots; extra: getrf's Fortran-ordered copy of the panel or, while a column sweeps
-    it, the GEMM's product (at most a panel; never both)."""
+    it, the GEMM's product (at most a panel; never both). On CPU devices of one process
+    (the host sweep) the carry is a host copy of the read panel, the column written is
+    that carry and the GEMM works in place: the same bytes or fewer."""
     col, rep, _ = _panels(n, t, dtype, mesh)
     return Footprint(reads=(rep,), accumulators=(col,),
                      writes=(Buffer(col.shape, dtype), Buffer((t, 1), np.int32)),

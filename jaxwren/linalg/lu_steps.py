@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from jaxwren.engine.plan import Plan, Read, Step, Write
 from jaxwren.engine.problem import Resume
 from jaxwren.linalg.lu_host import HostSweep
-from jaxwren.linalg.lu_plans import stripe_width
+from jaxwren.linalg.lu_plans import available, stripe_width
 from jaxwren.linalg.lu_tiles import Pivots, Sweep, factor_panel
 from jaxwren.sharding.mesh import COLS, ROWS
 from jaxwren.storage.buffers import aligned_empty
@@ -241,7 +241,7 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
 
 
 def ooc_plan(s: Setup, t: int) -> Plan:
-    r = _Run(s, t)
+    r = _Run(s, t, host=available(s.mesh))  # CPU devices of one process: host BLAS
     nt, n = r.nt, s.n
     keys = [(s.resume.key(f"c{t}-{j}"), s.resume.key(f"p{t}-{j}"), s.resume.key(f"f{t}-{j}"))
             for j in range(nt)]  # fmt: skip
@@ -264,7 +264,8 @@ def ooc_plan(s: Setup, t: int) -> Plan:
                         s.dtype)  # fmt: skip
 
             def sweep(carry: Any, low: jax.Array, k: int = k) -> tuple[tuple, tuple]:
-                p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
+                with r.sweep.threads():
+                    p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
                 return (p, state[k]), ()
 
             steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))
@@ -272,7 +273,8 @@ def ooc_plan(s: Setup, t: int) -> Plan:
         def factor(carry: Any, *tiles: jax.Array, last: Any, jj: int) -> tuple[None, tuple]:
             carry, _ = last(carry, *tiles)  # the column's last step, then its getrf
             p = r.sweep.to_state(carry[0], carry[1], jj)
-            col = r.factor(p, jj)
+            with r.sweep.threads():
+                col = r.factor(p, jj)
             if nt == 1:
                 r.finish_details(True)
             c0, w = jj * t, min(t, n - jj * t)
