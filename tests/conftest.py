@@ -120,3 +120,37 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
     if isinstance(val, type):
         return val.__name__
     return None
+
+
+# The slowest tests (seconds under -n 2 on the loaded 2-core box, 2026-12-07), longest
+# first. Run first, the xdist `load` scheduler hands them out in turn to both workers
+# before the many short tests, so no long test starts last and stretches the run's tail.
+# A name not collected (renamed, deselected) is ignored.
+SLOW_FIRST = (
+    "test_multiprocess.py::test_two_processes_file_and_s3",  # 79 s
+    "test_docs.py::test_python_blocks_run[user-guide.md]",  # 34 s
+    "test_docs.py::test_python_blocks_run[README.md]",  # 33 s
+    "test_spectral_ooc.py::test_polar_out_of_core_resumes",
+    "test_spectral_ooc.py::test_eigh_out_of_core",
+    "test_lax_lu.py::test_derivatives_match_jax_scipy",  # 31 s
+    "test_spectral.py::test_eigh_in_jit_diagonal_and_lower_triangle",  # 26 s
+    "test_spectral.py::test_eigh_hard_spectra_bounded_compiles",  # 24 s
+    "test_eigh_ops.py::test_eigh_returned_matches_lax_and_reads_lower_triangle",  # 22 s
+    "test_reductions.py::test_match_numpy_every_store[s3-float32]",
+    "test_reductions.py::test_match_numpy_every_store[s3-int64]",
+    "test_lax.py::test_gaussian_process_example_matches_sklearn",  # 17 s
+    "test_eigh_route.py::test_svd_routes_match_numpy[qdwh]",  # 16 s
+    "test_lax.py::test_cholesky_derivatives_match_jnp",  # 16 s
+    "test_lax.py::test_second_order",  # 15 s
+    "test_table_batches.py::test_taxi_example_matches_numpy",  # 15 s
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Moves the SLOW_FIRST tests to the front, longest first; the rest keep their order."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(item.nodeid.rpartition("tests/")[2], len(rank))
+
+    items.sort(key=key)  # stable

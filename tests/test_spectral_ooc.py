@@ -1,5 +1,6 @@
 """Out-of-core polar and eigh (jaxwren/linalg/spectral_ooc.py): a stored matrix at a
-memory_budget of 1/4 of its bytes, against numpy/scipy; the route in the report and in
+memory_budget of 1/2 of its bytes (the in-core plans need more; the triangular solves run
+in several row panels: 1/4 takes twice the panels, the same code), against numpy/scipy; the route in the report and in
 explain; the refusal without out; a rerun after an interruption reuses finished pieces.
 
 The spectra are chosen so that each eigh splits once or twice (a few QDWH steps each):
@@ -28,6 +29,10 @@ def _quarter(n: int, dtype: type = np.float64) -> int:
     return n * n * np.dtype(dtype).itemsize // 4
 
 
+def _half(n: int) -> int:
+    return n * n * 8 // 2
+
+
 def _sym(lam: np.ndarray, seed: int) -> np.ndarray:
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lam.size, lam.size)))
     a = (q * lam) @ q.T
@@ -51,7 +56,7 @@ def test_polar_out_of_core_resumes(tmp_path, mesh, monkeypatch):
     q2, _ = np.linalg.qr(rng.standard_normal((n, n)))
     a = (q1 * np.linspace(0.5, 1.0, n)) @ q2.T
     A = jw.from_numpy(a, tmp_path / "A", (24, 24))  # ragged: 150 = 6 * 24 + 6
-    budget = _quarter(n)
+    budget = _half(n)
     with pytest.raises(jw.MemoryBudgetError):  # the in-core plan does not fit
         jw.explain(jw.polar, A, memory_budget=budget, mesh=mesh)
     plan = jw.explain(jw.polar, A, tmp_path / "P", memory_budget=budget, mesh=mesh)
@@ -74,7 +79,7 @@ def test_polar_out_of_core_resumes(tmp_path, mesh, monkeypatch):
         U, H = jw.polar(A, tmp_path / "P", memory_budget=budget, mesh=mesh)
     route = runs[-1]
     assert route.operation == "polar" and route.details["route"] == "out-of-core"
-    assert {"matmul", "cholesky", "solve_triangular"} <= {r.operation for r in runs}
+    assert {"matmul", "cholesky", "solve_triangular", "columns"} <= {r.operation for r in runs}
     assert all(r.budget == budget for r in runs)
     reused = [r for r in runs[:-1] if r.stored and r.state == "complete"]
     assert len(reused) >= 4 and route.details["runs_reused"] == len(reused)
@@ -99,7 +104,7 @@ def test_eigh_out_of_core(tmp_path, mesh):
     a = _sym(lam, 2)
     A = jw.from_numpy(a, tmp_path / "A", (24, 24))
     with jw.observe() as runs:
-        w, V = jw.eigh(A, tmp_path / "E", memory_budget=_quarter(150), mesh=mesh)
+        w, V = jw.eigh(A, tmp_path / "E", memory_budget=_half(150), mesh=mesh)
     route = runs[-1]
     assert route.operation == "eigh" and route.details["route"] == "out-of-core"
     assert route.details["leaves"] == 2 and route.details["splits"] == 1
