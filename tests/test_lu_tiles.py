@@ -144,13 +144,18 @@ def test_out_of_core_resumes_after_a_kill(tmp_path, after):
 
 
 def test_compiles_stay_flat_in_the_number_of_column_tiles():
-    """Twice the column tiles compile at most one more shape (a longer run of rows)."""
+    """The device sweep (accelerator profile: out-of-core): twice the column tiles
+    compile at most one more shape (a longer run of rows). On CPU devices of one process
+    the tile plans sweep on host BLAS and compile nothing."""
     counts = []
     for n in (64 + 3, 128 + 3):  # 9 and 17 column tiles of 8
         a = hostile("random", n, seed=9)
         _, report = factor(a, mem("compiles"), "tiles", 8, block_shape=(8, 8))
         counts.append(report.compiles)
-    assert counts[0] <= 9 and counts[1] <= counts[0] + 1, counts
+    if platform_profile().shares_host_memory:
+        assert counts == [0, 0], counts
+    else:
+        assert counts[0] <= 9 and counts[1] <= counts[0] + 1, counts
 
 
 @pytest.mark.parametrize("refine", [False, True])
