@@ -9,11 +9,10 @@ that fits the budget:
   host memcpy), factored by the sharded GEPP kernel of :mod:`jaxwren.lax.lu_kernel`
   (compiled once: a ``fori_loop`` over panels; ``n x b`` panels and ``2b`` interchanged
   rows move between devices, never the matrix), and put back in natural order on the
-  host. The only algorithm that returns its factor (``out=None``), and the one for
-  accelerators and several processes.
-* ``"tiles"``: in-core, left-looking by column tiles with the finished columns kept in
-  host memory (CPU devices of one process: the default for a stored factor there);
-  :mod:`.lu_tiles` and :mod:`.lu_steps`.
+  host. The one for accelerators and several processes.
+* ``"tiles"``: in-core, left-looking by column tiles on host BLAS/LAPACK with the
+  finished columns kept in host memory (CPU devices of one process: the default there,
+  stored or returned); :mod:`.lu_host`, :mod:`.lu_tiles` and :mod:`.lu_steps`.
 * ``"out-of-core"``: the same schedule over the store, the panel resident, every finished
   column, its pivots and its final fix-up recorded (a killed run resumes); column tiles
   are multiples of the stored factor's blocks.
@@ -135,7 +134,7 @@ def raise_failed(where: str, info: int, maxu: float) -> None:
 
 
 class LUFactor(Op):
-    """``(lu, piv)`` with ``A = P L U``, in-core on the sharded GEPP kernel."""
+    """``(lu, piv)`` with ``A = P L U`` (the algorithms: module docstring)."""
 
     name = "lu_factor"
     operand_names = ("a",)
@@ -234,9 +233,9 @@ def lu_factor(
     """LU factorisation with partial pivoting, ``A = P L U`` (``scipy.linalg.lu_factor``).
 
     Partial pivoting, backward stable as LAPACK's ``getrf`` (the same pivots where no
-    ties occur). A stored factor on CPU devices of one process is computed by the
-    left-looking tile plan (panels on host LAPACK ``getrf``, updates as local GEMMs on
-    the devices); a returned factor, accelerators and several processes use the blocked
+    ties occur). On CPU devices of one process the factor is computed by the
+    left-looking tile plan on host BLAS/LAPACK (``trsm``/``gemm`` updates, ``getrf``
+    panels; nothing compiles); accelerators and several processes use the blocked
     GEPP kernel on the devices' 2-D block-cyclic layout; above the in-core budget a
     stored factor is computed out-of-core, resumably (``RunReport.reason`` says which
     and why). The growth factor ``max |U| / max |A|`` is in the run's report

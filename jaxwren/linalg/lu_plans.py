@@ -1,16 +1,16 @@
 """The LU algorithms, their candidates and the one selector (as Cholesky's ``select.py``).
 
 * ``"kernel"``: in-core, the sharded block-cyclic GEPP kernel of
-  :mod:`jaxwren.lax.lu_kernel` (the one ``jaxwren.lax.lu_factor`` traces); the only one
-  that returns its factor as a device array.
-* ``"tiles"``: in-core, the left-looking tile plan of :mod:`.lu_tiles` with the finished
-  columns kept in host memory as zero-copy device views (CPU devices of one process).
+  :mod:`jaxwren.lax.lu_kernel` (the one ``jaxwren.lax.lu_factor`` traces).
+* ``"tiles"``: in-core, the left-looking tile plan of :mod:`.lu_steps` on host BLAS
+  (:mod:`.lu_host`) with the finished columns kept in host memory (CPU devices of one
+  process); it stores its factor or returns it.
 * ``"out-of-core"``: the same schedule over the store: the panel resident, the finished
   columns read back tile by tile, each finished column, its pivots and each final fix-up
-  written and recorded (a killed run resumes).
+  written and recorded (a killed run resumes); it only stores.
 
-:func:`select` returns ``(algorithm, reason)``: a returned factor (``out=None``) takes
-the kernel; ``LUFactor(plan=...)`` the one asked for; CPU devices of one process the
+:func:`select` returns ``(algorithm, reason)``: ``LUFactor(plan=...)`` the one asked
+for (out-of-core for a returned factor: the kernel); CPU devices of one process the
 tile plan; otherwise (accelerators, several processes) the kernel. :func:`candidates`
 ranks every algorithm's tilings by it (the out-of-core plan last) and the engine takes
 the first that fits the budget.
