@@ -52,16 +52,6 @@ class HostSweep:
     def warm(self, n_pad: int, dtype: np.dtype) -> None:
         """Nothing to compile."""
 
-    def beside(self, p: np.ndarray, ks: range, by: Any, factor: Any) -> tuple[Any, Any]:
-        """``(p swept by the columns ks, factor())``, one after the other, each on every
-        core. (Side by side, the getrf on one BLAS thread in a second Python thread
-        beside the sweep, was slower: 1.9-2.4 s against 1.4-1.8 s at n = 4096.)"""
-        with self.threads():
-            col = factor()
-            for k in ks:
-                p = by(p, k)
-        return p, col
-
     @staticmethod
     def threads() -> Any:
         """BLAS on every core for a step (the runner holds it to one thread on CPU
@@ -88,11 +78,9 @@ class HostSweep:
             p[dst] = p[idx[dst]]
         return p
 
-    def apply(self, p: np.ndarray, cur: int, k: int, low: np.ndarray, state: int,
-              cache: bool = False) -> np.ndarray:  # fmt: skip
+    def apply(self, p: np.ndarray, cur: int, k: int, low: np.ndarray, state: int) -> np.ndarray:
         """Sweeps column ``k`` (``low``: its rows from ``k t``, in row order ``state``)
         over ``p`` (in row order ``cur``), in place; returns ``p`` in order ``state``."""
-        del cache  # (host arrays: nothing to cache)
         t = self.t
         p = self.to_state(p, cur, state)
         trsm, gemm = blas.get_blas_funcs(("trsm", "gemm"), (p,))

@@ -60,8 +60,9 @@ class _Run:
     """What the steps of one run share on the host."""
 
     def __init__(self, s: Setup, t: int, host: bool = False) -> None:
-        """``host``: the sweep on host BLAS (:mod:`.lu_host`; the in-core plans, which
-        run on CPU devices of one process only), else on the devices."""
+        """``host``: the sweep on host BLAS (:mod:`.lu_host`: CPU devices of one process,
+        where the in-core plans run and the out-of-core plan takes it), else on the
+        devices."""
         self.s, self.t = s, t
         self.nt = -(-s.n // t)
         self.n_pad = self.nt * t
@@ -109,25 +110,22 @@ class _Run:
 
 
 def _columns(r: _Run, kept: dict[int, np.ndarray], keep_a: list | None = None) -> list[Step]:
-    """The in-core column steps. Step ``jj`` sweeps panel ``jj`` by columns ``0 .. jj-2``
-    on the devices while the host factors panel ``jj - 1`` (carried from the step
-    before), then by column ``jj - 1``: the serial getrf hides behind the GEMMs
-    (lookahead of one panel); the last panel is left in the carry. ``keep_a``: the A
-    panels as read are kept there (a refined solve's residuals)."""
+    """The in-core column steps (host sweep). Step ``jj`` factors panel ``jj - 1``
+    (carried from the step before), then sweeps panel ``jj`` by columns ``0 .. jj-1``,
+    every BLAS call on every core (a getrf beside the sweep on a second thread measured
+    slower: BUILD_NOTES); the last panel is left in the carry. ``keep_a``: the A panels
+    as read are kept there (a refined solve's residuals)."""
     t = r.t
-
-    def by(p: Any, k: int) -> Any:  # panel p in row order k swept by column k
-        return r.sweep.apply(p, k, k, kept[k][k * t :], k + 1, cache=True)
 
     def kern(carry: Any, p: jax.Array, jj: int) -> tuple[Any, tuple]:
         if keep_a is not None:
             keep_a.append(p)
         p = r.start(p)
-        if jj:  # the sweep by the older columns beside the getrf of the last panel
-            p, kept[jj - 1] = r.sweep.beside(p, range(jj - 1), by,
-                                             lambda: r.factor(carry, jj - 1))  # fmt: skip
-            with r.sweep.threads():
-                p = by(p, jj - 1)
+        with r.sweep.threads():
+            if jj:  # the last panel factored, then every finished column swept over p
+                kept[jj - 1] = r.factor(carry, jj - 1)
+            for k in range(jj):  # (p in row order k before column k sweeps it)
+                p = r.sweep.apply(p, k, k, kept[k][k * t :], k + 1)
         return p, ()
 
     warm = functools.partial(r.sweep.warm, r.n_pad, r.s.dtype)
@@ -265,7 +263,7 @@ def ooc_plan(s: Setup, t: int) -> Plan:
 
             def sweep(carry: Any, low: jax.Array, k: int = k) -> tuple[tuple, tuple]:
                 with r.sweep.threads():
-                    p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k], cache=False)
+                    p = r.sweep.apply(carry[0], carry[1], k, _host(low), state[k])
                 return (p, state[k]), ()
 
             steps.append(Step((read,), sweep, label=f"column {jj} -= column {k}", skip=skip))

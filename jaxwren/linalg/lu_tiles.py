@@ -160,7 +160,6 @@ class Sweep:
         self.k = _kernels(mesh)
         self.rep = NamedSharding(mesh, P())
         self.col = NamedSharding(mesh, P(None, _DEV))
-        self.views: dict[tuple[int, int, int], jax.Array] = {}
         self._rows: dict[int, jax.Array] = {}
 
     def row(self, i: int) -> jax.Array:
@@ -172,16 +171,9 @@ class Sweep:
             got = self._rows[i] = jax.device_put(np.int32(i), self.rep)
         return got
 
-    def view(self, host: np.ndarray, key: tuple[int, int, int] | None, r0: int,
-             r1: int) -> jax.Array:  # fmt: skip
-        """Rows ``r0:r1`` of ``host`` replicated (a zero-copy view on CPU devices);
-        ``key``: cache it (kept columns are never written again)."""
-        got = self.views.get(key) if key is not None else None
-        if got is None:
-            got = replicate(host[r0:r1], self.rep, adopt=True)
-            if key is not None:
-                self.views[key] = got
-        return got
+    def view(self, host: np.ndarray, r0: int, r1: int) -> jax.Array:
+        """Rows ``r0:r1`` of ``host`` replicated (a zero-copy view on CPU devices)."""
+        return replicate(host[r0:r1], self.rep, adopt=True)
 
     host = False
 
@@ -201,14 +193,6 @@ class Sweep:
     def threads() -> Any:
         """BLAS as the runner set it (one thread: the device threads run beside)."""
         return contextlib.nullcontext()
-
-    @staticmethod
-    def beside(p: Any, ks: range, by: Any, factor: Any) -> tuple[Any, Any]:
-        """``(p swept by the columns ks, factor())``: the sweep (``p = by(p, k)``)
-        dispatched first, so that the devices run it while the host factors."""
-        for k in ks:
-            p = by(p, k)
-        return p, factor()
 
     def warm(self, n_pad: int, dtype: np.dtype) -> None:
         """Compiles every kernel of the sweep ahead of time, side by side (XLA compiles
@@ -239,17 +223,16 @@ class Sweep:
         dst, src = _pairs(self.piv.between(cur, want), self.t)
         return self.k["move"](p, dst, src)
 
-    def apply(self, p: jax.Array, cur: int, k: int, low: np.ndarray, state: int,
-              cache: bool) -> jax.Array:  # fmt: skip
+    def apply(self, p: jax.Array, cur: int, k: int, low: np.ndarray, state: int) -> jax.Array:
         """Sweeps column ``k`` (``low``: its rows from ``k t``, in row order ``state``)
         over ``p`` (in row order ``cur``); returns ``p`` in row order ``state``."""
         t = self.t
         p = self.to_state(p, cur, state)
-        diag = self.view(low, (k, 0, 1) if cache else None, 0, t)
+        diag = self.view(low, 0, t)
         p, u = self.k["trsm"](p, diag, self.row(k))
         for at, count in row_runs(k + 1, self.nt):
             r0 = (at - k) * t
-            low_rows = self.view(low, (k, at, count) if cache else None, r0, r0 + count * t)
+            low_rows = self.view(low, r0, r0 + count * t)
             p = self.k["gemm"](p, low_rows, u, self.row(at * t))
         return p
 
