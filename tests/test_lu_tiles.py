@@ -175,27 +175,41 @@ def test_solve_on_the_tile_plan(refine):
         assert runs[0].details["refine_converged"] and runs[0].details["refine_iterations"] >= 1
 
 
+@pytest.mark.parametrize("host", [False, True])
 @pytest.mark.parametrize("finished", [(), ("c24-0", "p24-0")])
-def test_out_of_core_steps_stay_within_the_footprint(finished):
-    """No step of the out-of-core plan (a resumed one too: it first reads the stored
-    pivots) reads or writes more than the footprint the budget was checked with."""
+def test_out_of_core_steps_stay_within_the_footprint(finished, host):
+    """No step of the out-of-core plans (the device sweep's and the host sweep's in
+    pieces; a resumed one too: it first reads the stored pivots) reads or writes more
+    than the footprint the budget was checked with; the host plan's settled column
+    write is its carry."""
+    from jaxwren.engine.memory import projected
     from jaxwren.engine.problem import Resume
     from jaxwren.linalg import lu_plans
+    from jaxwren.linalg.lu_ooc import host_ooc_plan
     from jaxwren.linalg.lu_steps import Setup, ooc_plan
 
     n, t, dtype, mesh = N, 24, np.dtype(np.float64), jw.default_mesh()
     resume = Resume("r", frozenset(f"r-{k}" for k in finished))
     s = Setup(np.zeros((n, n)), n, dtype, mesh, "lu", "piv", resume, "", "lu_factor",
               False, {})  # fmt: skip
-    plan = ooc_plan(s, t)
-    fp = lu_plans.ooc_footprint(n, t, dtype, mesh)
+    plan = (host_ooc_plan if host else ooc_plan)(s, t)
+    fp = (lu_plans.host_ooc_footprint if host else lu_plans.ooc_footprint)(n, t, dtype, mesh)
 
     def nbytes(shape, dt):
         return int(np.prod(shape)) * np.dtype(dt).itemsize
 
     assert any(st.label == "stored pivots" for st in plan.steps) == bool(finished)
+    settled = 0
     for st in plan.steps:
         assert sum(nbytes(r.shape, r.dtype) for r in st.reads) <= sum(b.nbytes for b in fp.reads)
         dts = [np.dtype(np.int32) if w.target == "piv" else dtype for w in st.writes]
-        got = sum(nbytes(w.size, d) for w, d in zip(st.writes, dts, strict=True))
+        got = sum(nbytes(w.size, d) for w, d in zip(st.writes, dts, strict=True) if not w.settle)
         assert got <= sum(b.nbytes for b in fp.writes), st.label
+        for w in st.writes:
+            if w.settle:
+                settled += 1
+                assert nbytes(w.size, dtype) <= sum(b.nbytes for b in fp.accumulators)
+    assert settled == (-(-n // t) if host else 0)
+    if host:  # the design's point: tiles of 512 fit a quarter of n = 4096 (with prefetch)
+        big = lu_plans.host_ooc_footprint(4096, 512, dtype, mesh)
+        assert projected(big, mesh, 1, True) <= 4096**2 * 8 // 4

@@ -115,3 +115,32 @@ def test_lower_writes_skip_blocks_above_the_matrix_diagonal_at_any_origin(origin
     want = np.zeros((90, 70))
     want[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]] = tile
     np.testing.assert_array_equal(target.numpy(), want)
+
+
+@pytest.mark.parametrize("settle", [False, True])
+def test_a_settled_write_is_stored_before_the_next_step_runs(settle):
+    """``Write.settle``: the output is stored before the next step's kernel runs (with
+    prefetch, where other outputs are written behind); without it the writer keeps one
+    output queued behind the compute."""
+    import numpy as np
+
+    from jaxwren.storage.bigmatrix import BigMatrix
+    from tests.helpers import mem
+
+    target = BigMatrix.create(mem(f"settle-{settle}"), (32, 32), (16, 16), "float64")
+    target.begin_write()
+    seen = []
+
+    def first(_c):
+        return None, (np.full((32, 16), 7.0),)
+
+    def second(_c):
+        seen.append(target.block_idxs_exist)
+        return None, (np.full((32, 16), 8.0),)
+
+    plan = Plan("t", [Step((), first, (Write(target, (0, 0), (32, 16), settle=settle),)),
+                      Step((), second, (Write(target, (0, 16), (32, 16)),))], None, 0, 0)  # fmt: skip
+    execute(plan, budget=1 << 30, prefetch=1)
+    assert seen == [{(0, 0), (1, 0)} if settle else set()]
+    np.testing.assert_array_equal(target.numpy()[:, :16], 7.0)
+    np.testing.assert_array_equal(target.numpy()[:, 16:], 8.0)

@@ -15,7 +15,9 @@ The rules (summed over all devices, as the budget is):
   host buffer that every replica shares); where the platform stages transfers through the
   host (accelerators), ``prefetch`` steps' tiles also wait in host buffers;
 - writes: each output tile once while computed, and once more while it is written behind
-  to the store (stored outputs);
+  to the store (stored outputs); an output written with ``Write.settle`` is stored before
+  the next step runs, so nothing of it waits behind: the operation counts it once, where
+  it is computed (e.g. the carried buffer that becomes it), not among the writes;
 - accumulators and held buffers: once (kernels donate the carry, so its update reuses it);
 - extra: as the operation declares it.
 """

@@ -27,7 +27,8 @@ Region = tuple[int, int, int, int]
 
 @dataclasses.dataclass(frozen=True)
 class Read:
-    """A region of ``source`` loaded as a tile of ``shape`` (zero padded) with ``sharding``."""
+    """A region of ``source`` loaded as a tile of ``shape`` (zero padded) with ``sharding``
+    (None: a host numpy array, for kernels on host BLAS on CPU devices of one process)."""
 
     source: Any
     region: Region
@@ -42,13 +43,18 @@ class Write:
 
     ``target=None`` keeps the output on the devices and returns it from the run.
     ``record`` names a completion record written (``target.mark(record)``) once the
-    tile's data is stored: resumable plans skip steps whose records exist.
+    tile's data is stored: resumable plans skip steps whose records exist. ``settle``:
+    the tile is stored before the next step runs, so no copy of it waits behind the
+    compute (:mod:`jaxwren.engine.memory`: a settled output is counted once, where it was
+    computed).
     """
 
     target: Any
     origin: tuple[int, int] = (0, 0)
     size: tuple[int, int] | None = None
     record: str | None = None
+    settle: bool = False  # stored before the next step runs (nothing waits behind it:
+    # a host output that is the run's one big buffer, counted once, where it was computed)
     lower: bool = False  # strictly upper part zero and target emptied by the run: the
     # target's blocks wholly above the diagonal are not written (absent reads as zero);
     # honoured for host (numpy) results and tiles assembled on the host, so a kernel

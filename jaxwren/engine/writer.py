@@ -68,9 +68,9 @@ class Writer:
         if isinstance(out, jax.Array):
             out.copy_to_host_async()
         self._queue.append((out, write))
-        while len(self._queue) > (1 if self._behind else 0):
+        while len(self._queue) > (1 if self._behind and not write.settle else 0):
             self._flush(*self._queue.popleft())
-        if self._behind:
+        if self._behind and not write.settle:
             self._window.reap()
         else:
             self._window.drain()

@@ -43,6 +43,7 @@ from jaxwren.errors import ConfigError, NonFiniteError, ShapeMismatchError, Sing
 from jaxwren.lax.layout import lu_block_size, natural_index
 from jaxwren.linalg import lu_plans
 from jaxwren.linalg.base import Op
+from jaxwren.linalg.lu_ooc import host_ooc_plan
 from jaxwren.linalg.lu_steps import Setup, incore_plan, ooc_plan
 from jaxwren.sharding.cyclic import CyclicSource, natural_from_cyclic, padded_size, to_cyclic
 from jaxwren.sharding.mesh import COLS, ROWS, default_sharding
@@ -185,7 +186,10 @@ class LUFactor(Op):
             self.details = {}
             s = Setup(src, n, dtype, mesh, targets["lu"], targets["piv"], resume, why,
                       self.name, self.allow_singular, self.details)  # fmt: skip
-            build = incore_plan if algorithm == lu_plans.TILES else ooc_plan
+            if algorithm == lu_plans.TILES:
+                build = incore_plan
+            else:  # CPU devices of one process: the host sweep, in pieces
+                build = host_ooc_plan if lu_plans.available(mesh) else ooc_plan
             return build(s, tiling[1])
         read, cyc, kb = cyclic_read(src, n, dtype, mesh)
         stored = targets["lu"] is not None

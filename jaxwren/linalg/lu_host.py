@@ -1,12 +1,15 @@
-"""The in-core LU tile plan's sweep on host BLAS (CPU devices of one process).
+"""The LU tile plans' sweep on host BLAS (CPU devices of one process).
 
 The same schedule as :class:`jaxwren.linalg.lu_tiles.Sweep` (left-looking by column
 tiles, pivots applied lazily: the panel is moved into each finished column's row order
 before that column's sweep), with the panel a writable C-ordered host array and each
-update one BLAS call in place: ``U[K, J] = L[K, K]^-1 P[K]`` by ``trsm`` and
-``P[K+1:] -= L[K+1:, K] U[K, J]`` by one ``gemm`` over every row below (``beta = 1``,
-no temporary). Both run on the transposed views, which are Fortran-contiguous because
-every panel and kept column is a C-ordered ``n_pad x t`` array, so nothing is copied.
+update one BLAS call in place (:mod:`.host_blas`, which takes leading dimensions):
+``U[K, J] = L[K, K]^-1 P[K]`` by ``trsm`` and ``P[R] -= L[R, K] U[K, J]`` by one
+``gemm`` over the rows ``R`` below (all of them, or the rows of one piece read back;
+``beta = 1``, no temporary). The panel is factored in place by a recursive ``getrf``
+(:func:`.host_blas.getrf_rows`, from :func:`.lu_tiles.factor_panel`): no copy of a
+panel (a C-ordered panel measured faster than a Fortran-ordered one: the reads, the
+row moves and the final row order all copy whole rows).
 
 Why the host and not the devices here: on CPU devices the devices' memory is the host's
 and their cores are the same cores, so the only difference is the GEMM kernel. Measured
@@ -23,8 +26,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from scipy.linalg import blas
 
+from jaxwren.linalg import host_blas
 from jaxwren.linalg.lu_tiles import Pivots
 from jaxwren.sharding.lapack_threads import all_threads_blas
 
@@ -37,6 +40,16 @@ def host_panel(x: Any, dtype: np.dtype) -> np.ndarray:
     if isinstance(x, jax.Array):
         x = np.asarray(x.addressable_shards[0].data)
     return np.array(x, dtype=dtype, order="C")
+
+
+def permute_rows(p: np.ndarray, idx: np.ndarray, cols: int = 64) -> None:
+    """``p := p[idx]`` in place, moving only the rows that change, ``cols`` columns at a
+    time (the temporary is at most ``len(idx) x cols``)."""
+    dst = np.flatnonzero(idx != np.arange(len(idx)))
+    if len(dst):
+        src = idx[dst]
+        for c in range(0, p.shape[1], cols):
+            p[dst, c : c + cols] = p[src, c : c + cols]
 
 
 class HostSweep:
@@ -73,29 +86,22 @@ class HostSweep:
 
     def to_state(self, p: np.ndarray, cur: int, want: int) -> np.ndarray:
         if cur != want:
-            idx = self.piv.between(cur, want)
-            dst = np.flatnonzero(idx != np.arange(len(idx)))
-            p[dst] = p[idx[dst]]
+            permute_rows(p, self.piv.between(cur, want))
         return p
 
-    def apply(self, p: np.ndarray, cur: int, k: int, low: np.ndarray, state: int) -> np.ndarray:
-        """Sweeps column ``k`` (``low``: its rows from ``k t``, in row order ``state``)
-        over ``p`` (in row order ``cur``), in place; returns ``p`` in order ``state``."""
+    def apply(self, p: np.ndarray, cur: int, k: int, low: np.ndarray, state: int,
+              row: int | None = None) -> np.ndarray:  # fmt: skip
+        """Sweeps column ``k`` (``low``: its rows from ``row``, default ``k t``, in row
+        order ``state``) over ``p`` (in row order ``cur``), in place; returns ``p`` in
+        order ``state``. ``low`` from the diagonal tile solves ``U[K, J]`` first; a piece
+        further down only updates its rows (``U[K, J]`` solved by an earlier piece)."""
         t = self.t
+        row = k * t if row is None else row
         p = self.to_state(p, cur, state)
-        trsm, gemm = blas.get_blas_funcs(("trsm", "gemm"), (p,))
-        pk, rest = p[k * t : (k + 1) * t], p[(k + 1) * t :]
-        # pk^T := pk^T L^-T: L^T is the unit upper triangle of diag^T
-        got = trsm(1.0, low[:t].T, pk.T, side=1, lower=0, trans_a=0, diag=1, overwrite_b=1)
-        _in_place(got, pk.T)
-        if len(rest):  # rest^T -= pk^T L[k+1:, k]^T
-            got = gemm(-1.0, pk.T, low[t:].T, beta=1.0, c=rest.T, overwrite_c=1)
-            _in_place(got, rest.T)
+        pk = p[k * t : (k + 1) * t]
+        if row == k * t:  # U[K, J] := L[K, K]^-1 P[K]
+            host_blas.trsm_unit_lower(low[:t], pk)
+            low, row = low[t:], row + t
+        rest = p[row : row + len(low)]
+        host_blas.gemm(-1.0, low[: len(rest)], pk, 1.0, rest)  # P[R] -= L[R, K] U[K, J]
         return p
-
-
-def _in_place(got: np.ndarray, view: np.ndarray) -> None:
-    """BLAS wrote ``view`` in place unless the wrapper had to copy (it does not for
-    these Fortran-contiguous views; kept as a guard, not a path)."""
-    if not np.shares_memory(got, view):  # pragma: no cover - never for contiguous views
-        view[...] = got

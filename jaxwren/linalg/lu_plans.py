@@ -30,7 +30,15 @@ from jaxwren.linalg.common import chosen_reason
 from jaxwren.sharding.mesh import COLS, ROWS, process_local
 from jaxwren.sharding.platform import platform_profile
 
-__all__ = ["ALGORITHMS", "candidates", "reason", "select", "stripe_width", "work_tiles"]
+__all__ = [
+    "ALGORITHMS",
+    "candidates",
+    "piece_rows",
+    "reason",
+    "select",
+    "stripe_width",
+    "work_tiles",
+]
 
 KERNEL, TILES, OOC = "kernel", "tiles", "out-of-core"
 ALGORITHMS = (KERNEL, TILES, OOC)
@@ -124,6 +132,27 @@ def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
                      extra=col.nbytes)  # fmt: skip
 
 
+def piece_rows(n: int, t: int) -> int:
+    """Rows of one piece read or written: whole tiles, about an eighth of the panel."""
+    return t * max(1, -(-n // t) // 8)
+
+
+def host_ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
+    """The host sweep's out-of-core plan (:mod:`.lu_ooc`). Reads: a piece (a host tile;
+    or the stored pivots, when more); the carry: the panel (then the column written from
+    it, settled: ``Write.settle``) or a fix-up's rows; writes: a fix-up piece and a
+    column's pivots; extra: a row interchange's temporary (64 columns of the panel) and
+    getrf's check of its diagonal tile."""
+    n_pad = -(-n // t) * t
+    h, size = piece_rows(n, t), np.dtype(dtype).itemsize
+    piece = Buffer((h, t), dtype)  # (host tiles)
+    pivots = Buffer((n, 1), np.int32, NamedSharding(mesh, P()))
+    return Footprint(reads=(max(piece, pivots, key=lambda b: b.nbytes),),
+                     accumulators=(Buffer((n_pad, t), dtype),),
+                     writes=(Buffer((h, t), dtype), Buffer((t, 1), np.int32)),
+                     extra=n_pad * min(64, t) * size + t * t * size)  # fmt: skip
+
+
 def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:
     """The out-of-core plan's column tiles, largest first: multiples of the stored
     factor's blocks (and of the pivots' block rows and of the device count), so every
@@ -151,6 +180,7 @@ def candidates(n: int, dtype: np.dtype, mesh: Mesh, stored: bool, prefer: str,
                           (rank, i))
                 for i, t in enumerate([tile] if tile else work_tiles(n, mesh))]  # fmt: skip
     rank = 0 if chosen == OOC else 2
-    out += [Candidate((OOC, t), ooc_footprint(n, t, dtype, mesh), (rank, i), False)
+    footprint = host_ooc_footprint if available(mesh) else ooc_footprint  # (.lu_ooc: host)
+    out += [Candidate((OOC, t), footprint(n, t, dtype, mesh), (rank, i), False)
             for i, t in enumerate([tile] if tile else ooc_tiles(n, mesh, blocks))]  # fmt: skip
     return out

@@ -238,19 +238,26 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
     return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
 
 
+def resumed_columns(s: Setup, cols: list[tuple[Any, Any]],
+                    fixed: list[bool]) -> tuple[list[bool], list[int]]:  # fmt: skip
+    """``(done, state)`` of the out-of-core plans' columns from their records (``cols``:
+    each column's and its pivots' keys; ``fixed``: its fix-up recorded, which voids the
+    column's record): whether it is stored, and the row order it is stored in."""
+    nt = len(cols)
+    done = [f or (s.resume.done(c) and s.resume.done(p))
+            for (c, p), f in zip(cols, fixed, strict=True)]  # fmt: skip
+    if all(done):  # the fix-ups may have begun: redo every column not fixed up
+        done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed, strict=True))]
+    return done, [nt if fixed[k] else k + 1 for k in range(nt)]
+
+
 def ooc_plan(s: Setup, t: int) -> Plan:
     r = _Run(s, t, host=available(s.mesh))  # CPU devices of one process: host BLAS
     nt, n = r.nt, s.n
     keys = [(s.resume.key(f"c{t}-{j}"), s.resume.key(f"p{t}-{j}"), s.resume.key(f"f{t}-{j}"))
             for j in range(nt)]  # fmt: skip
-    fixed = [s.resume.done(f) for _, _, f in keys]  # (a fix-up voids its column's record)
-    done = [
-        f or (s.resume.done(c) and s.resume.done(p))
-        for (c, p, _), f in zip(keys, fixed, strict=True)
-    ]
-    if all(done):  # the fix-ups may have begun: redo every column not fixed up
-        done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed, strict=True))]
-    state = [nt if fixed[k] else k + 1 for k in range(nt)]  # each stored column's row order
+    fixed = [s.resume.done(f) for _, _, f in keys]
+    done, state = resumed_columns(s, [(c, p) for c, p, _ in keys], fixed)
     steps: list[Step] = []
     for jj in range(nt):
         skip = done[jj]
@@ -313,8 +320,11 @@ def ooc_plan(s: Setup, t: int) -> Plan:
     return Plan(s.where, steps, lambda: None, tiles=desc, reason=s.why)
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    """A replicated tile's host data (on CPU devices its shared buffer, no copy)."""
+def _host(x: jax.Array | np.ndarray) -> np.ndarray:
+    """A host tile, or a replicated tile's host data (on CPU devices its shared buffer,
+    no copy)."""
+    if isinstance(x, np.ndarray):
+        return x
     shard = x.addressable_shards[0].data
     return np.asarray(shard)
 

@@ -239,18 +239,22 @@ class Sweep:
 
 def factor_panel(col: np.ndarray, jj: int, n: int, t: int, piv: Pivots, where: str,
                  allow_singular: bool) -> tuple[int, float]:  # fmt: skip
-    """Host LAPACK ``getrf`` of ``col[c0:n, :w]`` in place (``col``: the swept column,
-    ``n_pad x t``); records its pivots. Returns ``(info, max |U|)`` of the column (the
+    """Host LAPACK ``getrf`` of ``col[c0:n, :w]`` (``col``: the swept column, ``n_pad x
+    t``) in place (C-ordered: recursively, :func:`.host_blas.getrf_rows`; else through a
+    Fortran-ordered copy); records its pivots. Returns ``(info, max |U|)`` of the column (the
     rows above the panel and the diagonal tile's upper triangle). Raises for NaN/Inf
     and, unless ``allow_singular``, for an exactly zero pivot; ``allow_singular`` None
     (a refined solve) raises neither: ``info`` says where it failed."""
-    from scipy.linalg import lapack
+    from jaxwren.linalg.host_blas import getrf, getrf_rows
 
     c0, w = jj * t, min(t, n - jj * t)
-    panel = np.asfortranarray(col[c0:n, :w])
-    getrf = lapack.get_lapack_funcs("getrf", (panel,))
-    lu, local, info = getrf(panel, overwrite_a=1)
-    col[c0:n, :w] = lu
+    lu = col[c0:n, :w]
+    if lu.strides[1] == lu.itemsize:
+        local, info = getrf_rows(lu)
+    else:
+        panel = np.asfortranarray(lu)
+        local, info = getrf(panel)
+        lu[...] = panel
     piv.set(jj, local)
     maxu = max(float(np.max(np.abs(np.triu(lu[:w])))), 0.0)
     if allow_singular is None and not (np.isfinite(maxu) and np.isfinite(lu).all()):

@@ -188,10 +188,12 @@ class PendingTile:
     location: Any = None
     share_replicas: bool = False
 
-    def result(self) -> jax.Array:
+    def result(self) -> jax.Array | np.ndarray:
         for _, _, fut in self.parts:
             if fut is not None:
                 _wait(fut, self.op, self.location)
+        if self.sharding is None:  # a host tile: the buffer itself
+            return self.parts[0][0]
         if self.share_replicas or all(len(devices) == 1 for _, devices, _ in self.parts):
             # one batched, zero-copy placement (docs/decisions.md: replicas share a buffer)
             by_device = {d: buf for buf, devices, _ in self.parts for d in devices}
@@ -234,7 +236,8 @@ def start_tile(
     Args:
       source: where to read (a Source, or a jax.Array already on the devices).
       region: ``(r0, r1, c0, c1)``; rows/cols past the region or the source read as zeros.
-      sharding: the tile's sharding.
+      sharding: the tile's sharding; None: one host (numpy) buffer, for kernels on host
+        BLAS (CPU devices of one process), without the cost of placing it on devices.
       shape: the padded tile shape (at least the region's); default the region's.
       dtype: the tile dtype (default the source's; other dtypes are converted on read).
       window: bounds the reads in flight (default: all issued at once).
@@ -244,12 +247,20 @@ def start_tile(
     r0, r1, c0, c1 = region
     shape = (r1 - r0, c1 - c0) if shape is None else shape
     dtype = np.dtype(source.dtype if dtype is None else dtype)
+    if isinstance(source, jax.Array) and sharding is None:
+        buf = aligned_empty(shape, dtype, zero=True)
+        part = np.asarray(source[r0:r1, c0:c1])
+        buf[: part.shape[0], : part.shape[1]] = part
+        return PendingTile(shape, None, [(buf, [], None)], buf.nbytes)
     if isinstance(source, jax.Array):
         return DeviceTile(source, region, shape, sharding, dtype)
     m, n = source.shape
     by_index: dict[tuple[int, int, int, int], list[jax.Device]] = {}
-    for device, index in sharding.addressable_devices_indices_map(shape).items():
-        by_index.setdefault(shard_bounds(index, shape), []).append(device)
+    if sharding is None:
+        by_index[(0, shape[0], 0, shape[1])] = []
+    else:
+        for device, index in sharding.addressable_devices_indices_map(shape).items():
+            by_index.setdefault(shard_bounds(index, shape), []).append(device)
     parts = []
     for (a0, a1, b0, b1), devices in by_index.items():
         # clip the shard to the valid part of the region (and of the source)
@@ -273,7 +284,7 @@ def start_tile(
                 fut = started[0]
         parts.append((buf, devices, fut))
     nbytes = sum(p[0].nbytes for p in parts)
-    share = share_replicas and replicas_shared(sharding)
+    share = share_replicas and sharding is not None and replicas_shared(sharding)
     return PendingTile(shape, sharding, parts, nbytes, location=getattr(source, "location", None),
                        share_replicas=share)  # fmt: skip
 
