@@ -19,8 +19,9 @@ of a group sees the same load):
   ``kernel``, ``tiles``, ``out-of-core``, optionally ``:tile``, e.g. ``tiles:512``);
   ``--ooc_fraction=f`` adds ``jaxwren_lu_ooc_1/f``: the default store -> store run under a
   ``memory_budget`` of 1/f of the matrix's bytes, the factor stored in blocks of
-  ``--ooc_block`` (the out-of-core plan's column tiles are multiples of the factor's
-  blocks), and its ratio to the in-core default (``x_jaxwren_lu_store``).
+  ``--ooc_block`` (0, the default: the run's choice, the input's blocks or, when no
+  tiling fits them, smaller ones; the out-of-core plan's column tiles are multiples of
+  the factor's blocks), and its ratio to the in-core default (``x_jaxwren_lu_store``).
 * ``lu_solve``: from the stored factor against ``scipy.linalg.lu_solve``.
 * ``inv``: ``jw.inv`` against ``scipy.linalg.inv``.
 
@@ -66,7 +67,9 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "One JSON line per result.")
 _PLOT = flags.DEFINE_string("plot", None, "Bar chart of GFLOP/s to this PNG.")
 _PLANS = flags.DEFINE_list("plans", [], "Forced algorithms (kernel, tiles, out-of-core[:tile]).")
 _OOC = flags.DEFINE_integer("ooc_fraction", 0, "Also run out-of-core at 1/f of the bytes.")
-_OOC_BLOCK = flags.DEFINE_integer("ooc_block", 128, "Block of the out-of-core run's factor.")
+_OOC_BLOCK = flags.DEFINE_integer(
+    "ooc_block", 0, "Block of the out-of-core run's factor (0: the run's choice)."
+)
 _SCAN = flags.DEFINE_list("compile_scan", [], "Block-column counts to compile the kernel at.")
 
 
@@ -83,7 +86,7 @@ class Config:
     compile_scan: tuple[int, ...] = ()
     plans: tuple[str, ...] = ()
     ooc_fraction: int = 0
-    ooc_block: int = 128
+    ooc_block: int = 0
 
 
 def backward_error(a: np.ndarray, x: np.ndarray, b: np.ndarray) -> float:
@@ -116,7 +119,8 @@ def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config
         fns[f"jaxwren_lu_{name}"] = functools.partial(_forced, op, a, store, f"P{name}", box)
     if cfg.ooc_fraction:
         budget = cfg.n**2 * x.dtype.itemsize // cfg.ooc_fraction
-        spec = RunSpec(memory_budget=budget, block_shape=(cfg.ooc_block, cfg.ooc_block))
+        blocks = (cfg.ooc_block, cfg.ooc_block) if cfg.ooc_block else None
+        spec = RunSpec(memory_budget=budget, block_shape=blocks)
         fns[f"jaxwren_lu_ooc_1/{cfg.ooc_fraction}"] = functools.partial(
             _forced, LUFactor, a, store, "Pooc", box, spec
         )

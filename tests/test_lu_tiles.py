@@ -213,3 +213,33 @@ def test_out_of_core_steps_stay_within_the_footprint(finished, host):
     if host:  # the design's point: tiles of 512 fit a quarter of n = 4096 (with prefetch)
         big = lu_plans.host_ooc_footprint(4096, 512, dtype, mesh)
         assert projected(big, mesh, 1, True) <= 4096**2 * 8 // 4
+
+
+def test_a_new_factor_takes_smaller_blocks_when_none_fits_the_defaults(tmp_path):
+    """The out-of-core tiles are whole blocks of the factor: when none fits the budget
+    with the input's blocks, a factor the run creates is stored in smaller ones (the
+    report says so) and matches scipy; blocks the user asked for are kept, and the
+    refusal names the block_shape that would fit."""
+    from jaxwren.engine.memory import projected
+    from jaxwren.linalg import lu_plans
+
+    n, mesh = 300, jw.default_mesh()
+    a = hostile("random", n, seed=12)
+    A = jw.from_numpy(a, str(tmp_path / "a"), (n, n))
+    host = lu_plans.available(mesh)  # (the accelerator lane: the device sweep's plan)
+    fp = (lu_plans.host_ooc_footprint if host else lu_plans.ooc_footprint)(
+        n, 128, np.dtype(np.float64), mesh
+    )
+    budget = projected(fp, mesh, 1, True)  # out-of-core tiles of 128 just fit
+    (lu, piv), report = factor(A, str(tmp_path / "f"), memory_budget=budget)
+    if not host:  # the kernel fits there: the input's blocks are kept
+        assert ast.literal_eval(report.tiling)[0] == "kernel" and lu.block_shape == (n, n)
+        check_scipy(lu.numpy(), piv.numpy(), a)
+        return
+    assert ast.literal_eval(report.tiling) == ("out-of-core", 128)
+    assert lu.block_shape == (128, 128) and piv.block_shape == (128, 1)
+    assert "stored in blocks" in report.reason
+    check_scipy(lu.numpy(), piv.numpy(), a)
+    with pytest.raises(jw.MemoryBudgetError, match=r"block_shape=\(128, 128\)"):
+        factor(A, str(tmp_path / "g"), memory_budget=budget, block_shape=(n, n))
+    assert not (tmp_path / "g").exists()

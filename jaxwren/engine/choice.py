@@ -33,6 +33,7 @@ class Choice:
     reason: str
     considered: tuple[Candidate, ...]
     projected: tuple[int, ...]
+    hint: str = ""  # what else would fit (named in the refusal)
 
 
 def choose(cands: Sequence[Candidate], budget: int, prefetch: int, returned: bool,
@@ -68,7 +69,8 @@ def refusal(where: str, cands: Sequence[Candidate], choice: Choice, budget: int,
     least = format_bytes(smallest) if smallest is not None else "more than any tiling offers"
     return MemoryBudgetError(
         f"{where}: the smallest plan (smallest tiles, no prefetch) needs {least} but "
-        f"memory_budget is {format_bytes(budget)}; the smallest workable budget is {least}{hint}."
+        f"memory_budget is {format_bytes(budget)}; the smallest workable budget is {least}{hint}"
+        f"{choice.hint}."
     )
 
 

@@ -196,10 +196,8 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
     draft.set(returned=tuple(s.output.name for s in slots if not s.stored),
               stored={s.output.name: s.url for s in slots if s.stored})  # fmt: skip
     budget = resolve_budget(spec.memory_budget, list(mesh.devices.flat))
-    blocks = {s.output.name: (s.block_shape if s.stored else None) for s in slots}
-    cands = op.tilings(problem, blocks)
     returned = not all(s.stored for s in slots)
-    choice = choose(cands, budget, spec.prefetch, returned, mesh)
+    slots, cands, choice = _choose_blocks(op, problem, slots, spec, budget, returned, mesh)
     draft.choice(choice, budget)
     if choice.cand is None:
         raise refusal(where, cands, choice, budget, returned, mesh)
@@ -255,6 +253,40 @@ def _run(op: Any, operands: Sequence[Any], out: Any, spec: RunSpec, draft: _Draf
     draft.write_s += perf_counter() - t0
     value = on_mesh(value, user_mesh)
     return Outcome(value, stats, draft.report())
+
+
+def _choose_blocks(op: Any, problem: Problem, slots: list[Slot], spec: RunSpec, budget: int,
+                   returned: bool, mesh: Any) -> tuple[list[Slot], list[Any], Choice]:  # fmt: skip
+    """The candidates and the choice for the stored outputs' block shapes; when none fits
+    and the run creates its outputs with blocks of no one's asking (no ``block_shape``),
+    the op's smaller blocks (``op.fallback_blocks(problem)``: ``{output: block_shape}``
+    each, in order) until one does: an out-of-core plan whose tiles are whole blocks
+    needs blocks that fit the budget."""
+    cands = op.tilings(problem, {s.output.name: s.block_shape if s.stored else None
+                                 for s in slots})  # fmt: skip
+    choice = choose(cands, budget, spec.prefetch, returned, mesh)
+    free = spec.block_shape is None and all(s.matrix is None for s in slots if s.stored)
+    options = getattr(op, "fallback_blocks", None)
+    for alt in options(problem) if choice.cand is None and options else ():
+        trial = [dataclasses.replace(s, block_shape=alt.get(s.output.name, s.block_shape))
+                 if s.stored and s.matrix is None else s for s in slots]  # fmt: skip
+        got = op.tilings(problem, {s.output.name: s.block_shape if s.stored else None
+                                   for s in trial})  # fmt: skip
+        pick = choose(got, budget, spec.prefetch, returned, mesh)
+        if pick.cand is not None and free:
+            why = f"{pick.reason}; stored in blocks {alt} (no tiling fits the default blocks)"
+            return trial, got, dataclasses.replace(pick, reason=why)
+        if pick.cand is not None:  # the user's blocks (or an existing out's) are too big
+            b = next(iter(alt.values()))
+            return (
+                slots,
+                cands,
+                dataclasses.replace(
+                    choice,
+                    hint=(f"; a new out stored in smaller blocks would fit (block_shape={b})"),
+                ),
+            )
+    return slots, cands, choice
 
 
 def _explain(op: Any, problem: Problem, cand: Candidate, prefetch: int, slots: Sequence[Slot],

@@ -42,9 +42,10 @@ def host_panel(x: Any, dtype: np.dtype) -> np.ndarray:
     return np.array(x, dtype=dtype, order="C")
 
 
-def permute_rows(p: np.ndarray, idx: np.ndarray, cols: int = 64) -> None:
-    """``p := p[idx]`` in place, moving only the rows that change, ``cols`` columns at a
-    time (the temporary is at most ``len(idx) x cols``)."""
+def permute_rows(p: np.ndarray, idx: np.ndarray) -> None:
+    """``p := p[idx]`` in place, moving only the rows that change, an eighth of the
+    columns at a time (the temporary is at most an eighth of ``p``)."""
+    cols = max(8, p.shape[1] // 8)
     dst = np.flatnonzero(idx != np.arange(len(idx)))
     if len(dst):
         src = idx[dst]

@@ -141,8 +141,8 @@ def host_ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint
     """The host sweep's out-of-core plan (:mod:`.lu_ooc`). Reads: a piece (a host tile;
     or the stored pivots, when more); the carry: the panel (then the column written from
     it, settled: ``Write.settle``) or a fix-up's rows; writes: a fix-up piece and a
-    column's pivots; extra: a row interchange's temporary (64 columns of the panel) and
-    getrf's check of its diagonal tile."""
+    column's pivots; extra: a row interchange's temporary (an eighth of the panel,
+    :func:`.lu_host.permute_rows`) and getrf's check of 64 rows of its diagonal tile."""
     n_pad = -(-n // t) * t
     h, size = piece_rows(n, t), np.dtype(dtype).itemsize
     piece = Buffer((h, t), dtype)  # (host tiles)
@@ -150,7 +150,7 @@ def host_ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint
     return Footprint(reads=(max(piece, pivots, key=lambda b: b.nbytes),),
                      accumulators=(Buffer((n_pad, t), dtype),),
                      writes=(Buffer((h, t), dtype), Buffer((t, 1), np.int32)),
-                     extra=n_pad * min(64, t) * size + t * t * size)  # fmt: skip
+                     extra=n_pad * max(8, t // 8) * size + 2 * 64 * t * size)  # fmt: skip
 
 
 def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:

@@ -256,10 +256,12 @@ def factor_panel(col: np.ndarray, jj: int, n: int, t: int, piv: Pivots, where: s
         local, info = getrf(panel)
         lu[...] = panel
     piv.set(jj, local)
-    maxu = max(float(np.max(np.abs(np.triu(lu[:w])))), 0.0)
-    if allow_singular is None and not (np.isfinite(maxu) and np.isfinite(lu).all()):
+    maxu = max((float(np.abs(np.triu(lu[r : r + 64], r)).max()) for r in range(0, w, 64)),
+               default=0.0)  # (64 rows at a time: no temporary of the panel's size)  # fmt: skip
+    finite = bool(np.isfinite(maxu) and np.isfinite(lu.max()) and np.isfinite(lu.min()))
+    if allow_singular is None and not finite:
         return c0, np.inf  # (a refined solve falls back to float64)
-    if not np.isfinite(maxu) or not np.isfinite(lu).all():
+    if not finite:
         raise NonFiniteError(
             f"{where}: the factor is not finite: the matrix holds NaN or Inf; clean it "
             "(e.g. np.nan_to_num) first."
