@@ -186,6 +186,8 @@ def _execute(plan: Plan, budget: int, prefetch: int, progress: bool | None,
                 returned.append(out)
             else:
                 writer.submit(out, write)
+        outs = out = None  # (a stored output lives no longer than its write: the next
+        # step may allocate what a settled one held)
         stats.write_seconds += perf_counter() - t3
         stats.steps_run += 1
         if bar is not None:

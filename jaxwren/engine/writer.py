@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import time
+import weakref
 from typing import Any
 
 import jax
@@ -56,6 +58,7 @@ class Writer:
         # compute loop; drain() waits for them and raises the first failure
         self._records = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-records")
         self._recording: list[concurrent.futures.Future[None]] = []
+        self._settled: list[weakref.ref] = []
 
     def submit(self, out: jax.Array | np.ndarray, write: Write) -> None:
         spans = isinstance(out, jax.Array) and not out.is_fully_addressable
@@ -68,12 +71,19 @@ class Writer:
         if isinstance(out, jax.Array):
             out.copy_to_host_async()
         self._queue.append((out, write))
+        del out
         while len(self._queue) > (1 if self._behind and not write.settle else 0):
             self._flush(*self._queue.popleft())
         if self._behind and not write.settle:
             self._window.reap()
         else:
             self._window.drain()
+        if write.settle:
+            _released(self._settled)
+
+    def _settling(self, pieces: list[tuple[int, int, np.ndarray]]) -> None:
+        """Remembers a settled output's pieces (weakly) to see them released."""
+        self._settled = [weakref.ref(d) for _, _, d in pieces]
 
     def _tag(self, write: Write, shape: tuple[int, int]) -> tuple[str, tuple[int, int, int, int]]:
         h, w = write.size if write.size is not None else shape
@@ -101,6 +111,8 @@ class Writer:
                 pieces, host = _assembled(pieces, (h, w), out.dtype, write), True
         nbytes = sum(p[2].nbytes for p in pieces)
         self._stats.bytes_written += nbytes
+        if write.settle:
+            self._settling(pieces)
 
         def start() -> _OutputWrite:
             with translate_errors(f"writing {target!r}", target.location):
@@ -108,8 +120,11 @@ class Writer:
                            for a, b, d in pieces]  # fmt: skip
                 return _OutputWrite(futures, target)
 
+        parts = [(r0 + a, c0 + b, d.shape) for a, b, d in pieces]  # (not the data: the
+        # record goes out on another thread, and the data may be freed before it does)
+
         def record() -> None:  # the record holds what it vouches for
-            keys = _chunk_keys(target, [(r0 + a, c0 + b, d.shape) for a, b, d in pieces])
+            keys = _chunk_keys(target, parts)
             gens = target.chunk_generations(keys)
             target.mark(multihost.record_key(write.record), json.dumps(gens))
             self._stats.stamps.setdefault(target.url, {}).update(gens)
@@ -147,6 +162,15 @@ class Writer:
 
     def close(self) -> None:
         self._records.shutdown(wait=True)
+
+
+def _released(refs: list[weakref.ref], seconds: float = 1.0) -> None:
+    """Waits (at most ``seconds``) until the store has dropped a settled output's pieces:
+    TensorStore may hold the data of a handed-over write a moment past its commit, and
+    the step after a settled write allocates what the output held."""
+    deadline = time.monotonic() + seconds
+    while any(r() is not None for r in refs) and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _chunk_keys(target: Any, parts: list[tuple[int, int, tuple[int, ...]]]) -> list[str]:
