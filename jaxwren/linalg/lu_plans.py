@@ -6,8 +6,10 @@
   (:mod:`.lu_host`) with the finished columns kept in host memory (CPU devices of one
   process); it stores its factor or returns it.
 * ``"out-of-core"``: the same schedule over the store: the panel resident, the finished
-  columns read back tile by tile, each finished column, its pivots and each final fix-up
-  written and recorded (a killed run resumes); it only stores.
+  columns read back, each finished column, its pivots and each final fix-up written and
+  recorded (a killed run resumes); it only stores. On CPU devices of one process
+  (:mod:`.lu_ooc`) everything but the panel moves in pieces and the panel is factored
+  and written in place; elsewhere (:func:`.lu_steps.ooc_plan`) panel by panel.
 
 :func:`select` returns ``(algorithm, reason)``: ``LUFactor(plan=...)`` the one asked
 for (out-of-core for a returned factor: the kernel); CPU devices of one process the
@@ -119,13 +121,12 @@ def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh,
 
 
 def ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint:
-    """Reads: one panel (A's, or a finished column's rows from its diagonal tile,
-    replicated: one shared host buffer on CPU devices; a fix-up's rows below it); the
-    carry: the panel; writes: a finished column (its host copy, factored) and its
-    pivots; extra: getrf's Fortran-ordered copy of the panel or, while a column sweeps
-    it, the GEMM's product (at most a panel; never both). On CPU devices of one process
-    (the host sweep) the carry is a host copy of the read panel, the column written is
-    that carry and the GEMM works in place: the same bytes or fewer."""
+    """The device sweep's out-of-core plan (:func:`.lu_steps.ooc_plan`: accelerators;
+    CPU devices of one process take :func:`host_ooc_footprint`). Reads: one panel (A's,
+    or a finished column's rows from its diagonal tile, replicated; a fix-up's rows
+    below it); the carry: the panel; writes: a finished column (its host copy,
+    factored) and its pivots; extra: getrf's Fortran-ordered copy of the panel or, while
+    a column sweeps it, the GEMM's product (at most a panel; never both)."""
     col, rep, _ = _panels(n, t, dtype, mesh)
     return Footprint(reads=(rep,), accumulators=(col,),
                      writes=(Buffer(col.shape, dtype), Buffer((t, 1), np.int32)),

@@ -5,7 +5,9 @@ swept over it from host memory; the panel factored), then one step that puts eve
 column's rows in the final order while it assembles the factor, and writes it. Not
 resumable (as the kernel).
 
-Out-of-core (``"out-of-core"``): per column, a step that reads its A panel, then one
+Out-of-core (``"out-of-core"``, the device sweep's plan: accelerators; CPU devices of
+one process take :mod:`.lu_ooc`, the same schedule in pieces): per column, a step that
+reads its A panel, then one
 per finished column (its rows from the diagonal tile down, read back from the store,
 swept over the panel), the last of which also factors the panel and writes the column
 as it is and its pivots (two records); then one fix-up step per column (its rows below
