@@ -58,7 +58,7 @@ class Writer:
         # compute loop; drain() waits for them and raises the first failure
         self._records = concurrent.futures.ThreadPoolExecutor(1, "jaxwren-records")
         self._recording: list[concurrent.futures.Future[None]] = []
-        self._handed: list[weakref.ref] = []
+        self._settled: list[weakref.ref] = []
 
     def submit(self, out: jax.Array | np.ndarray, write: Write) -> None:
         spans = isinstance(out, jax.Array) and not out.is_fully_addressable
@@ -70,21 +70,20 @@ class Writer:
             out = multihost.to_host(out)
         if isinstance(out, jax.Array):
             out.copy_to_host_async()
-        # a device output waits one step in the queue (its copy to the host overlaps the
-        # next step); a host one goes out now (written behind, or settled)
-        keep = 1 if self._behind and not write.settle and isinstance(out, jax.Array) else 0
         self._queue.append((out, write))
         del out
-        while len(self._queue) > keep:
+        while len(self._queue) > (1 if self._behind and not write.settle else 0):
             self._flush(*self._queue.popleft())
         if self._behind and not write.settle:
             self._window.reap()
         else:
             self._window.drain()
-        if write.settle:  # every host output handed over so far (a settled output may
-            # be a part of a buffer whose other parts were written behind): released
-            _released(self._handed)
-            self._handed = []
+        if write.settle:
+            _released(self._settled)
+
+    def _settling(self, pieces: list[tuple[int, int, np.ndarray]]) -> None:
+        """Remembers a settled output's pieces (weakly) to see them released."""
+        self._settled = [weakref.ref(d) for _, _, d in pieces]
 
     def _tag(self, write: Write, shape: tuple[int, int]) -> tuple[str, tuple[int, int, int, int]]:
         h, w = write.size if write.size is not None else shape
@@ -112,9 +111,8 @@ class Writer:
                 pieces, host = _assembled(pieces, (h, w), out.dtype, write), True
         nbytes = sum(p[2].nbytes for p in pieces)
         self._stats.bytes_written += nbytes
-        if host:  # handed over: remembered weakly, to see them released at a settle
-            self._handed = [r for r in self._handed if r() is not None]
-            self._handed += [weakref.ref(d) for _, _, d in pieces]
+        if write.settle:
+            self._settling(pieces)
 
         def start() -> _OutputWrite:
             with translate_errors(f"writing {target!r}", target.location):
@@ -167,9 +165,9 @@ class Writer:
 
 
 def _released(refs: list[weakref.ref], seconds: float = 1.0) -> None:
-    """Waits (at most ``seconds``) until the store has dropped the host outputs handed
-    over to it: TensorStore may hold the data of a handed-over write a moment past its
-    commit, and the step after a settled write allocates what the output held."""
+    """Waits (at most ``seconds``) until the store has dropped a settled output's pieces:
+    TensorStore may hold the data of a handed-over write a moment past its commit, and
+    the step after a settled write allocates what the output held."""
     deadline = time.monotonic() + seconds
     while any(r() is not None for r in refs) and time.monotonic() < deadline:
         time.sleep(0.0005)

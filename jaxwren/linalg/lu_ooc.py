@@ -36,9 +36,7 @@ def host_ooc_plan(s: Setup, t: int) -> Plan:
     r = _Run(s, t, host=True)
     nt, n, h = r.nt, s.n, piece_rows(s.n, t)
     key = s.resume.key
-    cols = [
-        (key(f"c{t}-{j}"), key(f"p{t}-{j}"), *([key(f"u{t}-{j}")] if j else [])) for j in range(nt)
-    ]  # (column, pivots, the rows above the diagonal tile)
+    cols = [(key(f"c{t}-{j}"), key(f"p{t}-{j}")) for j in range(nt)]
     fixes = [[key(f"f{t}-{k}-{a}") for a in range((k + 1) * t, n, h)] for k in range(nt)]
     fixed = [bool(f) and all(s.resume.done(x) for x in f) for f in fixes]
     done, state = resumed_columns(s, cols, fixed)
@@ -52,18 +50,15 @@ def host_ooc_plan(s: Setup, t: int) -> Plan:
         for k in range(jj):
             for a in range(k * t, n, h):
                 read = Read(s.lu, (a, min(n, a + h), k * t, k * t + t), (h, t), None, s.dtype)
-                top = k == jj - 1 and a == k * t  # rows above the diagonal tile final: out
-                writes = (Write(s.lu, (0, c0), (c0, w), record=cols[jj][2]),) if top else ()
-                steps.append(Step((read,), functools.partial(_sweep, r=r, k=k, a=a, state=state,
-                                                             top=(c0, w) if top else None),
-                                  writes, label=f"column {jj} -= column {k} rows {a}:",
+                steps.append(Step((read,), functools.partial(_sweep, r=r, k=k, a=a, state=state),
+                                  label=f"column {jj} -= column {k} rows {a}:",
                                   skip=done[jj]))  # fmt: skip
-        last = steps[-1]  # the getrf joins it: the rows from the diagonal tile, settled
-        writes = (Write(s.lu, (c0, c0), (n - c0, w), record=cols[jj][0], settle=True),
+        last = steps[-1]  # the getrf joins it
+        writes = (Write(s.lu, (0, c0), (n, w), record=cols[jj][0], settle=True),
                   Write(s.piv, (c0, 0), (w, 1), record=cols[jj][1]))  # fmt: skip
         steps[-1] = dataclasses.replace(
             last, kernel=functools.partial(_factor, r=r, last=last.kernel, jj=jj),
-            writes=last.writes + writes, label=f"{last.label}; getrf")  # fmt: skip
+            writes=writes, label=f"{last.label}; getrf")  # fmt: skip
     for k in range(nt - 1):
         r0 = (k + 1) * t
         for a in range(r0, n, h):
@@ -86,7 +81,7 @@ def host_ooc_plan(s: Setup, t: int) -> Plan:
                               label=f"fix-up {k}: write rows {a}:", skip=fixed[k]))  # fmt: skip
     first = next((i for i, st in enumerate(steps) if not st.skip), None)
     if first is not None:  # the stored pivots of the finished columns, when resumed
-        steps[first : first + 1] = _first(steps[first], r, s, [s.resume.done(c[1]) for c in cols])
+        steps[first : first + 1] = _first(steps[first], r, s, [s.resume.done(p) for _, p in cols])
     desc = (f"out-of-core: left-looking LU over the store, {nt} column tiles of {t}, the panel "
             f"resident on host BLAS, finished columns read back in pieces of {h} rows, "
             "interchanges applied lazily")  # fmt: skip
@@ -107,23 +102,17 @@ def _a_piece(carry: Any, tile: Any, r: _Run, a: int) -> tuple[Any, tuple]:
     return carry, ()
 
 
-def _sweep(carry: Any, tile: Any, r: _Run, k: int, a: int, state: list[int],
-           top: tuple[int, int] | None) -> tuple[Any, tuple]:  # fmt: skip
-    """Column ``k``'s rows ``a : a + h`` (read back) swept over the panel; ``top``
-    ``(c0, w)``: the column's rows above its diagonal tile are final after this (the
-    last finished column's ``U`` tile) and go out, written behind while the sweep and
-    getrf go on below them (no later step touches them: later interchanges move rows
-    from ``c0`` down)."""
+def _sweep(carry: Any, tile: Any, r: _Run, k: int, a: int, state: list[int]) -> tuple[Any, tuple]:
+    """Column ``k``'s rows ``a : a + h`` (read back) swept over the panel."""
     x = _host(tile)
     with r.sweep.threads():
         p = r.sweep.apply(carry[0], carry[1], k, x[: r.n_pad - a], state[k], row=a)
-    return (p, state[k]), (() if top is None else (p[: top[0], : top[1]],))
+    return (p, state[k]), ()
 
 
 def _factor(carry: Any, *tiles: Any, r: _Run, last: Any, jj: int) -> tuple[None, tuple]:
-    """The column's last step, then its getrf in place: the column's rows from its
-    diagonal tile down and its pivots (after the last step's outputs)."""
-    carry, outs = last(carry, *tiles)
+    """The column's last step, then its getrf in place: the column and its pivots."""
+    carry, _ = last(carry, *tiles)
     p = r.sweep.to_state(carry[0], carry[1], jj)
     with r.sweep.threads():
         col = r.factor(p, jj)
@@ -131,7 +120,7 @@ def _factor(carry: Any, *tiles: Any, r: _Run, last: Any, jj: int) -> tuple[None,
         r.finish_details(True)
     n, c0 = r.s.n, jj * r.t
     w = min(r.t, n - c0)
-    return None, (*outs, col[c0:n, :w], r.piv.piv[c0 : c0 + w, None].astype(np.int32))
+    return None, (col[:n, :w], r.piv.piv[c0 : c0 + w, None].astype(np.int32))
 
 
 def _hold(carry: Any, tile: Any, r: _Run, r0: int, a: int) -> tuple[Any, tuple]:

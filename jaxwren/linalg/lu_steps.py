@@ -240,15 +240,14 @@ def solve_plan(s: Setup, t: int, b: Any, k: int, refine: bool, x: Any,
     return Plan(s.where, steps, lambda: None, tiles=_describe(r), reason=s.why)
 
 
-def resumed_columns(s: Setup, cols: list[tuple[Any, ...]],
+def resumed_columns(s: Setup, cols: list[tuple[Any, Any]],
                     fixed: list[bool]) -> tuple[list[bool], list[int]]:  # fmt: skip
     """``(done, state)`` of the out-of-core plans' columns from their records (``cols``:
-    the keys of each column's writes and its pivots'; ``fixed``: its fix-up recorded,
-    which voids the column's records): whether it is stored, and the row order it is
-    stored in."""
+    each column's and its pivots' keys; ``fixed``: its fix-up recorded, which voids the
+    column's record): whether it is stored, and the row order it is stored in."""
     nt = len(cols)
-    done = [f or all(s.resume.done(x) for x in keys)
-            for keys, f in zip(cols, fixed, strict=True)]  # fmt: skip
+    done = [f or (s.resume.done(c) and s.resume.done(p))
+            for (c, p), f in zip(cols, fixed, strict=True)]  # fmt: skip
     if all(done):  # the fix-ups may have begun: redo every column not fixed up
         done = [d and (f or j == nt - 1) for j, (d, f) in enumerate(zip(done, fixed, strict=True))]
     return done, [nt if fixed[k] else k + 1 for k in range(nt)]
