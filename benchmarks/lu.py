@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
+import itertools  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -104,13 +105,21 @@ def factor_residual(lu: np.ndarray, piv: np.ndarray, a: np.ndarray) -> float:
 
 
 def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config) -> tuple:
-    box: dict = {}
+    """The factor rows; each run writes a fresh factor, the ones it replaces deleted by
+    ``box["setup"]`` (untimed, before every call)."""
+    box: dict = {"trash": [], "count": itertools.count()}
+
+    def setup() -> None:
+        for m in box["trash"]:
+            store.delete(m.url)
+        box["trash"].clear()
 
     def ours() -> None:
         if "ours" in box:
-            for m in box["ours"]:
-                store.delete(m.url)
-        box["ours"] = jw.lu_factor(a, store.url("F"))
+            box["trash"].extend(box["ours"])
+        box["ours"] = jw.lu_factor(a, store.url(f"F{next(box['count'])}"))
+
+    box["setup"] = setup
 
     fns = {"jaxwren_lu_store": ours}
     for name in cfg.plans:  # forced algorithms, store -> store
@@ -146,11 +155,12 @@ def _factor_fns(a: jw.BigMatrix, x: np.ndarray, store: common.Store, cfg: Config
 
 def _forced(op: Any, a: jw.BigMatrix, store: common.Store, name: str, box: dict,
             spec: RunSpec | None = None) -> None:  # fmt: skip
-    """One store -> store run of ``op()``; its report kept in ``box[name]``."""
+    """One store -> store run of ``op()`` to a fresh URL; its report kept in ``box[name]``
+    (the factor it replaces left for ``box["setup"]`` to delete, untimed)."""
     if name in box:
-        for m in box[name].value:
-            store.delete(m.url)
-    box[name] = run_op(op(), (a,), store.url(name), spec or RunSpec())
+        box["trash"].extend(box[name].value)
+    url = store.url(f"{name}-{next(box['count'])}")
+    box[name] = run_op(op(), (a,), url, spec or RunSpec())
 
 
 def _solve_fns(a: jw.BigMatrix, x: np.ndarray, b: np.ndarray, store: common.Store,
@@ -182,9 +192,10 @@ def _solve_fns(a: jw.BigMatrix, x: np.ndarray, b: np.ndarray, store: common.Stor
     return fns, box
 
 
-def _group(name: str, fns: dict, repeats: int, flops: float, extra: dict) -> list[dict]:
+def _group(name: str, fns: dict, repeats: int, flops: float, extra: dict,
+           setup: Any = None) -> list[dict]:  # fmt: skip
     t0 = time.perf_counter()
-    best = common.best_of(fns, repeats)
+    best = common.best_of(fns, repeats, setup)
     print(f"[{name}] {len(fns)} rows, {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
     for key, sec in best.items():
@@ -230,7 +241,7 @@ def run(cfg: Config) -> list[dict]:
             lu, piv = box["ours"][0].numpy(), box["ours"][1].numpy()[:, 0]
             extra = {"jaxwren_lu_store": {"residual": factor_residual(lu, piv, x),
                                           "growth": runs[-1].details["growth_factor"]}}  # fmt: skip
-            rows = _group("factor", fns, cfg.repeats, 2 * n**3 / 3, extra)
+            rows = _group("factor", fns, cfg.repeats, 2 * n**3 / 3, extra, box["setup"])
             store_s = next(r["seconds"] for r in rows if r["name"] == "jaxwren_lu_store")
             for r in rows:
                 got = box.get({"jaxwren_lu_store": "F0"}.get(r["name"], "P" + r["name"][11:]))
