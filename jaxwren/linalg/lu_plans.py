@@ -108,8 +108,8 @@ def incore_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh,
     """Reads: the A panel (one shared host buffer); the carry: the panel being swept
     (a host copy); held: the kept columns (``n_pad^2``, host); writes: a stripe of the
     factor (:func:`stripe_width`; ``block_cols`` None: returned, the whole factor and
-    its sharded copy on the devices) and the pivots; extra: getrf's Fortran-ordered
-    copy of a panel."""
+    its sharded copy on the devices) and the pivots; extra: a panel (more than getrf's
+    leaf copies and the row moves' temporaries, :func:`host_ooc_footprint`, need)."""
     col, rep, n_pad = _panels(n, t, dtype, mesh)
     if block_cols:
         writes = (Buffer((n, stripe_width(n, t, block_cols)), dtype),)
@@ -143,7 +143,9 @@ def host_ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint
     or the stored pivots, when more); the carry: the panel (then the column written from
     it, settled: ``Write.settle``) or a fix-up's rows; writes: a fix-up piece and a
     column's pivots; extra: a row interchange's temporary (an eighth of the panel,
-    :func:`.lu_host.permute_rows`) and getrf's check of 64 rows of its diagonal tile."""
+    :func:`.lu_host.permute_rows`) or getrf's leaf (64 columns of the panel,
+    :func:`.host_blas.getrf_rows`), never both, and getrf's check of 64 rows of its
+    diagonal tile."""
     n_pad = -(-n // t) * t
     h, size = piece_rows(n, t), np.dtype(dtype).itemsize
     piece = Buffer((h, t), dtype)  # (host tiles)
@@ -151,7 +153,7 @@ def host_ooc_footprint(n: int, t: int, dtype: np.dtype, mesh: Mesh) -> Footprint
     return Footprint(reads=(max(piece, pivots, key=lambda b: b.nbytes),),
                      accumulators=(Buffer((n_pad, t), dtype),),
                      writes=(Buffer((h, t), dtype), Buffer((t, 1), np.int32)),
-                     extra=n_pad * max(8, t // 8) * size + 2 * 64 * t * size)  # fmt: skip
+                     extra=n_pad * max(64, t // 8) * size + 2 * 64 * t * size)  # fmt: skip
 
 
 def ooc_tiles(n: int, mesh: Mesh, blocks: tuple[int, ...]) -> list[int]:
