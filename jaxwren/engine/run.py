@@ -262,30 +262,27 @@ def _choose_blocks(op: Any, problem: Problem, slots: list[Slot], spec: RunSpec, 
     the op's smaller blocks (``op.fallback_blocks(problem)``: ``{output: block_shape}``
     each, in order) until one does: an out-of-core plan whose tiles are whole blocks
     needs blocks that fit the budget."""
-    cands = op.tilings(problem, {s.output.name: s.block_shape if s.stored else None
-                                 for s in slots})  # fmt: skip
-    choice = choose(cands, budget, spec.prefetch, returned, mesh)
+
+    def tried(trial: list[Slot]) -> tuple[list[Any], Choice]:
+        cands = op.tilings(problem, {s.output.name: s.block_shape if s.stored else None
+                                     for s in trial})  # fmt: skip
+        return cands, choose(cands, budget, spec.prefetch, returned, mesh)
+
+    cands, choice = tried(slots)
     free = spec.block_shape is None and all(s.matrix is None for s in slots if s.stored)
     options = getattr(op, "fallback_blocks", None)
     for alt in options(problem) if choice.cand is None and options else ():
         trial = [dataclasses.replace(s, block_shape=alt.get(s.output.name, s.block_shape))
                  if s.stored and s.matrix is None else s for s in slots]  # fmt: skip
-        got = op.tilings(problem, {s.output.name: s.block_shape if s.stored else None
-                                   for s in trial})  # fmt: skip
-        pick = choose(got, budget, spec.prefetch, returned, mesh)
-        if pick.cand is not None and free:
+        got, pick = tried(trial)
+        if pick.cand is None:
+            continue
+        if free:
             why = f"{pick.reason}; stored in blocks {alt} (no tiling fits the default blocks)"
             return trial, got, dataclasses.replace(pick, reason=why)
-        if pick.cand is not None:  # the user's blocks (or an existing out's) are too big
-            b = next(iter(alt.values()))
-            return (
-                slots,
-                cands,
-                dataclasses.replace(
-                    choice,
-                    hint=(f"; a new out stored in smaller blocks would fit (block_shape={b})"),
-                ),
-            )
+        first = next(iter(alt.values()))  # the user's blocks (or an existing out's)
+        hint = f"; a new out stored in smaller blocks would fit (block_shape={first})"
+        return slots, cands, dataclasses.replace(choice, hint=hint)
     return slots, cands, choice
 
 

@@ -63,20 +63,12 @@ def host_ooc_plan(s: Setup, t: int) -> Plan:
         r0 = (k + 1) * t
         for a in range(r0, n, h):
             read = Read(s.lu, (a, min(n, a + h), k * t, k * t + t), (h, t), None, s.dtype)
-            steps.append(Step((read,), functools.partial(_hold, r=r, r0=r0, a=a),
+            steps.append(Step((read,), functools.partial(_hold, r=r, k=k, r0=r0, a=a),
                               label=f"fix-up {k}: rows {a}:", skip=fixed[k]))  # fmt: skip
         for i, a in enumerate(range(r0, n, h)):
             rows = min(h, n - a)
-            kern = functools.partial(
-                _fix,
-                r=r,
-                k=k,
-                r0=r0,
-                a=a,
-                rows=rows,
-                final=k == nt - 2 and a + h >= n,
-                fresh=not any(done),
-            )
+            kern = functools.partial(_fix, r=r, r0=r0, a=a, rows=rows, fresh=not any(done),
+                                     final=k == nt - 2 and a + h >= n)  # fmt: skip
             steps.append(Step((), kern, (Write(s.lu, (a, k * t), (rows, t), record=fixes[k][i]),),
                               label=f"fix-up {k}: write rows {a}:", skip=fixed[k]))  # fmt: skip
     first = next((i for i, st in enumerate(steps) if not st.skip), None)
@@ -123,24 +115,25 @@ def _factor(carry: Any, *tiles: Any, r: _Run, last: Any, jj: int) -> tuple[None,
     return None, (col[:n, :w], r.piv.piv[c0 : c0 + w, None].astype(np.int32))
 
 
-def _hold(carry: Any, tile: Any, r: _Run, r0: int, a: int) -> tuple[Any, tuple]:
-    """A fix-up's rows ``a : a + h`` into the held rows (new ones at ``a = r0``)."""
+def _hold(carry: Any, tile: Any, r: _Run, k: int, r0: int, a: int) -> tuple[Any, tuple]:
+    """A fix-up's rows ``a : a + h`` into the held rows (new ones at ``a = r0``, with
+    column ``k``'s final row order below its diagonal tile, once per fix-up)."""
     n = r.s.n
     if a == r0:
-        carry = aligned_empty((n - r0, r.t), r.s.dtype)
+        carry = (aligned_empty((n - r0, r.t), r.s.dtype),
+                 r.piv.between(k + 1, r.nt)[r0:n] - r0)  # fmt: skip
     x = _host(tile)
     rows = min(len(x), n - a)
-    carry[a - r0 : a - r0 + rows] = x[:rows]
+    carry[0][a - r0 : a - r0 + rows] = x[:rows]
     return carry, ()
 
 
-def _fix(held: Any, r: _Run, k: int, r0: int, a: int, rows: int, final: bool,
+def _fix(held: Any, r: _Run, r0: int, a: int, rows: int, final: bool,
          fresh: bool) -> tuple[Any, tuple]:  # fmt: skip
-    """Rows ``a : a + rows`` of column ``k`` in the final row order (the last piece
+    """Rows ``a : a + rows`` of the held column in the final row order (the last piece
     frees the held rows)."""
-    idx = r.piv.between(k + 1, r.nt)[a : a + rows] - r0
     out = aligned_empty((rows, r.t), r.s.dtype)
-    np.take(held, idx, axis=0, out=out)
+    np.take(held[0], held[1][a - r0 : a - r0 + rows], axis=0, out=out)
     if final:
         r.finish_details(fresh)
     return (None if a + rows >= r.s.n else held), (out,)
